@@ -1,0 +1,50 @@
+"""Typed configuration: strict pydantic models that reject unknown keys, loaded from YAML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from activecad.errors import InputError
+
+C = TypeVar("C", bound="StrictConfig")
+
+
+class StrictConfig(BaseModel):
+    """Base of every configuration: unknown keys are errors, values are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+def load_config(cls: type[C], path: str | Path, **overrides: object) -> C:
+    """Read a YAML file into ``cls``; ``overrides`` (non-None values) replace file values.
+
+    Raises:
+        InputError: the file is missing, is not YAML, or has unknown or invalid keys.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("config file does not exist", path=path, fix="check the path")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"not valid YAML ({exc})".replace("\n", " "), path=path) from None
+    if not isinstance(data, dict):
+        raise InputError("the top level must be a mapping of keys to values", path=path)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return validate_config(cls, data, source=path)
+
+
+def validate_config(cls: type[C], data: dict[str, object], *, source: str | Path | None = None) -> C:
+    """Validate a plain mapping into ``cls``, turning pydantic's errors into one InputError."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        valid = ", ".join(cls.model_fields)
+        raise InputError(f"invalid config ({problems})", path=source, fix=f"valid keys: {valid}") from None
