@@ -55,27 +55,17 @@ demo.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the command line; bad input exits 1 with a one-line message."""
+    """Run the command line; bad input exits 1 with a one-line message.
+
+    Usage errors (unknown command or option, missing argument) are click's own and exit 2.
+    """
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="activecad")
     except ActivecadError as exc:
         if _state["verbose"]:
             err_console.print_exception()
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        err_console.print("aborted")
-        sys.exit(1)
-    except Exception as exc:  # click usage errors carry their own exit code (2)
-        from click.exceptions import ClickException
-
-        if isinstance(exc, ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
-    sys.exit(0)
 
 
 if __name__ == "__main__":
