@@ -38,7 +38,9 @@ def load_config(cls: type[C], path: str | Path, **overrides: object) -> C:
     return validate_config(cls, data, source=path)
 
 
-def validate_config(cls: type[C], data: dict[str, object], *, source: str | Path | None = None) -> C:
+def validate_config(
+    cls: type[C], data: dict[str, object], *, source: str | Path | None = None
+) -> C:
     """Validate a plain mapping into ``cls``, turning pydantic's errors into one InputError."""
     try:
         return cls.model_validate(data)
@@ -47,4 +49,6 @@ def validate_config(cls: type[C], data: dict[str, object], *, source: str | Path
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         valid = ", ".join(cls.model_fields)
-        raise InputError(f"invalid config ({problems})", path=source, fix=f"valid keys: {valid}") from None
+        raise InputError(
+            f"invalid config ({problems})", path=source, fix=f"valid keys: {valid}"
+        ) from None
