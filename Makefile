@@ -17,7 +17,7 @@ demo: install
 	$(BIN)/activecad demo --quick
 
 test: install
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 bench: install
