@@ -1,9 +1,179 @@
-"""Command(s) of the `activecad` CLI for this area. Filled in by the owning module."""
+"""``activecad info PATH``: what a CT volume or a chest radiograph holds, read by activecad.io."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
 import typer
+from pydicom.errors import InvalidDicomError
+from rich.console import Console
+from rich.table import Table
+
+from activecad.errors import InputError
+from activecad.io import read_radiograph, read_scan
+from activecad.io.scan import Radiograph, Scan
+
+# Modalities of projection images; any other DICOM file is read as a CT slice.
+_PROJECTION_MODALITIES = {"CR", "DX", "DR", "MG", "RG", "PX", "IO"}
+
+
+def _is_radiograph(path: Path) -> bool:
+    if path.is_dir():
+        return False
+    suffix = path.suffix.lower()
+    if suffix == ".png":
+        return True
+    if suffix in (".mhd", ".mha", ".nii", ".gz"):
+        return False
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])
+    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError):
+        # Let read_scan report what is wrong with the file.
+        return False
+    return str(ds.get("Modality", "")).upper() in _PROJECTION_MODALITIES
+
+
+def _stats(array: np.ndarray) -> dict[str, float]:
+    return {
+        "min": float(array.min()),
+        "max": float(array.max()),
+        "mean": float(array.mean(dtype=np.float64)),
+    }
+
+
+def scan_info(scan: Scan) -> dict[str, object]:
+    """Summarise a CT scan as JSON-ready values.
+
+    Args:
+        scan: the scan to describe.
+
+    Returns:
+        ``kind`` ("ct"), ``format``, ``size_xyz`` (voxels), ``spacing_xyz_mm``,
+        ``origin_xyz_mm`` (world mm, LPS), ``direction`` (3 x 3, column i = array axis i in
+        x-y-z), ``modality``, ``hu`` (min/max/mean), ``seriesuid``, ``patient_id``,
+        ``study_id`` and ``warnings``.
+    """
+    z, y, x = scan.shape
+    return {
+        "kind": "ct",
+        "path": scan.meta.get("source", ""),
+        "format": scan.meta.get("format", ""),
+        "size_xyz": [x, y, z],
+        "spacing_xyz_mm": scan.spacing.tolist(),
+        "origin_xyz_mm": scan.origin.tolist(),
+        "direction": scan.direction.tolist(),
+        "modality": scan.modality,
+        "hu": _stats(scan.array),
+        "seriesuid": scan.seriesuid,
+        "patient_id": scan.patient_id,
+        "study_id": scan.study_id,
+        "warnings": list(scan.meta.get("warnings", [])),  # type: ignore[call-overload]
+    }
+
+
+def radiograph_info(radiograph: Radiograph) -> dict[str, object]:
+    """Summarise a radiograph as JSON-ready values.
+
+    Args:
+        radiograph: the image to describe.
+
+    Returns:
+        ``kind`` ("radiograph"), ``format``, ``size_xy`` (pixels), ``bits``,
+        ``spacing_xy_mm``, ``intensity`` (min/max/mean after rescale, window and
+        MONOCHROME1 inversion), ``image_id``, ``patient_id``.
+    """
+    y, x = radiograph.array.shape
+    return {
+        "kind": "radiograph",
+        "path": radiograph.meta.get("source", ""),
+        "format": radiograph.meta.get("format", ""),
+        "size_xy": [int(x), int(y)],
+        "bits": radiograph.bits,
+        "spacing_xy_mm": radiograph.spacing.tolist(),
+        "intensity": _stats(radiograph.array),
+        "image_id": radiograph.image_id,
+        "patient_id": radiograph.patient_id,
+    }
+
+
+def read_image(path: Path, *, series: str | None = None) -> Scan | Radiograph:
+    """Read ``path`` as a radiograph (PNG, projection DICOM) or else as a CT."""
+    if not path.exists():
+        raise InputError("no such file or folder", path=path, fix="Check the path")
+    if _is_radiograph(path):
+        if series is not None:
+            raise InputError("--series applies to DICOM folders, not radiographs", path=path)
+        return read_radiograph(path)
+    return read_scan(path, series=series)
+
+
+def _fmt(values: np.ndarray, digits: int) -> str:
+    return ", ".join(f"{float(v):.{digits}g}" for v in np.asarray(values).reshape(-1))
+
+
+def _fmt_stats(array: np.ndarray) -> str:
+    stats = _stats(array)
+    return f"{stats['min']:.6g} / {stats['max']:.6g} / {stats['mean']:.6g}"
+
+
+def _print_human(image: Scan | Radiograph) -> None:
+    if isinstance(image, Scan):
+        z, y, x = image.shape
+        rows = [
+            ("path", str(image.meta.get("source", ""))),
+            ("format", str(image.meta.get("format", ""))),
+            ("modality", image.modality),
+            ("size (x, y, z)", f"{x} x {y} x {z}"),
+            ("spacing (x, y, z mm)", _fmt(image.spacing, 6)),
+            ("origin (x, y, z mm)", _fmt(image.origin, 7)),
+            ("direction (rows)", " | ".join(_fmt(r, 4) for r in image.direction)),
+            ("HU min / max / mean", _fmt_stats(image.array)),
+            ("seriesuid", image.seriesuid or "-"),
+            ("patient_id", image.patient_id or "-"),
+            ("study_id", image.study_id or "-"),
+        ]
+        warnings = image.meta.get("warnings", [])
+        rows += [("warning", str(w)) for w in warnings]  # type: ignore[attr-defined]
+    else:
+        y, x = image.array.shape
+        rows = [
+            ("path", str(image.meta.get("source", ""))),
+            ("format", str(image.meta.get("format", ""))),
+            ("size (x, y)", f"{x} x {y}"),
+            ("bits", str(image.bits)),
+            ("spacing (x, y mm)", _fmt(image.spacing, 6)),
+            ("intensity min / max / mean", _fmt_stats(image.array)),
+            ("image_id", image.image_id or "-"),
+            ("patient_id", image.patient_id or "-"),
+        ]
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for name, value in rows:
+        table.add_row(name, value)
+    Console(highlight=False, soft_wrap=True).print(table)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add ``activecad info`` to ``app``."""
+
+    @app.command("info")
+    def info(
+        path: Path = typer.Argument(
+            ..., help="CT (DICOM folder or file, .mhd, .nii/.nii.gz) or radiograph (.png, .dcm)."
+        ),
+        json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+        series: str | None = typer.Option(
+            None, "--series", help="SeriesInstanceUID to read when a folder holds several."
+        ),
+    ) -> None:
+        """Show size, spacing, origin, direction, modality, HU range and ids of an image."""
+        image = read_image(path, series=series)
+        if json_out:
+            summary = scan_info(image) if isinstance(image, Scan) else radiograph_info(image)
+            typer.echo(json.dumps(summary))
+        else:
+            _print_human(image)

@@ -119,7 +119,7 @@ def read_scan(path: str | Path, *, series: str | None = None) -> Scan:
     path = Path(path)
     if not path.exists():
         raise InputError(
-            "no such file or folder", path=path, fix="check the path (and the working folder)"
+            "no such file or folder", path=path, fix="Check the path (and the working folder)"
         )
     if path.is_dir():
         return _read_dicom_folder(path, series=series)
@@ -133,7 +133,7 @@ def read_scan(path: str | Path, *, series: str | None = None) -> Scan:
     raise InputError(
         f"unknown CT file type '{suffix}'",
         path=path,
-        fix="give a DICOM folder or a .dcm, .mhd, .mha, .nii or .nii.gz file",
+        fix="Give a DICOM folder or a .dcm, .mhd, .mha, .nii or .nii.gz file",
     )
 
 
@@ -150,7 +150,7 @@ def _check_finite(array: np.ndarray, path: Path) -> None:
         raise InputError(
             f"{int(bad.sum())} voxels are NaN or infinite (first at z,y,x={first})",
             path=path,
-            fix="replace them (e.g. with -1024 HU for air) before reading",
+            fix="Replace them (e.g. with -1024 HU for air) before reading",
         )
 
 
@@ -170,7 +170,7 @@ def _mhd_data_file(path: Path) -> Path | None:
     raise InputError(
         "header has no 'ElementDataFile' line",
         path=path,
-        fix="the .mhd header is incomplete; re-export the volume",
+        fix="The .mhd header is incomplete; re-export the volume",
     )
 
 
@@ -181,7 +181,7 @@ def _read_sitk(path: Path, *, fmt: str) -> Scan:
             raise InputError(
                 f"its data file '{data_file.name}' is missing",
                 path=path,
-                fix=f"put {data_file.name} next to the .mhd header (MetaImage is a pair of files)",
+                fix=f"Put {data_file.name} next to the .mhd header (MetaImage is a pair of files)",
             )
     try:
         image = sitk.ReadImage(str(path))
@@ -190,13 +190,13 @@ def _read_sitk(path: Path, *, fmt: str) -> Scan:
             f"cannot read the {fmt.upper()} file, it is corrupt or truncated "
             f"({_first_itk_line(exc)})",
             path=path,
-            fix="re-export or re-download the file",
+            fix="Re-export or re-download the file",
         ) from exc
     if image.GetDimension() != 3:
         raise InputError(
             f"expected a 3D volume, got {image.GetDimension()}D",
             path=path,
-            fix="give a CT volume (radiographs are read with read_radiograph)",
+            fix="Give a CT volume (radiographs are read with read_radiograph)",
         )
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(
@@ -254,7 +254,7 @@ def _read_header(path: Path) -> Dataset | None:
         raise InputError(
             f"corrupt or truncated DICOM header ({type(exc).__name__}: {exc})",
             path=path,
-            fix="remove the file or copy it again from the source",
+            fix="Remove the file or copy it again from the source",
         ) from exc
 
 
@@ -293,7 +293,7 @@ def list_dicom_series(folder: str | Path) -> dict[str, list[Path]]:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise InputError("not a folder", path=folder, fix="give a folder of DICOM files")
+        raise InputError("not a folder", path=folder, fix="Give a folder of DICOM files")
     groups: dict[str, list[Path]] = defaultdict(list)
     for file in sorted(p for p in folder.rglob("*") if p.is_file()):
         ds = _read_header(file)
@@ -316,7 +316,7 @@ def _read_dicom_folder(folder: Path, *, series: str | None) -> Scan:
         raise InputError(
             "no DICOM image files found in this folder",
             path=folder,
-            fix="point at the folder that holds the .dcm slices of one series",
+            fix="Point at the folder that holds the .dcm slices of one series",
         )
     warnings: list[str] = []
     ranked = sorted(headers, key=lambda uid: (-len(headers[uid]), uid))
@@ -326,7 +326,7 @@ def _read_dicom_folder(folder: Path, *, series: str | None) -> Scan:
             raise InputError(
                 f"series '{series}' is not in this folder",
                 path=folder,
-                fix=f"choose one of: {listing}",
+                fix=f"Choose one of: {listing}",
             )
         chosen = series
     else:
@@ -348,7 +348,7 @@ def _read_dicom_file(path: Path) -> Scan:
         raise InputError(
             "not a DICOM file (no DICOM preamble)",
             path=path,
-            fix="give a DICOM file, a DICOM folder, .mhd or .nii(.gz)",
+            fix="Give a DICOM file, a DICOM folder, .mhd or .nii(.gz)",
         )
     if "Rows" not in ds:
         raise InputError("this DICOM file holds no image", path=path)
@@ -363,7 +363,7 @@ def _slice_hu(header: _SliceHeader) -> np.ndarray:
         pixels = ds.pixel_array
     except (AttributeError, KeyError) as exc:
         raise InputError(
-            "DICOM file has no pixel data", path=path, fix="remove it from the series folder"
+            "DICOM file has no pixel data", path=path, fix="Remove it from the series folder"
         ) from exc
     except (NotImplementedError, RuntimeError) as exc:
         # pydicom lacks a decoder for this compressed transfer syntax; GDCM (in SimpleITK)
@@ -373,13 +373,13 @@ def _slice_hu(header: _SliceHeader) -> np.ndarray:
         raise InputError(
             f"corrupt or truncated pixel data ({exc})".replace("\n", " "),
             path=path,
-            fix="copy the file again from the source or remove it from the folder",
+            fix="Copy the file again from the source or remove it from the folder",
         ) from exc
     if pixels.ndim != 2:
         raise InputError(
             f"expected one 2D frame per file, got pixel data of shape {pixels.shape}",
             path=path,
-            fix="multi-frame DICOM is not supported; convert it to one file per slice",
+            fix="Multi-frame DICOM is not supported; convert it to one file per slice",
         )
     hu = apply_rescale(pixels, ds)
     return np.asarray(hu, dtype=np.float32)
@@ -392,7 +392,7 @@ def _slice_hu_sitk(path: Path, cause: Exception) -> np.ndarray:
         raise InputError(
             f"cannot decode the pixel data ({cause})".replace("\n", " "),
             path=path,
-            fix="install pylibjpeg or decompress the file (e.g. gdcmconv --raw)",
+            fix="Install pylibjpeg or decompress the file (e.g. gdcmconv --raw)",
         ) from exc
     array = sitk.GetArrayFromImage(image)
     return np.asarray(array.reshape(array.shape[-2:]), dtype=np.float32)
@@ -408,7 +408,7 @@ def _stack_slices(
             f"slices of series {first_header.seriesuid} differ in size: "
             + ", ".join(f"{r}x{c} ({n} files)" for (r, c), n in shapes.items()),
             path=source,
-            fix="remove the odd files (scouts, localizers) from the folder",
+            fix="Remove the odd files (scouts, localizers) from the folder",
         )
     orientation = first_header.orientation
     if orientation is None or orientation.size != 6:
@@ -558,7 +558,7 @@ def write_scan(scan: Scan, path: str | Path) -> Path:
         raise InputError(
             f"cannot write CT as '{suffix}'",
             path=path,
-            fix="use .mhd, .mha, .nii or .nii.gz (or write_dicom_series for DICOM)",
+            fix="Use .mhd, .mha, .nii or .nii.gz (or write_dicom_series for DICOM)",
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     image = _to_sitk(scan)

@@ -50,7 +50,7 @@ def read_radiograph(path: str | Path) -> Radiograph:
     """
     path = Path(path)
     if not path.exists():
-        raise InputError("no such file", path=path, fix="check the path")
+        raise InputError("no such file", path=path, fix="Check the path")
     if path.is_dir():
         raise InputError("expected a radiograph file, got a folder", path=path)
     if path.suffix.lower() == ".png":
@@ -67,7 +67,7 @@ def _read_png(path: Path) -> Radiograph:
             dpi = image.info.get("dpi")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputError(
-            f"corrupt or truncated PNG ({exc})", path=path, fix="re-export the image"
+            f"corrupt or truncated PNG ({exc})", path=path, fix="Re-export the image"
         ) from exc
     if array.ndim == 3:
         channels = array[..., :3]
@@ -78,7 +78,7 @@ def _read_png(path: Path) -> Radiograph:
             raise InputError(
                 f"expected a grayscale image, got colour mode '{mode}'",
                 path=path,
-                fix="save the radiograph as 8- or 16-bit grayscale PNG",
+                fix="Save the radiograph as 8- or 16-bit grayscale PNG",
             )
         array = channels[..., 0]
     bits = 8 if array.dtype == np.uint8 else 16
@@ -100,13 +100,13 @@ def _read_dicom(path: Path) -> Radiograph:
         ds = pydicom.dcmread(path)
     except InvalidDicomError as exc:
         raise InputError(
-            "not a PNG or DICOM file", path=path, fix="give a .png or a DICOM radiograph"
+            "not a PNG or DICOM file", path=path, fix="Give a .png or a DICOM radiograph"
         ) from exc
     except (OSError, EOFError, ValueError, TypeError, KeyError) as exc:
         raise InputError(
             f"corrupt or truncated DICOM ({type(exc).__name__}: {exc})",
             path=path,
-            fix="copy the file again from the source",
+            fix="Copy the file again from the source",
         ) from exc
     try:
         stored = ds.pixel_array
@@ -116,13 +116,13 @@ def _read_dicom(path: Path) -> Radiograph:
         raise InputError(
             f"cannot decode the pixel data ({exc})".replace("\n", " "),
             path=path,
-            fix="copy the file again, or install pylibjpeg for compressed files",
+            fix="Copy the file again, or install pylibjpeg for compressed files",
         ) from exc
     if stored.ndim != 2:
         raise InputError(
             f"expected one grayscale frame, got pixel data of shape {stored.shape}",
             path=path,
-            fix="radiographs must be single-frame MONOCHROME1/2",
+            fix="Radiographs must be single-frame MONOCHROME1/2",
         )
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):

@@ -218,7 +218,7 @@ def _validate(df: pd.DataFrame, schema: TableSchema, kind: str, path: Path) -> p
         raise InputError(
             f"{kind} table is missing column '{missing[0]}'{hint}",
             path=path,
-            fix=f"expected columns: {expected}",
+            fix=f"Expected columns: {expected}",
         )
     df = df.copy()
     for column in schema.columns:
@@ -231,7 +231,7 @@ def _validate(df: pd.DataFrame, schema: TableSchema, kind: str, path: Path) -> p
             raise InputError(
                 f"column '{column}' is empty at line {_line(first)}",
                 path=path,
-                fix=f"fill in every '{column}' value",
+                fix=f"Fill in every '{column}' value",
             )
         if column in schema.numeric:
             df[column] = _to_numeric(values, empty, column, path)
@@ -245,7 +245,7 @@ def _validate(df: pd.DataFrame, schema: TableSchema, kind: str, path: Path) -> p
                         f"column '{column}' holds {numbers[first]:g} at line "
                         f"{_line(first)}, outside {low_high[0]:g}..{low_high[1]:g}",
                         path=path,
-                        fix=f"use values from {low_high[0]:g} to {low_high[1]:g}",
+                        fix=f"Use values from {low_high[0]:g} to {low_high[1]:g}",
                     )
         elif column in schema.lists:
             df[column] = _to_lists(values, empty, column, schema.lists[column], path)
@@ -263,7 +263,7 @@ def _to_numeric(values: pd.Series, empty: pd.Series, column: str, path: Path) ->
         raise InputError(
             f"column '{column}' is not numeric: '{values.iloc[first]}' at line {_line(first)}",
             path=path,
-            fix=f"write '{column}' as plain numbers (decimal point '.', no units)",
+            fix=f"Write '{column}' as plain numbers (decimal point '.', no units)",
         )
     return numbers
 
@@ -289,7 +289,7 @@ def _to_lists(
                 f"column '{column}' needs {expected} comma-separated numbers, got "
                 f"'{cell}' at line {_line(position)}",
                 path=path,
-                fix=f"write '{column}' as e.g. \"{', '.join(['1'] * expected)}\"",
+                fix=f"Write '{column}' as e.g. \"{', '.join(['1'] * expected)}\"",
             )
         parsed.append(item)
     return pd.Series(parsed, index=values.index, dtype=object)
@@ -317,7 +317,7 @@ def read_table(path: str | Path, kind: str) -> pd.DataFrame:
     path = Path(path)
     schema = _schema(kind)
     if not path.exists():
-        raise InputError("no such file", path=path, fix="check the path")
+        raise InputError("no such file", path=path, fix="Check the path")
     if path.is_dir():
         raise InputError("expected a CSV file, got a folder", path=path)
     try:
@@ -329,12 +329,12 @@ def read_table(path: str | Path, kind: str) -> pd.DataFrame:
         raise InputError(
             "the file is empty",
             path=path,
-            fix=f"write a header line: {','.join(schema.required)}",
+            fix=f"Write a header line: {','.join(schema.required)}",
         ) from exc
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         message = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise InputError(
-            f"not a readable CSV ({message})", path=path, fix="check quoting and delimiters"
+            f"not a readable CSV ({message})", path=path, fix="Check quoting and delimiters"
         ) from exc
     return _validate(df, schema, kind, path)
 
