@@ -1,4 +1,4 @@
-"""``activecad info PATH``: what a CT volume or a chest radiograph holds, read by activecad.io."""
+"""``activecad info PATH``: what a CT, a chest radiograph or an annotation table holds."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pydicom
 import typer
 from pydicom.errors import InvalidDicomError
@@ -13,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from activecad.errors import InputError
-from activecad.io import read_radiograph, read_scan
+from activecad.io import TABLE_SCHEMAS, guess_table_kind, read_radiograph, read_scan, read_table
 from activecad.io.scan import Radiograph, Scan
 
 # Modalities of projection images; any other DICOM file is read as a CT slice.
@@ -110,6 +111,44 @@ def read_image(path: Path, *, series: str | None = None) -> Scan | Radiograph:
     return read_scan(path, series=series)
 
 
+def table_info(path: Path, *, kind: str | None = None) -> dict[str, object]:
+    """Validate an annotation CSV and summarise it as JSON-ready values.
+
+    Args:
+        path: the CSV file.
+        kind: a key of ``TABLE_SCHEMAS``; guessed from the header when ``None``.
+
+    Returns:
+        ``kind`` ("table"), ``table_kind``, ``rows``, ``columns`` and, where the table has
+        them, the number of distinct ``seriesuid`` / ``image_id`` values.
+
+    Raises:
+        InputError: unknown kind, unreadable CSV or invalid columns (see ``read_table``).
+    """
+    if kind is None:
+        try:
+            header = pd.read_csv(path, nrows=0).columns
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError):
+            header = pd.Index([])
+        kind = guess_table_kind([str(c) for c in header])
+    elif kind not in TABLE_SCHEMAS:
+        raise InputError(
+            f"unknown table kind '{kind}'", fix=f"Use one of: {', '.join(TABLE_SCHEMAS)}"
+        )
+    table = read_table(path, kind)
+    summary: dict[str, object] = {
+        "kind": "table",
+        "path": str(path),
+        "table_kind": kind,
+        "rows": len(table),
+        "columns": [str(c) for c in table.columns],
+    }
+    for column in ("seriesuid", "image_id"):
+        if column in table.columns:
+            summary[f"distinct_{column}"] = int(table[column].nunique())
+    return summary
+
+
 def _fmt(values: np.ndarray, digits: int) -> str:
     return ", ".join(f"{float(v):.{digits}g}" for v in np.asarray(values).reshape(-1))
 
@@ -117,6 +156,15 @@ def _fmt(values: np.ndarray, digits: int) -> str:
 def _fmt_stats(array: np.ndarray) -> str:
     stats = _stats(array)
     return f"{stats['min']:.6g} / {stats['max']:.6g} / {stats['mean']:.6g}"
+
+
+def _print_rows(rows: list[tuple[str, str]]) -> None:
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for name, value in rows:
+        table.add_row(name, value)
+    Console(highlight=False, soft_wrap=True).print(table)
 
 
 def _print_human(image: Scan | Radiograph) -> None:
@@ -149,12 +197,7 @@ def _print_human(image: Scan | Radiograph) -> None:
             ("image_id", image.image_id or "-"),
             ("patient_id", image.patient_id or "-"),
         ]
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column()
-    for name, value in rows:
-        table.add_row(name, value)
-    Console(highlight=False, soft_wrap=True).print(table)
+    _print_rows(rows)
 
 
 def register(app: typer.Typer) -> None:
@@ -163,14 +206,33 @@ def register(app: typer.Typer) -> None:
     @app.command("info")
     def info(
         path: Path = typer.Argument(
-            ..., help="CT (DICOM folder or file, .mhd, .nii/.nii.gz) or radiograph (.png, .dcm)."
+            ...,
+            help="CT (DICOM folder or file, .mhd, .nii/.nii.gz), radiograph (.png, .dcm) "
+            "or annotation table (.csv).",
         ),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
         series: str | None = typer.Option(
             None, "--series", help="SeriesInstanceUID to read when a folder holds several."
         ),
+        kind: str | None = typer.Option(
+            None,
+            "--kind",
+            help=f"Table kind of a .csv ({', '.join(TABLE_SCHEMAS)}); guessed when left out.",
+        ),
     ) -> None:
-        """Show size, spacing, origin, direction, modality, HU range and ids of an image."""
+        """Show size, spacing, origin, direction, modality, HU range and ids of an image.
+
+        A .csv is validated as an annotation table and its kind, rows and columns shown.
+        """
+        if path.suffix.lower() == ".csv":
+            if not path.exists():
+                raise InputError("no such file", path=path, fix="Check the path")
+            summary = table_info(path, kind=kind)
+            if json_out:
+                typer.echo(json.dumps(summary))
+            else:
+                _print_rows([(name, str(value)) for name, value in summary.items()])
+            return
         image = read_image(path, series=series)
         if json_out:
             summary = scan_info(image) if isinstance(image, Scan) else radiograph_info(image)

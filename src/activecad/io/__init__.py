@@ -28,7 +28,13 @@ from activecad.io.radiograph import (
     write_radiograph_dicom,
 )
 from activecad.io.scan import Radiograph, Scan
-from activecad.io.tables import TABLE_SCHEMAS, TableSchema, read_table, write_table
+from activecad.io.tables import (
+    TABLE_SCHEMAS,
+    TableSchema,
+    guess_table_kind,
+    read_table,
+    write_table,
+)
 
 __all__ = [
     "CT_SUFFIXES",
@@ -37,6 +43,7 @@ __all__ = [
     "Radiograph",
     "Scan",
     "TableSchema",
+    "guess_table_kind",
     "is_valid_uid",
     "list_dicom_series",
     "make_uid",

@@ -40,7 +40,14 @@ import pandas as pd
 
 from activecad.errors import InputError
 
-__all__ = ["TABLE_SCHEMAS", "TableSchema", "format_number_list", "read_table", "write_table"]
+__all__ = [
+    "TABLE_SCHEMAS",
+    "TableSchema",
+    "format_number_list",
+    "guess_table_kind",
+    "read_table",
+    "write_table",
+]
 
 
 @dataclass(frozen=True)
@@ -183,6 +190,32 @@ def _schema(kind: str) -> TableSchema:
     return TABLE_SCHEMAS[kind]
 
 
+def guess_table_kind(columns: list[str] | tuple[str, ...]) -> str:
+    """The table kind whose columns best fit a CSV header.
+
+    A kind whose required columns are all present wins; among those, the one that knows
+    the most of the columns (so a submission with ``probability`` and ``diameter_mm`` is
+    not taken for annotations). Failing that, the kind sharing the largest fraction of
+    required columns, which :func:`read_table` will then report as missing a column.
+
+    Args:
+        columns: the header's column names.
+
+    Returns:
+        A key of ``TABLE_SCHEMAS``.
+    """
+    present = set(columns)
+
+    def fit(kind: str) -> tuple[bool, float, int]:
+        schema = TABLE_SCHEMAS[kind]
+        shared = sum(c in present for c in schema.required)
+        known = sum(c in present for c in schema.columns)
+        return shared == len(schema.required), shared / len(schema.required), known
+
+    # max() keeps the first of equal kinds, so "annotations" wins over "excluded".
+    return max(TABLE_SCHEMAS, key=fit)
+
+
 def _line(position: int) -> int:
     """File line of data row ``position`` (0-based) in a CSV with one header line."""
     return position + 2
@@ -213,7 +246,8 @@ def _validate(df: pd.DataFrame, schema: TableSchema, kind: str, path: Path) -> p
     expected = ", ".join(schema.required)
     missing = [c for c in schema.required if c not in df.columns]
     if missing:
-        close = difflib.get_close_matches(missing[0], [str(c) for c in df.columns], n=1)
+        unknown = [str(c) for c in df.columns if c not in schema.columns]
+        close = difflib.get_close_matches(missing[0], unknown, n=1)
         hint = f" (found '{close[0]}': rename it)" if close else ""
         raise InputError(
             f"{kind} table is missing column '{missing[0]}'{hint}",
