@@ -1,0 +1,217 @@
+"""CT readers and writers: round trips, DICOM ordering, series choice and gap reports."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.pixels import apply_rescale
+
+from activecad.errors import InputError
+from activecad.io import (
+    is_valid_uid,
+    list_dicom_series,
+    make_uid,
+    read_scan,
+    scan_world_to_voxel,
+    write_dicom_series,
+    write_scan,
+)
+from activecad.io.scan import Scan
+from tests.io.helpers import make_scan
+
+
+def _write(scan: Scan, tmp_path: Path, fmt: str) -> Path:
+    if fmt == "dicom":
+        write_dicom_series(scan, tmp_path / "series")
+        return tmp_path / "series"
+    # NIfTI has no id fields: the reader takes the seriesuid from the file name.
+    return write_scan(scan, tmp_path / f"{scan.seriesuid}.{fmt}")
+
+
+@pytest.mark.parametrize("fmt", ["dicom", "mhd", "nii", "nii.gz"])
+def test_round_trip_keeps_array_and_geometry(tmp_path: Path, fmt: str) -> None:
+    scan = make_scan()
+    back = read_scan(_write(scan, tmp_path, fmt))
+    np.testing.assert_array_equal(back.array, scan.array)
+    assert back.array.dtype == np.float32
+    # NIfTI stores spacing and the orientation quaternion as float32 (~1e-7 relative).
+    np.testing.assert_allclose(back.spacing, scan.spacing, atol=1e-6)
+    np.testing.assert_allclose(back.origin, scan.origin, atol=1e-6)
+    np.testing.assert_allclose(back.direction, scan.direction, atol=1e-6)
+    assert back.seriesuid == scan.seriesuid
+    assert back.meta["warnings"] == []
+
+
+@pytest.mark.parametrize("fmt", ["dicom", "mhd"])
+def test_round_trip_keeps_ids(tmp_path: Path, fmt: str) -> None:
+    scan = make_scan()
+    back = read_scan(_write(scan, tmp_path, fmt))
+    assert (back.patient_id, back.study_id) == (scan.patient_id, scan.study_id)
+    assert back.modality == "CT"
+
+
+def test_round_trip_preserves_world_position_of_a_finding(tmp_path: Path) -> None:
+    scan = make_scan()
+    back = read_scan(_write(scan, tmp_path, "dicom"))
+    point = np.array([-118.0, 40.0, -300.0])
+    np.testing.assert_allclose(
+        scan_world_to_voxel(back, point), scan_world_to_voxel(scan, point), atol=1e-6
+    )
+
+
+def test_mhd_raw_is_uncompressed(tmp_path: Path) -> None:
+    scan = make_scan()
+    write_scan(scan, tmp_path / "vol.mhd")
+    raw = (tmp_path / "vol.raw").read_bytes()
+    # 6 * 8 * 10 float32 voxels, x fastest, as LUNA16 tools memory-map them.
+    assert len(raw) == 6 * 8 * 10 * 4
+    np.testing.assert_array_equal(np.frombuffer(raw, "<f4").reshape(6, 8, 10), scan.array)
+    header = (tmp_path / "vol.mhd").read_text()
+    assert "CompressedData = False" in header
+    assert f"SeriesInstanceUID = {scan.seriesuid}" in header
+
+
+def test_mhd_without_id_keys_takes_seriesuid_from_file_name(tmp_path: Path) -> None:
+    scan = make_scan(seriesuid="")
+    write_scan(scan, tmp_path / "1.3.6.1.4.1.14519.5.2.1.6279.6001.1.mhd")
+    assert read_scan(tmp_path / "1.3.6.1.4.1.14519.5.2.1.6279.6001.1.mhd").seriesuid == (
+        "1.3.6.1.4.1.14519.5.2.1.6279.6001.1"
+    )
+
+
+def test_dicom_files_are_real_ct_and_deterministic(tmp_path: Path) -> None:
+    scan = make_scan()
+    first = write_dicom_series(scan, tmp_path / "a")
+    second = write_dicom_series(scan, tmp_path / "b")
+    assert len(first) == scan.shape[0]
+    assert [f.read_bytes() for f in first] == [f.read_bytes() for f in second]
+    ds = pydicom.dcmread(first[2])
+    assert ds.Modality == "CT"
+    assert ds.SOPClassUID == pydicom.uid.CTImageStorage
+    assert ds.SeriesInstanceUID == scan.seriesuid
+    assert [float(v) for v in ds.PixelSpacing] == [0.8, 0.7]  # (row, column) = (y, x)
+    assert float(ds.SliceThickness) == 2.5
+    assert len({pydicom.dcmread(f).SOPInstanceUID for f in first}) == len(first)
+
+
+def test_non_uid_ids_become_deterministic_uids(tmp_path: Path) -> None:
+    scan = make_scan(seriesuid="phantom-0003")
+    write_dicom_series(scan, tmp_path / "s")
+    back = read_scan(tmp_path / "s")
+    assert is_valid_uid(back.seriesuid)
+    assert back.seriesuid == make_uid("series:phantom-0003")
+    assert make_uid("x") == make_uid("x") != make_uid("y")
+
+
+def test_shuffled_file_names_and_instance_numbers_read_in_position_order(tmp_path: Path) -> None:
+    scan = make_scan(shape=(7, 4, 5))
+    files = write_dicom_series(scan, tmp_path / "s")
+    order = list(range(len(files)))
+    random.Random(3).shuffle(order)
+    for k, path in enumerate(files):
+        ds = pydicom.dcmread(path)
+        # InstanceNumber is often wrong or reversed in the wild; it must not decide the order.
+        ds.InstanceNumber = len(files) - order[k]
+        ds.save_as(tmp_path / "s" / f"IMG{order[k]:03d}", enforce_file_format=True)
+        path.unlink()
+    back = read_scan(tmp_path / "s")
+    np.testing.assert_array_equal(back.array, scan.array)
+    np.testing.assert_allclose(back.origin, scan.origin, atol=1e-6)
+
+
+def test_missing_slice_is_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    scan = make_scan()
+    files = write_dicom_series(scan, tmp_path / "s")
+    files[3].unlink()
+    back = read_scan(tmp_path / "s")
+    assert back.shape[0] == 5
+    assert back.spacing[2] == pytest.approx(2.5)
+    assert any("1 missing slice" in w for w in back.meta["warnings"])
+    assert "missing slice" in caplog.text
+
+
+def test_uneven_spacing_is_reported(tmp_path: Path) -> None:
+    scan = make_scan(direction=np.eye(3))
+    files = write_dicom_series(scan, tmp_path / "s")
+    ds = pydicom.dcmread(files[2])
+    ds.ImagePositionPatient = [float(v) for v in ds.ImagePositionPatient[:2]] + [
+        float(ds.ImagePositionPatient[2]) + 0.4
+    ]
+    ds.save_as(files[2], enforce_file_format=True)
+    back = read_scan(tmp_path / "s")
+    assert any("uneven slice spacing" in w for w in back.meta["warnings"])
+
+
+def test_several_series_default_to_the_largest_and_can_be_chosen(tmp_path: Path) -> None:
+    big = make_scan(shape=(6, 4, 5), seriesuid="1.2.3.100")
+    small = make_scan(shape=(3, 4, 5), seriesuid="1.2.3.200", seed=1)
+    write_dicom_series(big, tmp_path / "study" / "big")
+    write_dicom_series(small, tmp_path / "study" / "small")
+    (tmp_path / "study" / "notes.xml").write_text("<LidcReadMessage/>")
+    assert list(list_dicom_series(tmp_path / "study")) == ["1.2.3.100", "1.2.3.200"]
+
+    default = read_scan(tmp_path / "study")
+    assert default.seriesuid == "1.2.3.100"
+    assert any("2 series" in w and "--series" in w for w in default.meta["warnings"])
+
+    chosen = read_scan(tmp_path / "study", series="1.2.3.200")
+    np.testing.assert_array_equal(chosen.array, small.array)
+    assert chosen.meta["warnings"] == []
+
+    with pytest.raises(InputError, match=r"series '9\.9' is not in this folder.*1\.2\.3\.200"):
+        read_scan(tmp_path / "study", series="9.9")
+
+
+def test_single_slice_dicom_matches_pydicom_rescale() -> None:
+    path = get_testdata_file("CT_small.dcm")
+    ds = pydicom.dcmread(path)
+    scan = read_scan(path)
+    # Reference implementation: pydicom's own modality LUT (RescaleSlope/Intercept).
+    np.testing.assert_array_equal(scan.array[0], apply_rescale(ds.pixel_array, ds))
+    # PixelSpacing 0.661468 (row = column) and SliceThickness 5 from the file's header.
+    np.testing.assert_allclose(scan.spacing, [0.661468, 0.661468, 5.0])
+    np.testing.assert_allclose(scan.origin, [float(v) for v in ds.ImagePositionPatient])
+    assert scan.seriesuid == ds.SeriesInstanceUID
+    assert scan.patient_id == "1CT1"
+
+
+def test_rescale_slope_and_intercept_give_hu(tmp_path: Path) -> None:
+    scan = make_scan(shape=(2, 3, 4))
+    files = write_dicom_series(scan, tmp_path / "s")
+    for path in files:
+        ds = pydicom.dcmread(path)
+        # Store (HU + 1024) / 2 unsigned-looking values; HU = 2 * stored - 1024.
+        stored = ds.pixel_array.astype(np.float64)
+        ds.PixelData = np.rint((stored + 1024) / 2).astype("<i2").tobytes()
+        ds.RescaleSlope, ds.RescaleIntercept = "2", "-1024"
+        ds.save_as(path, enforce_file_format=True)
+    back = read_scan(tmp_path / "s")
+    expected = 2 * np.rint((scan.array + 1024) / 2) - 1024
+    np.testing.assert_array_equal(back.array, expected)
+
+
+def test_write_dicom_rejects_hu_outside_int16(tmp_path: Path) -> None:
+    scan = make_scan(shape=(1, 2, 2))
+    scan.array[0, 0, 0] = 40000
+    with pytest.raises(ValueError, match="int16"):
+        write_dicom_series(scan, tmp_path / "s")
+
+
+def test_unknown_suffix_is_an_input_error(tmp_path: Path) -> None:
+    path = tmp_path / "volume.vtk"
+    path.write_text("not a CT")
+    with pytest.raises(InputError, match=r"unknown CT file type '\.vtk'"):
+        read_scan(path)
+    with pytest.raises(InputError, match=r"cannot write CT as '\.vtk'"):
+        write_scan(make_scan(), path)
+
+
+def test_folder_without_dicom_is_an_input_error(tmp_path: Path) -> None:
+    (tmp_path / "readme.txt").write_text("no images here")
+    with pytest.raises(InputError, match="no DICOM image files"):
+        read_scan(tmp_path)
