@@ -1,9 +1,116 @@
-"""Command(s) of the `activecad` CLI for this area. Filled in by the owning module."""
+"""``activecad train detector`` and ``activecad detect``: the 3D nodule detector.
+
+``train`` is a sub-app so that later models (``fpr``, ``meld``, ``cxr``) add their own
+``activecad train NAME`` commands beside ``detector``.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
+from rich.console import Console
+
+from activecad.errors import InputError
+
+train_app = typer.Typer(
+    help="Train a model on a data folder.", no_args_is_help=True, add_completion=False
+)
+
+
+@train_app.command("detector")
+def train_detector_command(
+    data_dir: Path = typer.Argument(..., help="LUNA16-style folder: ct/ and annotations.csv."),
+    out: Path = typer.Option(..., "--out", help="Model folder to write."),
+    preset: str = typer.Option("cpu", "--preset", help="cpu or paper."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Override the epochs."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Override steps per epoch."),
+    config: Path | None = typer.Option(None, "--config", help="YAML with config overrides."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
+    cache: Path | None = typer.Option(None, "--cache", help="Preprocessing cache folder."),
+    time_budget: float | None = typer.Option(
+        None, "--time-budget", min=1, help="Stop after the epoch that passes this many seconds."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Train the 3D nodule detector with loss prediction (papers/000)."""
+    import yaml
+
+    from activecad.models.detector3d import preset_config, train_detector
+
+    overrides: dict[str, object] = {}
+    if config is not None:
+        if not config.is_file():
+            raise InputError("config file does not exist", path=config, fix="check the path")
+        try:
+            loaded = yaml.safe_load(config.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise InputError(f"not valid YAML ({exc})".replace("\n", " "), path=config) from None
+        if not isinstance(loaded, dict):
+            raise InputError("the top level must be a mapping of keys to values", path=config)
+        overrides.update(loaded)
+        if overrides.pop("preset", preset) != preset:
+            raise InputError(
+                "the config's preset differs from --preset", path=config, fix="make them agree"
+            )
+    if epochs is not None:
+        overrides["epochs"] = epochs
+    if steps is not None:
+        overrides["steps_per_epoch"] = steps
+    cfg = preset_config(preset, **overrides)
+    result = train_detector(
+        data_dir, out, cfg, resume=resume, cache_dir=cache, time_budget_s=time_budget
+    )
+    summary = {
+        "model_dir": str(result.model_dir),
+        "epochs_done": result.epochs_done,
+        "stopped_early": result.stopped_early,
+        "last": result.history[-1] if result.history else None,
+    }
+    if as_json:
+        typer.echo(json.dumps(summary))
+    else:
+        typer.echo(f"model written to {result.model_dir} ({result.epochs_done} epochs)")
+
+
+def detect_command(
+    scans: list[Path] = typer.Argument(..., help="CT scans (.mhd, .nii.gz, DICOM folder)."),
+    model: Path = typer.Option(..., "--model", help="Model folder from 'train detector'."),
+    out: Path = typer.Option(
+        ..., "--out", help="Detections CSV (LUNA16 submission + diameter_mm)."
+    ),
+    uncertainty: Path | None = typer.Option(
+        None, "--uncertainty", help="CSV of l_scan and L_roi per scan."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print a summary as JSON."),
+) -> None:
+    """Detect nodules in CT scans with a trained detector."""
+    from activecad.io.tables import write_table
+    from activecad.models.detector3d import detect_files, load_bundle
+
+    detector = load_bundle(model)
+    detections, uncertainties = detect_files(detector, scans, progress=not as_json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_table(detections, out, "submission")
+    if uncertainty is not None:
+        uncertainty.parent.mkdir(parents=True, exist_ok=True)
+        uncertainties.to_csv(uncertainty, index=False)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "detections": len(detections),
+                    "scans": uncertainties.to_dict(orient="records"),
+                    "out": str(out),
+                }
+            )
+        )
+    else:
+        Console(stderr=True).print(f"{len(detections)} detections in {len(scans)} scans -> {out}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add ``train`` (with ``detector``) and ``detect`` to ``app``."""
+    app.add_typer(train_app, name="train")
+    app.command("detect")(detect_command)

@@ -1,0 +1,68 @@
+"""The 3D nodule detector with loss prediction (papers/000 §2).
+
+ResNet-18 + FPN (P2..P5) with MONAI RetinaNet heads, anchors, ATSS matching, hard-negative
+sampling and sliding-window inference; the scan-level loss predictor of Eq. 1, the RoI-level
+uncertainty of Eq. 2 and the joint objective of Eq. 3.
+"""
+
+from activecad.models.detector3d.bundle import load_bundle, read_bundle_info, save_bundle
+from activecad.models.detector3d.config import PRESETS, DetectorConfig, preset_config
+from activecad.models.detector3d.inference import (
+    SUBMISSION_COLUMNS,
+    UNCERTAINTY_COLUMNS,
+    ScanResult,
+    detect_files,
+    detect_prepared,
+    detect_scan,
+    detections_to_world,
+    network_input,
+)
+from activecad.models.detector3d.loss_prediction import (
+    RoILossHead,
+    ScanLossPredictor,
+    ranking_loss,
+    roi_uncertainty,
+)
+from activecad.models.detector3d.network import (
+    Detections,
+    DetectorNetwork,
+    NoduleDetector,
+    StepLosses,
+)
+from activecad.models.detector3d.train import (
+    LunaFolder,
+    TrainResult,
+    read_luna_folder,
+    split_series,
+    train_detector,
+)
+
+__all__ = [
+    "PRESETS",
+    "SUBMISSION_COLUMNS",
+    "UNCERTAINTY_COLUMNS",
+    "Detections",
+    "DetectorConfig",
+    "DetectorNetwork",
+    "LunaFolder",
+    "NoduleDetector",
+    "RoILossHead",
+    "ScanLossPredictor",
+    "ScanResult",
+    "StepLosses",
+    "TrainResult",
+    "detect_files",
+    "detect_prepared",
+    "detect_scan",
+    "detections_to_world",
+    "load_bundle",
+    "network_input",
+    "preset_config",
+    "ranking_loss",
+    "read_bundle_info",
+    "read_luna_folder",
+    "roi_uncertainty",
+    "save_bundle",
+    "split_series",
+    "train_detector",
+]

@@ -1,0 +1,144 @@
+"""Typed configuration of the 3D nodule detector and its two presets.
+
+Frames: ``spacing`` is (x, y, z) mm; ``patch_size`` is (x, y, z) voxels of the resampled
+array, the order in which the network sees it (see :mod:`.network`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from activecad.config import StrictConfig, validate_config
+from activecad.data.augment import AugmentConfig
+from activecad.data.preprocess import PreprocessConfig
+from activecad.errors import InputError
+from activecad.registry import unknown_name_message
+
+Preset = Literal["cpu", "paper"]
+
+
+class DetectorConfig(StrictConfig):
+    """Everything that defines a detector: network shape, anchors, losses and training.
+
+    Attributes:
+        preset: the preset these values started from (``cpu`` or ``paper``).
+        preprocess: resampling, HU window and cropping.
+        backbone_widths: channels of the four ResNet-18 stages (full width: 64-128-256-512).
+        fpn_channels: channels of every FPN output P2..P5.
+        head_convs: conv layers in each detection head before its output layer (MONAI: 4).
+        head_levels: how many pyramid levels, from P2 upwards, carry detection heads.
+        base_anchor_shapes: anchor sizes (x, y, z voxels) at P2; level k scales them by 2**k.
+        loss_hidden: width of the loss-prediction FC layers (Yoo & Kweon use 128).
+        patch_size: training/inference window, x-y-z voxels; must be divisible by 32.
+        batch_size: patches per step; the ranking losses pair them, so it must be even.
+        positive_fraction: share of nodule-centred patches in a batch.
+        epochs: passes over the training scans.
+        steps_per_epoch: optimiser steps per epoch.
+        optimizer: ``sgd`` (momentum 0.9, as papers/000) or ``adamw`` (converges in fewer
+            steps, which a CPU budget needs).
+        lr: learning rate (papers/000: 0.01 with SGD); divided by 10 for the last tenth
+            of the epochs, as papers/000 §3.1 does.
+        weight_decay: weight decay.
+        augment: augmentation of training patches.
+        val_fraction: share of the scans held out for validation FROC/CPM (0 for none).
+        val_every: validate every this many epochs (and after the last).
+        lambda_scan: weight lambda1 of the scan-level loss-prediction term (Eq. 3).
+        lambda_roi: weight lambda2 of the RoI-level loss-prediction term (Eq. 3).
+        margin: margin of the pairwise ranking loss (Yoo & Kweon: 1).
+        stop_grad_epoch: from this epoch on, loss-prediction gradients no longer reach the
+            detector features (Yoo & Kweon stop them after 120 of 200 epochs).
+        roi_tau: detection-score threshold tau of L_RoI (Eq. 2; papers/000: 0.5).
+        score_thresh: minimum probability of a reported detection.
+        nms_thresh: IoU above which NMS suppresses the lower-scored box.
+        detections_per_scan: at most this many detections per scan.
+        sw_overlap: overlap of sliding windows at inference.
+        seed: seed of every random choice in training.
+        amp: use mixed precision where the device supports it (CUDA).
+    """
+
+    preset: Preset = "cpu"
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    backbone_widths: tuple[int, int, int, int] = (16, 32, 64, 128)
+    fpn_channels: int = 64
+    head_levels: int = Field(default=3, ge=1, le=4)
+    head_convs: int = Field(default=1, ge=0, le=4)
+    base_anchor_shapes: tuple[tuple[float, float, float], ...] = ((4.0, 4.0, 4.0), (8.0, 8.0, 8.0))
+    loss_hidden: int = 32
+    patch_size: tuple[int, int, int] = (96, 96, 96)
+    batch_size: int = Field(default=2, ge=2)
+    positive_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
+    epochs: int = Field(default=20, ge=1)
+    steps_per_epoch: int = Field(default=50, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=3e-5, ge=0)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    val_fraction: float = Field(default=0.2, ge=0, lt=1)
+    val_every: int = Field(default=5, ge=1)
+    lambda_scan: float = Field(default=1.0, ge=0)
+    lambda_roi: float = Field(default=1.0, ge=0)
+    margin: float = Field(default=1.0, ge=0)
+    stop_grad_epoch: int = Field(default=12, ge=0)
+    roi_tau: float = Field(default=0.5, ge=0, le=1)
+    score_thresh: float = Field(default=0.05, ge=0, le=1)
+    nms_thresh: float = Field(default=0.1, ge=0, le=1)
+    detections_per_scan: int = Field(default=100, ge=1)
+    sw_overlap: float = Field(default=0.25, ge=0, lt=1)
+    seed: int = 0
+    amp: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> DetectorConfig:
+        if any(p % 32 for p in self.patch_size):
+            raise ValueError(
+                f"patch_size must be divisible by 32 (the P5 stride), got {self.patch_size}"
+            )
+        if self.batch_size % 2:
+            raise ValueError(f"batch_size must be even (ranking pairs), got {self.batch_size}")
+        if self.fpn_channels % 8:
+            raise ValueError(
+                f"fpn_channels must be divisible by 8 (GroupNorm), got {self.fpn_channels}"
+            )
+        return self
+
+
+PRESETS: dict[str, dict[str, object]] = {
+    # About a quarter of ResNet-18's width and 64 FPN channels: ~1 s a step on 2 CPU cores.
+    "cpu": {},
+    # papers/000: full ResNet-18, 256 FPN channels; LUNA16-style 0.7 x 0.7 x 1.25 mm voxels.
+    "paper": {
+        "preprocess": {"spacing": (0.7, 0.7, 1.25)},
+        "backbone_widths": (64, 128, 256, 512),
+        "fpn_channels": 256,
+        "head_convs": 4,
+        "loss_hidden": 128,
+        "patch_size": (128, 128, 96),
+        "batch_size": 4,
+        "base_anchor_shapes": ((6.0, 6.0, 4.0), (12.0, 12.0, 7.0)),
+        "optimizer": "sgd",
+        "lr": 0.01,
+        "epochs": 300,
+        "stop_grad_epoch": 180,
+    },
+}
+
+
+def preset_config(preset: str, **overrides: object) -> DetectorConfig:
+    """The configuration of a named preset with ``overrides`` applied on top.
+
+    Raises:
+        InputError: ``preset`` is not one of the known presets, or an override is invalid.
+    """
+    if preset not in PRESETS:
+        raise InputError(unknown_name_message("preset", preset, PRESETS))
+    values: dict[str, object] = {"preset": preset, **PRESETS[preset]}
+    for key, value in overrides.items():
+        if key == "preprocess" and isinstance(value, dict):
+            base = dict(values.get("preprocess", {}))  # type: ignore[call-overload]
+            base.update(value)
+            values["preprocess"] = base
+        else:
+            values[key] = value
+    return validate_config(DetectorConfig, values)
