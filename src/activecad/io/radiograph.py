@@ -128,25 +128,16 @@ def _read_dicom(path: Path) -> Radiograph:
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise InputError(f"expected grayscale, got {photometric}", path=path)
     bits_stored = int(ds.get("BitsStored", 16))
-    signed = int(ds.get("PixelRepresentation", 0)) == 1
-    low, high = (
-        (-(2 ** (bits_stored - 1)), 2 ** (bits_stored - 1) - 1)
-        if signed
-        else (0, 2**bits_stored - 1)
-    )
     values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    low, high = sorted((low * slope + intercept, high * slope + intercept))
+    low, high = _output_range(ds, bits_stored)
     has_voi = "VOILUTSequence" in ds or "WindowCenter" in ds
     if has_voi:
         values = np.asarray(apply_voi_lut(values, ds), dtype=np.float64)
-        # pydicom's windowing maps into the range of the stored bits.
-        low, high = (
-            (0.0, float(2**bits_stored - 1))
-            if not signed
-            else (float(-(2 ** (bits_stored - 1))), float(2 ** (bits_stored - 1) - 1))
-        )
+        if "VOILUTSequence" in ds:
+            # A VOI LUT maps into 0 .. 2**(its third descriptor value) - 1 (PS3.3 C.11.2.1.1).
+            lut_bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+            low, high = 0.0, float(2**lut_bits - 1)
+        # A window keeps the modality output range, as pydicom's apply_windowing does.
     if photometric == "MONOCHROME1":
         values = low + high - values
     spacing = None
@@ -171,6 +162,21 @@ def _read_dicom(path: Path) -> Radiograph:
             "sop_instance_uid": str(ds.get("SOPInstanceUID", "")),
         },
     )
+
+
+def _output_range(ds: Dataset, bits_stored: int) -> tuple[float, float]:
+    """The range of values after the modality LUT: what MONOCHROME1 inverts within."""
+    if ds.get("ModalityLUTSequence"):
+        lut_bits = int(ds.ModalityLUTSequence[0].LUTDescriptor[2])
+        return 0.0, float(2**lut_bits - 1)
+    if int(ds.get("PixelRepresentation", 0)) == 1:
+        low, high = -(2.0 ** (bits_stored - 1)), 2.0 ** (bits_stored - 1) - 1
+    else:
+        low, high = 0.0, 2.0**bits_stored - 1
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    low, high = sorted((low * slope + intercept, high * slope + intercept))
+    return low, high
 
 
 def write_png(array: ArrayLike, path: str | Path, *, bits: int = 16) -> Path:
