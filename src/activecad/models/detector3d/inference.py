@@ -93,7 +93,8 @@ def detect_prepared(detector: NoduleDetector, prepared: PreparedScan) -> ScanRes
     device = next(detector.network.parameters()).device
     image = network_input(prepared, detector.config.patch_size).to(device)
     detector.eval()
-    found = detector.detect(image)
+    z, y, x = prepared.array.shape
+    found = detector.detect(image, valid_shape=(x, y, z))
     return ScanResult(detections_to_world(found, prepared), found.l_scan, found.l_roi)
 
 
@@ -103,8 +104,8 @@ def detect_scan(detector: NoduleDetector, scan: Scan) -> ScanResult:
     Raises:
         InputError: the scan is smaller than the model's patch.
     """
-    patch_zyx = tuple(int(p) for p in detector.config.patch_size[::-1])
-    prepared = preprocess_scan(scan, detector.config.preprocess, min_shape_zyx=patch_zyx)  # type: ignore[arg-type]
+    px, py, pz = detector.config.patch_size
+    prepared = preprocess_scan(scan, detector.config.preprocess, min_shape_zyx=(pz, py, px))
     return detect_prepared(detector, prepared)
 
 

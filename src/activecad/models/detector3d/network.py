@@ -252,12 +252,16 @@ class NoduleDetector(nn.Module):
         )
 
     @torch.no_grad()
-    def detect(self, image: torch.Tensor) -> Detections:
+    def detect(
+        self, image: torch.Tensor, valid_shape: tuple[int, int, int] | None = None
+    ) -> Detections:
         """Detect nodules in one volume with sliding windows of ``config.patch_size``.
 
         Args:
             image: (1, 1, X, Y, Z) preprocessed volume, each size a multiple of 32 and at
                 least the patch size.
+            valid_shape: (X, Y, Z) part of ``image`` that holds the scan (the rest is
+                padding); boxes are clipped to it. Default: the whole image.
 
         Returns:
             the detections in voxels of ``image`` and the scan's uncertainties.
@@ -296,7 +300,9 @@ class NoduleDetector(nn.Module):
         if keep.numel() > 5000:
             keep = keep[torch.topk(scores[keep], 5000).indices]
         boxes, scores, roi = boxes[keep], scores[keep], roi[keep]
-        boxes, inside = clip_boxes_to_image(boxes, image.shape[2:], remove_empty=True)
+        boxes, inside = clip_boxes_to_image(
+            boxes, valid_shape or tuple(image.shape[2:]), remove_empty=True
+        )
         scores, roi = scores[inside], roi[inside]
         kept = non_max_suppression(boxes, scores, cfg.nms_thresh, cfg.detections_per_scan)
         boxes, scores, roi = boxes[kept], scores[kept], roi[kept]

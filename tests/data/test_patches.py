@@ -1,0 +1,58 @@
+"""Patches and augmentation move boxes together with the image."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from activecad.data import AugmentConfig, LabelledScan, PatchSampler, PreparedScan, augment_patch
+from activecad.errors import InputError
+
+
+def _blob_patch() -> tuple[np.ndarray, np.ndarray]:
+    patch = np.zeros((32, 32, 32), dtype=np.float32)
+    xx, yy, zz = np.mgrid[:32, :32, :32]
+    centre = np.array([8.0, 20.0, 13.0])
+    patch[(xx - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (zz - centre[2]) ** 2 <= 9] = 1.0
+    return patch, np.concatenate([centre - 3, centre + 3])[None]
+
+
+def _centroid(patch: np.ndarray) -> np.ndarray:
+    mask = patch > 0.5
+    return np.argwhere(mask).mean(axis=0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_augmented_boxes_stay_on_the_blob(seed: int) -> None:
+    patch, boxes = _blob_patch()
+    everything = AugmentConfig(flip_prob=0.5, rot90_prob=1.0, affine_prob=1.0, intensity_prob=0.0)
+    out, moved = augment_patch(patch, boxes, everything, np.random.default_rng(seed))
+    assert out.shape == patch.shape
+    centre = (moved[0, :3] + moved[0, 3:]) / 2
+    assert centre == pytest.approx(_centroid(out), abs=0.75)
+
+
+def _labelled() -> LabelledScan:
+    array = np.zeros((40, 50, 60), dtype=np.float32)
+    prepared = PreparedScan(array, np.ones(3), np.zeros(3), np.eye(3), "s1")
+    return LabelledScan(prepared, centres=np.array([[20.0, 25.0, 30.0]]), diameters=np.array([6.0]))
+
+
+def test_positive_patches_contain_their_nodule() -> None:
+    sampler = PatchSampler([_labelled()], (32, 32, 32), positive_fraction=1.0, seed=3)
+    for _ in range(5):
+        patch, boxes = sampler.sample()
+        assert patch.shape == (32, 32, 32)
+        assert len(boxes) == 1
+        assert np.all(boxes[0, 3:] - boxes[0, :3] <= 6.0 + 1e-9)
+
+
+def test_same_seed_gives_same_patches() -> None:
+    a = PatchSampler([_labelled()], (32, 32, 32), seed=7, augment=AugmentConfig()).batch(2)
+    b = PatchSampler([_labelled()], (32, 32, 32), seed=7, augment=AugmentConfig()).batch(2)
+    np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_a_scan_smaller_than_the_patch_is_a_clear_error() -> None:
+    with pytest.raises(InputError, match="smaller than the patch"):
+        PatchSampler([_labelled()], (64, 64, 64))

@@ -1,0 +1,63 @@
+"""Training steps of the tiny detector on synthetic tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from activecad.models.detector3d import DetectorConfig, NoduleDetector
+
+
+def _batch() -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+    # A bright 6-voxel cube in the first patch, nothing in the second.
+    images = torch.zeros(2, 1, 32, 32, 32)
+    images[0, 0, 10:16, 12:18, 14:20] = 1.0
+    boxes = torch.tensor([[10.0, 12.0, 14.0, 16.0, 18.0, 20.0]])
+    targets = [
+        {"boxes": boxes, "labels": torch.zeros(1, dtype=torch.long)},
+        {"boxes": torch.zeros(0, 6), "labels": torch.zeros(0, dtype=torch.long)},
+    ]
+    return images, targets
+
+
+def test_a_few_training_steps_lower_the_loss(tiny_config: DetectorConfig) -> None:
+    torch.manual_seed(0)
+    detector = NoduleDetector(tiny_config)
+    optimizer = torch.optim.AdamW(detector.network.parameters(), lr=3e-3)
+    images, targets = _batch()
+    generator = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(8):
+        step = detector.compute_losses(images, targets, generator=generator)
+        optimizer.zero_grad()
+        step.total.backward()
+        optimizer.step()
+        losses.append(float(step.target.detach()))
+    assert np.mean(losses[-2:]) < np.mean(losses[:2])
+    assert step.per_sample.shape == (2,)
+    assert step.predicted.shape == (2,)
+
+
+def test_stopping_the_gradient_keeps_loss_prediction_out_of_the_backbone(
+    tiny_config: DetectorConfig,
+) -> None:
+    torch.manual_seed(0)
+    detector = NoduleDetector(tiny_config)
+    images, targets = _batch()
+    detector.network.detach_loss_features = True
+    step = detector.compute_losses(images, targets, generator=torch.Generator().manual_seed(0))
+    (step.scan + step.roi).backward()
+    backbone = detector.network.feature_extractor
+    assert all(p.grad is None or not p.grad.any() for p in backbone.parameters())
+    assert any(p.grad is not None and p.grad.any() for p in detector.network.scan_loss.parameters())
+
+
+def test_detect_returns_sorted_boxes_inside_the_volume(tiny_config: DetectorConfig) -> None:
+    torch.manual_seed(0)
+    detector = NoduleDetector(tiny_config).eval()
+    found = detector.detect(torch.rand(1, 1, 64, 32, 32))
+    assert found.boxes.shape[1] == 6
+    assert len(found.boxes) <= tiny_config.detections_per_scan
+    assert torch.all(found.scores[:-1] >= found.scores[1:])
+    assert torch.all(found.boxes[:, 3:] <= torch.tensor([64.0, 32.0, 32.0]))
+    assert np.isfinite(found.l_scan) and found.l_roi >= 0
