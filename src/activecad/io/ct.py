@@ -24,6 +24,7 @@ from pydicom.pixels import apply_rescale
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from activecad.errors import InputError
+from activecad.io._checks import check_mhd, check_nifti
 from activecad.io.geometry import voxel_to_world
 from activecad.io.scan import Scan
 
@@ -154,35 +155,11 @@ def _check_finite(array: np.ndarray, path: Path) -> None:
         )
 
 
-def _mhd_data_file(path: Path) -> Path | None:
-    """The data file a .mhd header points to, or ``None`` for LIST/embedded data."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as exc:
-        raise InputError(f"cannot read the header ({exc.strerror})", path=path) from exc
-    for line in text.splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == "ElementDataFile":
-            value = value.strip()
-            if value.upper() in ("LOCAL", "LIST") or "%" in value:
-                return None
-            return path.parent / value
-    raise InputError(
-        "header has no 'ElementDataFile' line",
-        path=path,
-        fix="The .mhd header is incomplete; re-export the volume",
-    )
-
-
 def _read_sitk(path: Path, *, fmt: str) -> Scan:
     if path.suffix.lower() == ".mhd":
-        data_file = _mhd_data_file(path)
-        if data_file is not None and not data_file.exists():
-            raise InputError(
-                f"its data file '{data_file.name}' is missing",
-                path=path,
-                fix=f"Put {data_file.name} next to the .mhd header (MetaImage is a pair of files)",
-            )
+        check_mhd(path)
+    elif fmt == "nifti":
+        check_nifti(path)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -227,9 +204,13 @@ def _read_sitk(path: Path, *, fmt: str) -> Scan:
 def _first_itk_line(exc: Exception) -> str:
     """ITK errors span many lines with C++ file names; keep the part a user can act on."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    for line in reversed(lines):
-        if line.lower().startswith("description:"):
-            return line.split(":", 1)[1].strip()
+    for line in lines:
+        for marker in ("ITK ERROR:", "sitk::ERROR:"):
+            if marker in line:
+                message = line.split(marker, 1)[1].strip()
+                # Drop the "MetaImageIO(0x55...): " object address ITK puts first.
+                head, sep, tail = message.partition("): ")
+                return tail if sep and "(0x" in head else message
     return lines[-1] if lines else type(exc).__name__
 
 
@@ -351,7 +332,11 @@ def _read_dicom_file(path: Path) -> Scan:
             fix="Give a DICOM file, a DICOM folder, .mhd or .nii(.gz)",
         )
     if "Rows" not in ds:
-        raise InputError("this DICOM file holds no image", path=path)
+        raise InputError(
+            "this DICOM file holds no image (no Rows attribute); it may be truncated",
+            path=path,
+            fix="Give a CT image file, or copy the file again",
+        )
     return _stack_slices([(_slice_header(path, ds), ds)], source=path, warnings=[])
 
 
@@ -370,8 +355,10 @@ def _slice_hu(header: _SliceHeader) -> np.ndarray:
         # decodes JPEG, JPEG-LS and JPEG 2000 and applies the rescale itself.
         return _slice_hu_sitk(path, exc)
     except (ValueError, EOFError, OSError) as exc:
+        # pydicom explains at length after " - "; the first clause says what happened.
+        reason = str(exc).split(" - ")[0].replace("\n", " ")
         raise InputError(
-            f"corrupt or truncated pixel data ({exc})".replace("\n", " "),
+            f"corrupt or truncated pixel data ({reason})",
             path=path,
             fix="Copy the file again from the source or remove it from the folder",
         ) from exc
