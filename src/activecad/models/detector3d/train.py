@@ -208,7 +208,7 @@ def train_detector(
     if train_uids is None:
         train_uids, default_val = split_series(list(prepared), config.val_fraction, config.seed)
         val_uids = default_val if val_uids is None else val_uids
-    missing = sorted(set(train_uids) | set(val_uids or ()) - set(prepared))
+    missing = sorted((set(train_uids) | set(val_uids or ())) - set(prepared))
     if missing:
         raise InputError(f"series not found in ct/: {', '.join(missing[:5])}", path=data_dir)
     val_uids = list(val_uids or [])

@@ -1,0 +1,109 @@
+"""``activecad train detector`` and ``activecad detect`` on a hand-made LUNA16-style folder."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from activecad.io.ct import write_scan
+from activecad.io.scan import Scan
+from activecad.io.tables import read_table, write_table
+from tests.models.detector3d.conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def luna_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("luna")
+    (root / "ct").mkdir()
+    rows = []
+    zz, yy, xx = np.mgrid[:40, :40, :40]
+    for k in range(2):
+        uid = f"1.2.826.0.1.{k + 1}"
+        array = np.full((40, 40, 40), -850.0, dtype=np.float32)
+        centre = np.array([20.0, 15.0 + 5 * k, 22.0])  # z, y, x
+        array[(zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2 <= 9] = 50
+        origin = np.array([-20.0, 10.0, -100.0])
+        write_scan(
+            Scan(array=array, spacing=(1, 1, 1), origin=origin, seriesuid=uid),
+            root / "ct" / f"{uid}.mhd",
+        )
+        x, y, z = origin + centre[::-1]
+        rows.append({"seriesuid": uid, "coordX": x, "coordY": y, "coordZ": z, "diameter_mm": 6.0})
+    write_table(pd.DataFrame(rows), root / "annotations.csv", "annotations")
+    (root / "tiny.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(TINY))))
+    return root
+
+
+def test_train_then_detect_writes_submission_and_uncertainty(
+    run_cli: Callable[..., object], luna_folder: Path, tmp_path: Path
+) -> None:
+    model = tmp_path / "model"
+    trained = run_cli(
+        "train", "detector", luna_folder, "--out", model, "--config", luna_folder / "tiny.yaml",
+        "--cache", tmp_path / "cache", "--json",
+    )  # fmt: skip
+    assert trained.exit_code == 0, trained.stderr
+    assert json.loads(trained.stdout)["epochs_done"] == 1
+    assert (model / "weights.pt").is_file() and (model / "checkpoint.pt").is_file()
+    assert len((model / "metrics.jsonl").read_text().splitlines()) == 1
+
+    resumed = run_cli(
+        "train", "detector", luna_folder, "--out", model, "--config", luna_folder / "tiny.yaml",
+        "--cache", tmp_path / "cache", "--epochs", "2", "--resume", "--json",
+    )  # fmt: skip
+    assert resumed.exit_code == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["epochs_done"] == 2
+    assert len((model / "metrics.jsonl").read_text().splitlines()) == 2
+
+    scans = sorted((luna_folder / "ct").glob("*.mhd"))
+    out, unc = tmp_path / "det.csv", tmp_path / "unc.csv"
+    detected = run_cli(
+        "detect", *scans, "--model", model, "--out", out, "--uncertainty", unc, "--json"
+    )
+    assert detected.exit_code == 0, detected.stderr
+    table = read_table(out, "submission")
+    assert {"seriesuid", "coordX", "coordY", "coordZ", "probability", "diameter_mm"} <= set(
+        table.columns
+    )
+    uncertainty = pd.read_csv(unc, dtype={"seriesuid": str})
+    assert list(uncertainty.columns) == ["seriesuid", "l_scan", "L_roi"]
+    assert sorted(uncertainty.seriesuid) == ["1.2.826.0.1.1", "1.2.826.0.1.2"]
+
+
+def test_training_into_a_used_folder_without_resume_is_refused(
+    run_cli: Callable[..., object], luna_folder: Path, tmp_path: Path
+) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "checkpoint.pt").write_bytes(b"")
+    result = run_cli("train", "detector", luna_folder, "--out", model)
+    assert result.exit_code == 1
+    assert "--resume" in result.stderr
+
+
+def test_bad_inputs_exit_1_with_a_message(
+    run_cli: Callable[..., object], luna_folder: Path, tmp_path: Path
+) -> None:
+    scan = next((luna_folder / "ct").glob("*.mhd"))
+    missing = run_cli("detect", scan, "--model", tmp_path / "none", "--out", tmp_path / "d.csv")
+    assert missing.exit_code == 1
+    assert "model folder does not exist" in missing.stderr
+    not_luna = run_cli("train", "detector", tmp_path, "--out", tmp_path / "m")
+    assert not_luna.exit_code == 1
+    assert "no ct/ subfolder" in not_luna.stderr
+    bad_preset = run_cli(
+        "train", "detector", luna_folder, "--out", tmp_path / "m", "--preset", "gpu"
+    )
+    assert bad_preset.exit_code == 1
+    assert "did you mean" in bad_preset.stderr or "valid: cpu, paper" in bad_preset.stderr
+    bad_key = tmp_path / "bad.yaml"
+    bad_key.write_text("epochz: 3\n")
+    typo = run_cli("train", "detector", luna_folder, "--out", tmp_path / "m", "--config", bad_key)
+    assert typo.exit_code == 1
+    assert "epochz" in typo.stderr
