@@ -37,6 +37,12 @@ def _is_radiograph(path: Path) -> bool:
     return str(ds.get("Modality", "")).upper() in _PROJECTION_MODALITIES
 
 
+def _warnings(scan: Scan) -> list[str]:
+    """The reader's warnings about the scan (missing slices, series chosen, ...)."""
+    warnings = scan.meta.get("warnings", [])
+    return [str(w) for w in warnings] if isinstance(warnings, list) else []
+
+
 def _stats(array: np.ndarray) -> dict[str, float]:
     return {
         "min": float(array.min()),
@@ -71,7 +77,7 @@ def scan_info(scan: Scan) -> dict[str, object]:
         "seriesuid": scan.seriesuid,
         "patient_id": scan.patient_id,
         "study_id": scan.study_id,
-        "warnings": list(scan.meta.get("warnings", [])),  # type: ignore[call-overload]
+        "warnings": _warnings(scan),
     }
 
 
@@ -183,8 +189,7 @@ def _print_human(image: Scan | Radiograph) -> None:
             ("patient_id", image.patient_id or "-"),
             ("study_id", image.study_id or "-"),
         ]
-        warnings = image.meta.get("warnings", [])
-        rows += [("warning", str(w)) for w in warnings]  # type: ignore[attr-defined]
+        rows += [("warning", w) for w in _warnings(image)]
     else:
         y, x = image.array.shape
         rows = [

@@ -21,7 +21,7 @@ import SimpleITK as sitk  # noqa: N813 (the alias every SimpleITK user knows)
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_rescale
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from activecad.errors import InputError
 from activecad.io._checks import check_mhd, check_nifti
@@ -225,6 +225,11 @@ class _SliceHeader:
     instance: int
 
 
+def _xyz(header: _SliceHeader) -> np.ndarray:
+    """ImagePositionPatient (x, y, z mm), or the origin for a lone slice that has none."""
+    return header.position if header.position is not None else np.zeros(3)
+
+
 def _read_header(path: Path) -> Dataset | None:
     """The DICOM header of ``path``, or ``None`` when the file is not DICOM at all."""
     try:
@@ -418,8 +423,8 @@ def _stack_slices(
                 path=source,
             )
         # Order along the slice normal: file names and InstanceNumber are unreliable.
-        ordered.sort(key=lambda item: (float(np.dot(item[0].position, normal)), item[0].instance))
-        positions_along = np.array([float(np.dot(h.position, normal)) for h, _ in ordered])
+        ordered.sort(key=lambda item: (float(np.dot(_xyz(item[0]), normal)), item[0].instance))
+        positions_along = np.array([float(np.dot(_xyz(h), normal)) for h, _ in ordered])
         ordered, positions_along = _drop_duplicates(ordered, positions_along, warnings, source)
 
     spacing_z, gap_warnings = _slice_spacing(positions_along, first_ds)
@@ -427,10 +432,9 @@ def _stack_slices(
         logger.warning("%s: %s", source, message)
     warnings.extend(gap_warnings)
 
-    first_position = ordered[0][0].position
-    origin = first_position if first_position is not None else np.zeros(3)
+    origin = _xyz(ordered[0][0])
     if len(ordered) > 1:
-        span = ordered[-1][0].position - ordered[0][0].position
+        span = _xyz(ordered[-1][0]) - origin
         z_dir = span / np.linalg.norm(span)
     else:
         z_dir = normal
@@ -617,9 +621,9 @@ def write_dicom_series(scan: Scan, folder: str | Path) -> list[Path]:
         sop_uid = _uid_from("sop", series_uid, str(k))
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = sop_uid
+        meta.MediaStorageSOPInstanceUID = UID(sop_uid)
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = _uid_from("activecad-implementation")
+        meta.ImplementationClassUID = UID(_uid_from("activecad-implementation"))
         ds = pydicom.FileDataset(
             str(folder / f"slice_{k:04d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128
         )

@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from activecad.errors import InputError
 from activecad.io.scan import Radiograph
@@ -254,12 +254,12 @@ def write_radiograph_dicom(
     path.parent.mkdir(parents=True, exist_ok=True)
     key = radiograph.image_id or path.stem
     digest = hashlib.sha256(key.encode()).hexdigest()
-    sop_uid = str(generate_uid(entropy_srcs=["sop", digest]))
+    sop_uid = generate_uid(entropy_srcs=["sop", digest])
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = _DX_STORAGE
+    meta.MediaStorageSOPClassUID = UID(_DX_STORAGE)
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = str(generate_uid(entropy_srcs=["activecad-implementation"]))
+    meta.ImplementationClassUID = generate_uid(entropy_srcs=["activecad-implementation"])
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID = _DX_STORAGE
