@@ -107,3 +107,31 @@ def test_bad_inputs_exit_1_with_a_message(
     typo = run_cli("train", "detector", luna_folder, "--out", tmp_path / "m", "--config", bad_key)
     assert typo.exit_code == 1
     assert "epochz" in typo.stderr
+
+
+def test_validation_froc_counts_as_luna16() -> None:
+    from activecad.models.detector3d.train import froc_summary
+
+    truth = pd.DataFrame(
+        {
+            "seriesuid": ["a"],
+            "coordX": [0.0],
+            "coordY": [0.0],
+            "coordZ": [0.0],
+            "diameter_mm": [6.0],
+        }
+    )
+    marks = pd.DataFrame(
+        {
+            "seriesuid": ["a", "a"],
+            "coordX": [0.5, 50.0],
+            "coordY": [0.0, 0.0],
+            "coordZ": [0.0, 0.0],
+            "probability": [0.9, 0.5],
+        }
+    )
+    # By hand: the 0.9 mark lies 0.5 mm from the nodule (radius 3 mm) and hits it before
+    # any false positive, so sensitivity is 1 at every rate; one FP over 2 scans.
+    summary, _ = froc_summary(marks, truth, None, ["a", "b"])
+    assert summary["cpm"] == pytest.approx(1.0)
+    assert summary["counts"]["fp"] == 1

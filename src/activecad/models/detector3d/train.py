@@ -129,22 +129,59 @@ def _lr_at(config: DetectorConfig, epoch: int) -> float:
     return config.lr * (0.1 if epoch >= math.ceil(0.9 * config.epochs) else 1.0)
 
 
+def froc_summary(
+    detections: pd.DataFrame,
+    annotations: pd.DataFrame,
+    excluded: pd.DataFrame | None,
+    seriesuids: Sequence[str],
+) -> tuple[dict[str, object], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """LUNA16 FROC of world-mm detections on ``seriesuids`` through :mod:`activecad.metrics`.
+
+    Returns:
+        the summary (``cpm``, ``sensitivities`` at 1/8..8 FPs per scan, ``counts``) and the
+        curve (fps_per_scan, sensitivity, thresholds).
+    """
+    from activecad.metrics import luna16_summary, match_luna16
+
+    xyz = ["coordX", "coordY", "coordZ"]
+    extra: dict[str, object] = {}
+    if excluded is not None:
+        extra = {
+            "excluded_ids": excluded["seriesuid"].to_numpy(str),
+            "excluded_centers": excluded[xyz].to_numpy(np.float64).reshape(-1, 3),
+            "excluded_diameters": excluded["diameter_mm"].to_numpy(np.float64),
+        }
+    match = match_luna16(
+        detections["seriesuid"].to_numpy(str),
+        detections[xyz].to_numpy(np.float64).reshape(-1, 3),
+        detections["probability"].to_numpy(np.float64),
+        annotations["seriesuid"].to_numpy(str),
+        annotations[xyz].to_numpy(np.float64).reshape(-1, 3),
+        annotations["diameter_mm"].to_numpy(np.float64),
+        scans=np.asarray(list(seriesuids), dtype=str),
+        **extra,  # type: ignore[arg-type]
+    )
+    summary, curve, _ = luna16_summary(match)
+    return summary, curve
+
+
 def validate(
     detector: NoduleDetector,
     scans: Sequence[PreparedScan],
     annotations: pd.DataFrame,
     excluded: pd.DataFrame | None,
 ) -> dict[str, float]:
-    """FROC/CPM of ``detector`` on preprocessed validation scans (LUNA16 counting)."""
-    from activecad.metrics import froc_score
-
+    """CPM and sensitivities of ``detector`` on preprocessed validation scans (LUNA16)."""
     tables = [detect_prepared(detector, scan).detections for scan in scans]
     detections = (
         pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=SUBMISSION_COLUMNS)
     )
-    uids = [scan.seriesuid for scan in scans]
-    result = froc_score(annotations, detections, excluded=excluded, seriesuids=uids)
-    return {"cpm": float(result.cpm)}
+    summary, _ = froc_summary(detections, annotations, excluded, [s.seriesuid for s in scans])
+    sensitivities = summary["sensitivities"]
+    return {
+        "cpm": float(summary["cpm"]),  # type: ignore[arg-type]
+        **{f"sens@{k}": float(v) for k, v in sensitivities.items()},  # type: ignore[union-attr]
+    }
 
 
 def train_detector(
