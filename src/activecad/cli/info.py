@@ -114,7 +114,7 @@ def read_image(path: Path, *, series: str | None = None) -> Scan | Radiograph:
         if series is not None:
             raise InputError("--series applies to DICOM folders, not radiographs", path=path)
         return read_radiograph(path)
-    return read_scan(path, series=series)
+    return read_scan(path, series=series, progress=True)
 
 
 def table_info(path: Path, *, kind: str | None = None) -> dict[str, object]:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pydicom
@@ -22,6 +23,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_rescale
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from rich.console import Console
+from rich.progress import track
 
 from activecad.errors import InputError
 from activecad.io._checks import check_mhd, check_nifti
@@ -39,6 +42,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: File name endings :func:`read_scan` understands (a folder is read as a DICOM series).
 CT_SUFFIXES = (".dcm", ".mhd", ".mha", ".nii", ".nii.gz")
@@ -53,6 +57,18 @@ _MHD_ID_KEYS = {
 # write positions with ~0.01 mm rounding.
 _SPACING_RTOL = 0.01
 _UID_MAX_LEN = 64
+_EMPTY_TYPE2 = (
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "AccessionNumber",
+    "StudyID",
+    "PositionReferenceIndicator",
+    "KVP",
+    "AcquisitionNumber",
+)
 
 
 def _suffix(path: Path) -> str:
@@ -98,7 +114,7 @@ def _uid_for(text: str, role: str) -> str:
 # --------------------------------------------------------------------------- reading
 
 
-def read_scan(path: str | Path, *, series: str | None = None) -> Scan:
+def read_scan(path: str | Path, *, series: str | None = None, progress: bool = False) -> Scan:
     """Read a CT volume from a DICOM folder, a DICOM file, a .mhd/.mha or a .nii/.nii.gz.
 
     Args:
@@ -107,6 +123,7 @@ def read_scan(path: str | Path, *, series: str | None = None) -> Scan:
             a NIfTI ``.nii``/``.nii.gz`` file.
         series: SeriesInstanceUID to read when a folder holds several series; by default
             the series with the most slices is read and a warning says so.
+        progress: show a rich progress bar on stderr while a DICOM folder is read.
 
     Returns:
         The scan: HU array (z, y, x) float32; spacing, origin (x-y-z mm, LPS) and direction.
@@ -123,7 +140,7 @@ def read_scan(path: str | Path, *, series: str | None = None) -> Scan:
             "no such file or folder", path=path, fix="Check the path (and the working folder)"
         )
     if path.is_dir():
-        return _read_dicom_folder(path, series=series)
+        return _read_dicom_folder(path, series=series, progress=progress)
     suffix = _suffix(path)
     if suffix in (".mhd", ".mha"):
         return _read_sitk(path, fmt="mhd")
@@ -136,6 +153,15 @@ def read_scan(path: str | Path, *, series: str | None = None) -> Scan:
         path=path,
         fix="Give a DICOM folder or a .dcm, .mhd, .mha, .nii or .nii.gz file",
     )
+
+
+def _track(items: Sequence[_T], description: str, *, show: bool) -> Iterable[_T]:
+    """``items``, with a transient rich progress bar on stderr when ``show``."""
+    console = Console(stderr=True)
+    # Off a terminal (logs, pipes, tests) a bar only adds blank lines.
+    if not show or not console.is_terminal:
+        return items
+    return track(items, description=description, console=console, transient=True)
 
 
 def _looks_like_dicom(path: Path) -> bool:
@@ -289,9 +315,10 @@ def list_dicom_series(folder: str | Path) -> dict[str, list[Path]]:
     return dict(sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])))
 
 
-def _read_dicom_folder(folder: Path, *, series: str | None) -> Scan:
+def _read_dicom_folder(folder: Path, *, series: str | None, progress: bool) -> Scan:
     headers: dict[str, list[tuple[_SliceHeader, Dataset]]] = defaultdict(list)
-    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    for file in _track(files, "Reading DICOM headers", show=progress):
         ds = _read_header(file)
         if ds is None or "Rows" not in ds:
             logger.debug("skipping %s: not a DICOM image", file)
@@ -325,7 +352,7 @@ def _read_dicom_folder(folder: Path, *, series: str | None) -> Scan:
             )
             warnings.append(message)
             logger.warning("%s: %s", folder, message)
-    return _stack_slices(headers[chosen], source=folder, warnings=warnings)
+    return _stack_slices(headers[chosen], source=folder, warnings=warnings, progress=progress)
 
 
 def _read_dicom_file(path: Path) -> Scan:
@@ -342,7 +369,7 @@ def _read_dicom_file(path: Path) -> Scan:
             path=path,
             fix="Give a CT image file, or copy the file again",
         )
-    return _stack_slices([(_slice_header(path, ds), ds)], source=path, warnings=[])
+    return _stack_slices([(_slice_header(path, ds), ds)], source=path, warnings=[], progress=False)
 
 
 def _slice_hu(header: _SliceHeader) -> np.ndarray:
@@ -391,7 +418,11 @@ def _slice_hu_sitk(path: Path, cause: Exception) -> np.ndarray:
 
 
 def _stack_slices(
-    slices: Sequence[tuple[_SliceHeader, Dataset]], *, source: Path, warnings: list[str]
+    slices: Sequence[tuple[_SliceHeader, Dataset]],
+    *,
+    source: Path,
+    warnings: list[str],
+    progress: bool,
 ) -> Scan:
     first_header, first_ds = slices[0]
     shapes = Counter((h.rows, h.columns) for h, _ in slices)
@@ -448,7 +479,7 @@ def _stack_slices(
     spacing = np.array([pixel_spacing[1], pixel_spacing[0], spacing_z])
 
     volume = np.empty((len(ordered), first_header.rows, first_header.columns), np.float32)
-    for k, (header, _) in enumerate(ordered):
+    for k, (header, _) in enumerate(_track(ordered, "Decoding slices", show=progress)):
         volume[k] = _slice_hu(header)
     _check_finite(volume, source)
     return Scan(
@@ -629,9 +660,14 @@ def write_dicom_series(scan: Scan, folder: str | Path) -> list[Path]:
         )
         ds.SOPClassUID = CTImageStorage
         ds.SOPInstanceUID = sop_uid
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.Modality = scan.modality or "CT"
+        ds.Manufacturer = "activecad"
         ds.PatientID = scan.patient_id
         ds.PatientName = scan.patient_id
+        # Type 2 attributes of the CT IOD: present, empty when unknown.
+        for keyword in _EMPTY_TYPE2:
+            setattr(ds, keyword, "")
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series_uid
         ds.FrameOfReferenceUID = frame_uid
