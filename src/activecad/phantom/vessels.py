@@ -1,0 +1,173 @@
+"""Pulmonary vessel trees and bronchi grown from the hila into the lungs.
+
+Vessels are the main source of false positives for nodule detectors: a vessel seen end-on
+in an axial slice is a bright round spot, and a branch point is a bright blob. The trees
+branch asymmetrically (Murray's law, r1^3 + r2^3 = r^3) and taper from lobar arteries of
+several millimetres to sub-millimetre twigs near the pleura.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from activecad.phantom.anatomy import Anatomy
+from activecad.phantom.raster import Grid, tube_occupancy
+
+
+@dataclass
+class VesselTree:
+    """Segments of all vessel trees of a patient, body mm (u, v, w).
+
+    Attributes:
+        p0, p1: (N, 3) segment ends, body mm.
+        r0, r1: (N,) radii at each end, mm.
+        branch_points: (M, 3) bifurcations, body mm; ``branch_radius`` (M,) their radius.
+        bronchus: (N,) bool, segment carries a bronchus beside it.
+    """
+
+    p0: np.ndarray
+    p1: np.ndarray
+    r0: np.ndarray
+    r1: np.ndarray
+    branch_points: np.ndarray
+    branch_radius: np.ndarray
+    bronchus: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.r0)
+
+
+def _rotate(d: np.ndarray, axis: np.ndarray, angle: float) -> np.ndarray:
+    # Rodrigues' formula; axis is a unit vector perpendicular to d.
+    return d * np.cos(angle) + np.cross(axis, d) * np.sin(angle)
+
+
+def _perpendicular(d: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    e = rng.normal(size=3)
+    e -= (e @ d) * d
+    return e / (np.linalg.norm(e) + 1e-12)
+
+
+def grow_vessels(
+    anatomy: Anatomy,
+    rng: np.random.Generator,
+    *,
+    min_radius: float,
+    max_segments_per_tree: int,
+) -> VesselTree:
+    """Grow the arterial and venous trees of both lungs.
+
+    Each branch tries a few directions near its parent's and keeps one whose end and
+    middle lie in the lung, so the trees fill the lungs and stop at the pleura.
+
+    Args:
+        anatomy: the patient's body (its :meth:`Anatomy.in_lung` guides growth).
+        rng: random generator (the trees are a pure function of its state).
+        min_radius: branches thinner than this end the tree, mm.
+        max_segments_per_tree: safety bound on the number of segments of one tree.
+    """
+    p0s, p1s, r0s, r1s, bron, bps, bpr = [], [], [], [], [], [], []
+    for name, (root, directions) in anatomy.hila().items():
+        is_artery = name.startswith("artery")
+        stack = [(root, d, rng.uniform(4.0, 5.2), 0) for d in directions]
+        count = 0
+        while stack and count < max_segments_per_tree:
+            start, d, r, gen = stack.pop()
+            if r < min_radius:
+                continue
+            length = float(np.clip(r * rng.uniform(5.0, 9.0), 2.0, 35.0))
+            end = None
+            for _ in range(4):
+                axis = _perpendicular(d, rng)
+                trial = _rotate(d, axis, rng.uniform(0.0, 0.25))
+                cand = start + length * trial
+                probe = np.stack([cand, start + 0.5 * length * trial, cand + r * trial])
+                ok = anatomy.in_lung(probe if gen > 0 else probe[[0, 2]])
+                if ok.all():
+                    end, d = cand, trial
+                    break
+                length *= 0.6
+            if end is None:
+                continue
+            r_end = r * 0.93
+            p0s.append(start)
+            p1s.append(end)
+            r0s.append(r)
+            r1s.append(r_end)
+            bron.append(is_artery and r >= 1.5)
+            count += 1
+            major = rng.uniform(0.72, 0.95)
+            minor = (1.0 - major**3) ** (1.0 / 3.0)
+            axis = _perpendicular(d, rng)
+            away = end - root
+            away /= np.linalg.norm(away) + 1e-12
+            for ratio, angle, sign in (
+                (major, rng.uniform(0.08, 0.4), 1.0),
+                (minor, rng.uniform(0.6, 1.2), -1.0),
+            ):
+                child = _rotate(d, sign * axis, angle) + 0.25 * away
+                stack.append((end, child / np.linalg.norm(child), r_end * ratio, gen + 1))
+            bps.append(end)
+            bpr.append(r_end)
+    return VesselTree(
+        p0=np.asarray(p0s),
+        p1=np.asarray(p1s),
+        r0=np.asarray(r0s),
+        r1=np.asarray(r1s),
+        branch_points=np.asarray(bps).reshape(-1, 3),
+        branch_radius=np.asarray(bpr),
+        bronchus=np.asarray(bron, dtype=bool),
+    )
+
+
+def draw_vessels(tree: VesselTree, grid: Grid, body_center: np.ndarray) -> np.ndarray:
+    """Vessel occupancy (0..1) on ``grid``.
+
+    Args:
+        tree: segments in body mm.
+        grid: identity-direction grid, world mm.
+        body_center: (3,) world mm of the body origin.
+
+    Returns:
+        (Z, Y, X) float32 occupancy, the max over overlapping segments.
+    """
+    occ = np.zeros(grid.shape, dtype=np.float32)
+    for i in range(len(tree)):
+        drawn = tube_occupancy(
+            grid, tree.p0[i] + body_center, tree.p1[i] + body_center, tree.r0[i], tree.r1[i]
+        )
+        if drawn is not None:
+            sl, o = drawn
+            np.maximum(occ[sl], o, out=occ[sl])
+    return occ
+
+
+def draw_bronchi(
+    hu: np.ndarray, tree: VesselTree, grid: Grid, body_center: np.ndarray, wall_hu: float
+) -> None:
+    """Draw bronchi (air lumen, soft-tissue wall) beside the larger arteries, in place.
+
+    A bronchus runs next to its artery (the bronchovascular bundle) with about the same
+    calibre; its wall is a thin ring that partial volume makes faint in small bronchi.
+    """
+    for i in np.flatnonzero(tree.bronchus):
+        p0, p1 = tree.p0[i] + body_center, tree.p1[i] + body_center
+        d = p1 - p0
+        side = np.cross(d, [0.0, 0.0, 1.0] if abs(d[2]) < 0.9 * np.linalg.norm(d) else [1, 0, 0])
+        side /= np.linalg.norm(side) + 1e-12
+        rl0, rl1 = 0.8 * tree.r0[i], 0.8 * tree.r1[i]
+        offset = side * (tree.r0[i] + rl0 + 0.8)
+        wall = 0.15 * rl0 + 0.3
+        outer = tube_occupancy(grid, p0 + offset, p1 + offset, rl0 + wall, rl1 + wall)
+        if outer is None:
+            continue
+        sl, o = outer
+        lumen = tube_occupancy(grid, p0 + offset, p1 + offset, rl0, rl1, margin=0.0)
+        box = hu[sl]
+        box += o * (wall_hu - box)
+        if lumen is not None:
+            lsl, lo_ = lumen
+            if lsl == sl:
+                box += lo_ * (-1000.0 - box)
