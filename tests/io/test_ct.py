@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import SimpleITK as sitk  # noqa: N813 (the alias every SimpleITK user knows)
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_rescale
 
@@ -17,6 +18,7 @@ from activecad.io import (
     list_dicom_series,
     make_uid,
     read_scan,
+    scan_voxel_to_world,
     scan_world_to_voxel,
     write_dicom_series,
     write_scan,
@@ -215,3 +217,57 @@ def test_folder_without_dicom_is_an_input_error(tmp_path: Path) -> None:
     (tmp_path / "readme.txt").write_text("no images here")
     with pytest.raises(InputError, match="no DICOM image files"):
         read_scan(tmp_path)
+
+
+def test_simpleitk_reads_our_dicom_series_with_the_same_geometry(tmp_path: Path) -> None:
+    # Reference implementation: GDCM via SimpleITK's series reader, which orders slices
+    # itself; agreement shows the files carry standard geometry, not only what we read back.
+    scan = make_scan()
+    write_dicom_series(scan, tmp_path / "s")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(tmp_path / "s")))
+    image = reader.Execute()
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), scan.array)
+    np.testing.assert_allclose(image.GetSpacing(), scan.spacing, atol=1e-6)
+    np.testing.assert_allclose(image.GetOrigin(), scan.origin, atol=1e-6)
+    np.testing.assert_allclose(np.reshape(image.GetDirection(), (3, 3)), scan.direction, atol=1e-6)
+
+
+def test_tilted_gantry_direction_survives_dicom(tmp_path: Path) -> None:
+    # Slices stacked along a direction 15 degrees off the slice normal, as on a tilted gantry.
+    tilt = np.deg2rad(15.0)
+    direction = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, np.sin(tilt)], [0.0, 0.0, np.cos(tilt)]])
+    scan = make_scan(direction=direction)
+    write_dicom_series(scan, tmp_path / "s")
+    back = read_scan(tmp_path / "s")
+    np.testing.assert_array_equal(back.array, scan.array)
+    np.testing.assert_allclose(back.direction, direction, atol=1e-9)
+    # The gap along the slice normal is 2.5 * cos(15 deg); the spacing along the stack is 2.5.
+    assert back.spacing[2] == pytest.approx(2.5)
+
+
+def test_left_handed_volume_comes_back_flipped_but_in_the_same_place(tmp_path: Path) -> None:
+    # DICOM orders slices along row x column; a left-handed stack is read in that order,
+    # so z is reversed but every voxel keeps its world position.
+    direction = np.diag([1.0, 1.0, -1.0])
+    scan = make_scan(direction=direction)
+    write_dicom_series(scan, tmp_path / "s")
+    back = read_scan(tmp_path / "s")
+    np.testing.assert_array_equal(back.array, scan.array[::-1])
+    np.testing.assert_allclose(back.direction, np.eye(3), atol=1e-9)
+    last_slice_world = scan_voxel_to_world(scan, [scan.shape[0] - 1, 0, 0])
+    np.testing.assert_allclose(back.origin, last_slice_world, atol=1e-6)
+
+
+def test_jpeg_lossless_dicom_is_decoded_without_pydicom_plugins(tmp_path: Path) -> None:
+    # JPEG Lossless (common in archives) needs plugins pydicom lacks here; GDCM decodes it.
+    hu = (np.arange(16 * 16).reshape(1, 16, 16) % 2000 - 1000).astype(np.int16)
+    writer = sitk.ImageFileWriter()
+    writer.SetFileName(str(tmp_path / "jpeg.dcm"))
+    writer.SetUseCompression(True)
+    writer.SetCompressor("JPEG")
+    writer.Execute(sitk.GetImageFromArray(hu))
+    assert (
+        "JPEG Lossless" in pydicom.dcmread(tmp_path / "jpeg.dcm").file_meta.TransferSyntaxUID.name
+    )
+    np.testing.assert_array_equal(read_scan(tmp_path / "jpeg.dcm").array, hu)

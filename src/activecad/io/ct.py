@@ -467,6 +467,8 @@ def _stack_slices(
     if len(ordered) > 1:
         span = _xyz(ordered[-1][0]) - origin
         z_dir = span / np.linalg.norm(span)
+        # Gaps were measured along the normal; on a tilted gantry the stack runs obliquely.
+        spacing_z /= abs(float(np.dot(z_dir, normal)))
     else:
         z_dir = normal
     direction = np.column_stack([row_dir, col_dir, z_dir])
