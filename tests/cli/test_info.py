@@ -103,3 +103,18 @@ def test_info_on_annotation_table(run_cli, tmp_path: Path) -> None:
     )
     as_excluded = json.loads(run_cli("info", path, "--json", "--kind", "excluded").stdout)
     assert as_excluded["table_kind"] == "excluded"
+
+
+def test_info_on_a_csv_of_no_known_kind_counts_it(run_cli, tmp_path: Path) -> None:
+    path = tmp_path / "patients.csv"
+    path.write_text("patient,study,seriesuid\nP1,S1,1.2.3\nP1,S2,1.2.4\n")
+    info = json.loads(run_cli("info", path, "--json").stdout)
+    assert (info["table_kind"], info["rows"], info["distinct_seriesuid"]) == (None, 2, 2)
+    human = run_cli("info", path)
+    assert "unknown (not validated; pass --kind)" in human.stdout
+
+
+def test_info_does_not_cut_long_uids(run_cli, tmp_path: Path) -> None:
+    uid = "1.3.6.1.4.1.14519.5.2.1.6279.6001.100225287222365663678666836860"
+    write_scan(make_scan(seriesuid=uid), tmp_path / "vol.mhd")
+    assert uid in run_cli("info", tmp_path / "vol.mhd").stdout

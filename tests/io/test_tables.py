@@ -191,3 +191,11 @@ def test_kind_is_guessed_from_the_header(kind: str) -> None:
     columns = list(_rows(kind).columns)
     expected = "annotations" if kind == "excluded" else kind  # same columns: cannot tell
     assert guess_table_kind(columns) == expected
+
+
+def test_guess_uses_the_file_name_for_luna16_excluded_and_gives_up_on_strangers() -> None:
+    columns = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]
+    assert guess_table_kind(columns, file_name="annotations_excluded.csv") == "excluded"
+    # Three of five annotation columns: close enough to report the missing ones.
+    assert guess_table_kind(["seriesuid", "coordX", "coordY"]) == "annotations"
+    assert guess_table_kind(["patient", "study", "date"]) is None

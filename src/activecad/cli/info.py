@@ -10,8 +10,6 @@ import pandas as pd
 import pydicom
 import typer
 from pydicom.errors import InvalidDicomError
-from rich.console import Console
-from rich.table import Table
 
 from activecad.errors import InputError
 from activecad.io import TABLE_SCHEMAS, guess_table_kind, read_radiograph, read_scan, read_table
@@ -122,26 +120,24 @@ def table_info(path: Path, *, kind: str | None = None) -> dict[str, object]:
 
     Args:
         path: the CSV file.
-        kind: a key of ``TABLE_SCHEMAS``; guessed from the header when ``None``.
+        kind: a key of ``TABLE_SCHEMAS``; guessed from the header (and, for LUNA16's
+            excluded annotations, the file name) when ``None``.
 
     Returns:
-        ``kind`` ("table"), ``table_kind``, ``rows``, ``columns`` and, where the table has
+        ``kind`` ("table"), ``table_kind`` (``None`` for a CSV of no known kind, which is
+        then only counted, not validated), ``rows``, ``columns`` and, where the table has
         them, the number of distinct ``seriesuid`` / ``image_id`` values.
 
     Raises:
         InputError: unknown kind, unreadable CSV or invalid columns (see ``read_table``).
     """
     if kind is None:
-        try:
-            header = pd.read_csv(path, nrows=0).columns
-        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError):
-            header = pd.Index([])
-        kind = guess_table_kind([str(c) for c in header])
+        kind = guess_table_kind(_csv_header(path), file_name=path.name)
     elif kind not in TABLE_SCHEMAS:
         raise InputError(
             f"unknown table kind '{kind}'", fix=f"Use one of: {', '.join(TABLE_SCHEMAS)}"
         )
-    table = read_table(path, kind)
+    table = read_table(path, kind) if kind is not None else _read_any_csv(path)
     summary: dict[str, object] = {
         "kind": "table",
         "path": str(path),
@@ -155,6 +151,25 @@ def table_info(path: Path, *, kind: str | None = None) -> dict[str, object]:
     return summary
 
 
+def _csv_header(path: Path) -> list[str]:
+    try:
+        return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError):
+        # read_table or _read_any_csv will say what is wrong with the file.
+        return []
+
+
+def _read_any_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, dtype=str)
+    except pd.errors.EmptyDataError as exc:
+        raise InputError("the file is empty", path=path) from exc
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise InputError(
+            "not a readable CSV", path=path, fix="Check quoting and delimiters"
+        ) from exc
+
+
 def _fmt(values: np.ndarray, digits: int) -> str:
     return ", ".join(f"{float(v):.{digits}g}" for v in np.asarray(values).reshape(-1))
 
@@ -165,12 +180,27 @@ def _fmt_stats(array: np.ndarray) -> str:
 
 
 def _print_rows(rows: list[tuple[str, str]]) -> None:
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column()
+    # Plain aligned lines: a rich table would cut 64-character UIDs to the terminal width.
+    width = max(len(name) for name, _ in rows)
     for name, value in rows:
-        table.add_row(name, value)
-    Console(highlight=False, soft_wrap=True).print(table)
+        typer.echo(f"{name:<{width}}  {value}")
+
+
+def _print_table_summary(summary: dict[str, object]) -> None:
+    kind = summary["table_kind"]
+    columns = summary["columns"]
+    rows = [
+        ("path", str(summary["path"])),
+        ("table kind", str(kind) if kind else "unknown (not validated; pass --kind)"),
+        ("rows", str(summary["rows"])),
+        ("columns", ", ".join(columns) if isinstance(columns, list) else str(columns)),
+    ]
+    rows += [
+        (name.replace("_", " "), str(value))
+        for name, value in summary.items()
+        if name.startswith("distinct_")
+    ]
+    _print_rows(rows)
 
 
 def _print_human(image: Scan | Radiograph) -> None:
@@ -236,7 +266,7 @@ def register(app: typer.Typer) -> None:
             if json_out:
                 typer.echo(json.dumps(summary))
             else:
-                _print_rows([(name, str(value)) for name, value in summary.items()])
+                _print_table_summary(summary)
             return
         image = read_image(path, series=series)
         if json_out:

@@ -32,6 +32,7 @@ a schema are kept.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -190,19 +191,23 @@ def _schema(kind: str) -> TableSchema:
     return TABLE_SCHEMAS[kind]
 
 
-def guess_table_kind(columns: list[str] | tuple[str, ...]) -> str:
-    """The table kind whose columns best fit a CSV header.
+def guess_table_kind(columns: Sequence[str], *, file_name: str = "") -> str | None:
+    """The table kind whose columns best fit a CSV header, or ``None`` if none is close.
 
     A kind whose required columns are all present wins; among those, the one that knows
     the most of the columns (so a submission with ``probability`` and ``diameter_mm`` is
-    not taken for annotations). Failing that, the kind sharing the largest fraction of
-    required columns, which :func:`read_table` will then report as missing a column.
+    not taken for annotations). Failing that, the kind sharing the largest fraction (at
+    least half) of its required columns, which :func:`read_table` will then report as
+    missing a column. LUNA16's annotations and annotations_excluded share their columns;
+    a file name containing "excluded" picks the latter.
 
     Args:
         columns: the header's column names.
+        file_name: the CSV's file name, used only to tell excluded from annotations.
 
     Returns:
-        A key of ``TABLE_SCHEMAS``.
+        A key of ``TABLE_SCHEMAS``, or ``None`` when fewer than half the required columns
+        of every kind are present.
     """
     present = set(columns)
 
@@ -213,7 +218,12 @@ def guess_table_kind(columns: list[str] | tuple[str, ...]) -> str:
         return shared == len(schema.required), shared / len(schema.required), known
 
     # max() keeps the first of equal kinds, so "annotations" wins over "excluded".
-    return max(TABLE_SCHEMAS, key=fit)
+    best = max(TABLE_SCHEMAS, key=fit)
+    if fit(best)[1] < 0.5:
+        return None
+    if best == "annotations" and "exclud" in file_name.lower():
+        return "excluded"
+    return best
 
 
 def _line(position: int) -> int:
