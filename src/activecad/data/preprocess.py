@@ -70,6 +70,8 @@ class PreparedScan:
         origin: (3,) world mm, x-y-z, of the centre of voxel (0, 0, 0) of ``array``.
         direction: (3, 3) direction cosines, as :class:`~activecad.io.scan.Scan`'s.
         seriesuid: the scan's series identifier.
+        patient_id: the patient's identifier ("" when unknown), so splits keep a
+            patient's follow-up scans together.
     """
 
     array: np.ndarray
@@ -77,6 +79,7 @@ class PreparedScan:
     origin: np.ndarray
     direction: np.ndarray
     seriesuid: str
+    patient_id: str = ""
 
     def index_to_world(self, indices: np.ndarray) -> np.ndarray:
         """(N, 3) z-y-x continuous indices of ``array`` -> (N, 3) world mm, x-y-z."""
@@ -186,6 +189,7 @@ def preprocess_scan(
         origin=np.asarray(origin),
         direction=scan.direction.copy(),
         seriesuid=scan.seriesuid,
+        patient_id=scan.patient_id,
     )
 
 
@@ -258,6 +262,7 @@ class PreprocessCache:
                 "origin": prepared.origin.tolist(),
                 "direction": prepared.direction.tolist(),
                 "seriesuid": prepared.seriesuid,
+                "patient_id": prepared.patient_id,
             }
             tmp_meta = self.root / f"{key}.tmp.json"
             tmp_meta.write_text(json.dumps(info))
@@ -269,4 +274,5 @@ class PreprocessCache:
             origin=np.asarray(info["origin"]),
             direction=np.asarray(info["direction"]),
             seriesuid=info["seriesuid"],
+            patient_id=info.get("patient_id", ""),
         )

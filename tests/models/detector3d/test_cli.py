@@ -135,3 +135,14 @@ def test_validation_froc_counts_as_luna16() -> None:
     summary, _ = froc_summary(marks, truth, None, ["a", "b"])
     assert summary["cpm"] == pytest.approx(1.0)
     assert summary["counts"]["fp"] == 1
+
+
+def test_split_keeps_a_patients_scans_together() -> None:
+    from activecad.models.detector3d import split_series
+
+    uids = [f"s{k}" for k in range(10)]
+    groups = {f"s{k}": f"p{k // 2}" for k in range(10)}  # five patients, two scans each
+    train, val = split_series(uids, 0.2, seed=1, groups=groups)
+    assert len(val) == 2 and groups[val[0]] == groups[val[1]]
+    assert sorted(train + val) == uids
+    assert split_series(uids, 0.2, seed=1, groups=groups) == (train, val)

@@ -76,14 +76,30 @@ def read_luna_folder(data_dir: str | Path) -> LunaFolder:
 
 
 def split_series(
-    uids: Sequence[str], val_fraction: float, seed: int
+    uids: Sequence[str],
+    val_fraction: float,
+    seed: int,
+    *,
+    groups: dict[str, str] | None = None,
 ) -> tuple[list[str], list[str]]:
-    """A seeded train/validation split of series ids; validation is empty below 5 series."""
-    uids = sorted(uids)
-    count = round(len(uids) * val_fraction) if len(uids) >= 5 else 0
-    order = np.random.default_rng(seed).permutation(len(uids))
-    val = sorted(uids[i] for i in order[:count])
-    return [u for u in uids if u not in set(val)], val
+    """A seeded train/validation split of series ids, whole groups (patients) at a time.
+
+    Args:
+        uids: series ids.
+        val_fraction: share of the groups held out; none are held out below 5 groups.
+        seed: seed of the permutation.
+        groups: series id -> patient id; a series without one is its own group.
+
+    Returns:
+        (train, validation) series ids, each sorted.
+    """
+    groups = groups or {}
+    keys = sorted({groups.get(u) or u for u in uids})
+    count = round(len(keys) * val_fraction) if len(keys) >= 5 else 0
+    order = np.random.default_rng(seed).permutation(len(keys))
+    held = {keys[i] for i in order[:count]}
+    val = sorted(u for u in uids if (groups.get(u) or u) in held)
+    return sorted(u for u in uids if (groups.get(u) or u) not in held), val
 
 
 def labelled(prepared: PreparedScan, annotations: pd.DataFrame) -> LabelledScan:
@@ -243,7 +259,10 @@ def train_detector(
             scan = cache.load(path, config.preprocess, min_shape_zyx=patch_zyx)
             prepared[scan.seriesuid] = scan
     if train_uids is None:
-        train_uids, default_val = split_series(list(prepared), config.val_fraction, config.seed)
+        patients = {uid: scan.patient_id for uid, scan in prepared.items()}
+        train_uids, default_val = split_series(
+            list(prepared), config.val_fraction, config.seed, groups=patients
+        )
         val_uids = default_val if val_uids is None else val_uids
     missing = sorted((set(train_uids) | set(val_uids or ())) - set(prepared))
     if missing:

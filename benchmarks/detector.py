@@ -1,0 +1,312 @@
+"""Benchmarks of the 3D nodule detector (cpu preset) on this machine.
+
+Subcommands (results are merged into ``benchmarks/results/detector.json``)::
+
+    python benchmarks/detector.py step        # training step on a 96^3 patch (median)
+    python benchmarks/detector.py inference   # one full-size phantom scan: time, peak RSS
+    python benchmarks/detector.py quality --time-budget 2700   # 80/20 split of 100 patients
+    python benchmarks/detector.py export      # TorchScript / ONNX export attempts
+
+``quality`` is long: it generates (or reuses) the cohort, trains within the time budget,
+detects on the held-out 20 % and writes the FROC plot to ``docs/detector_froc.png``. It can
+run in the background (``nohup ... &``); its progress goes to stderr and every epoch to
+``MODEL_DIR/metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import typer
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "detector.json"
+WORK = Path("/tmp/activecad_bench_detector")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True)
+
+
+def _machine() -> dict[str, object]:
+    return {
+        "cpu_threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def _record(key: str, value: dict[str, object]) -> None:
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    results[key] = {
+        **value,
+        "machine": _machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    typer.echo(json.dumps({key: results[key]}, indent=2))
+
+
+@app.command()
+def step(
+    preset: str = "cpu", steps: int = 10, warmup: int = 2, threads: int = 2, batch: int = 2
+) -> None:
+    """Median wall time of one training step (forward, Eq. 3 losses, backward, update)."""
+    from activecad.models.detector3d import NoduleDetector, preset_config
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    config = preset_config(preset, batch_size=batch, patch_size=(96, 96, 96))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    detector = NoduleDetector(config).to(device).train()
+    optimizer = torch.optim.AdamW(detector.network.parameters(), lr=1e-3)
+    images = torch.rand(batch, 1, 96, 96, 96, device=device)
+    targets = [
+        {
+            "boxes": torch.tensor([[40.0, 40.0, 40.0, 50.0, 50.0, 50.0]], device=device),
+            "labels": torch.zeros(1, dtype=torch.long, device=device),
+        }
+    ] * batch
+    generator = torch.Generator().manual_seed(0)
+    times = []
+    for k in range(warmup + steps):
+        start = time.perf_counter()
+        losses = detector.compute_losses(images, targets, generator=generator)
+        optimizer.zero_grad()
+        losses.total.backward()
+        optimizer.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if k >= warmup:
+            times.append(time.perf_counter() - start)
+    _record(
+        f"train_step_{preset}",
+        {
+            "patch": [96, 96, 96],
+            "batch": batch,
+            "steps": steps,
+            "median_s": statistics.median(times),
+            "min_s": min(times),
+            "max_s": max(times),
+            "parameters": sum(p.numel() for p in detector.network.parameters()),
+        },
+    )
+
+
+@app.command()
+def inference(
+    model: Path | None = typer.Option(None, help="Model folder; default an untrained cpu preset."),
+    threads: int = 2,
+    seed: int = 0,
+) -> None:
+    """Time and peak memory of ``detect`` on one full-size (512 x 512 x ~300) phantom scan."""
+    from activecad.phantom import generate_cohort
+
+    folder = WORK / f"full_{seed}"
+    if not (folder / "annotations.csv").is_file():
+        generate_cohort(folder, patients=1, seed=seed, preset="full")
+    scan = sorted((folder / "ct").glob("*.mhd"))[0]
+    # A fresh process, so the peak resident memory is the detector's alone.
+    worker = [sys.executable, __file__, "inference-worker", str(scan), "--threads", str(threads)]
+    if model is not None:
+        worker += ["--model", str(model)]
+    out = subprocess.run(worker, check=True, capture_output=True, text=True)
+    _record("inference_full_scan_cpu", json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+@app.command("inference-worker", hidden=True)
+def inference_worker(scan: Path, model: Path | None = None, threads: int = 2) -> None:
+    from activecad.io.ct import read_scan
+    from activecad.models.detector3d import NoduleDetector, detect_scan, load_bundle, preset_config
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    detector = load_bundle(model) if model is not None else NoduleDetector(preset_config("cpu"))
+    detector.eval()
+    read_start = time.perf_counter()
+    ct = read_scan(scan)
+    start = time.perf_counter()
+    result = detect_scan(detector, ct)
+    seconds = time.perf_counter() - start
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    print(
+        json.dumps(
+            {
+                "scan_shape_zyx": list(ct.shape),
+                "spacing_xyz_mm": ct.spacing.tolist(),
+                "read_s": start - read_start,
+                "detect_s": seconds,
+                "peak_rss_gb": peak_gb,
+                "detections": len(result.detections),
+                "trained_model": model is not None,
+            }
+        )
+    )
+
+
+@app.command()
+def quality(
+    patients: int = 100,
+    seed: int = 0,
+    time_budget: float = 2700.0,
+    epochs: int = 60,
+    steps: int = 50,
+    spacing: float | None = typer.Option(None, help="Isotropic spacing override, mm."),
+    threads: int = 2,
+    resume: bool = False,
+) -> None:
+    """Train on 80 % of a small-preset phantom cohort, CPM + FROC plot on the other 20 %."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from activecad.data import PreprocessCache
+    from activecad.models.detector3d import (
+        detect_prepared,
+        load_bundle,
+        preset_config,
+        read_luna_folder,
+        split_series,
+        train_detector,
+    )
+    from activecad.models.detector3d.train import froc_summary
+    from activecad.phantom import generate_cohort
+
+    torch.set_num_threads(threads)
+    cohort = WORK / f"small_{patients}_{seed}"
+    start = time.perf_counter()
+    if not (cohort / "annotations.csv").is_file():
+        generate_cohort(cohort, patients=patients, seed=seed, preset="small")
+    generate_s = time.perf_counter() - start
+    overrides: dict[str, object] = {"epochs": epochs, "steps_per_epoch": steps, "val_every": 10**6}
+    if spacing is not None:
+        overrides["preprocess"] = {"spacing": (spacing, spacing, spacing)}
+    config = preset_config("cpu", **overrides)
+    folder = read_luna_folder(cohort)
+    cache = PreprocessCache(WORK / "cache")
+    patch_zyx = tuple(config.patch_size[::-1])
+    uids = [
+        cache.load(p, config.preprocess, min_shape_zyx=patch_zyx).seriesuid for p in folder.scans
+    ]
+    train_uids, test_uids = split_series(uids, 0.2, seed)
+    model_dir = WORK / f"model_{patients}_{seed}"
+    result = train_detector(
+        cohort,
+        model_dir,
+        config,
+        resume=resume,
+        cache_dir=WORK / "cache",
+        train_uids=train_uids,
+        val_uids=[],
+        time_budget_s=time_budget,
+    )
+    train_s = time.perf_counter() - start - generate_s
+    detector = load_bundle(model_dir)
+    by_uid = {
+        u: cache.load(p, config.preprocess, min_shape_zyx=patch_zyx)
+        for u, p in zip(uids, folder.scans, strict=True)
+    }
+    detect_start = time.perf_counter()
+    tables = [detect_prepared(detector, by_uid[u]).detections for u in test_uids]
+    detect_s = (time.perf_counter() - detect_start) / max(len(test_uids), 1)
+    detections = pd.concat(tables, ignore_index=True)
+    detections.to_csv(model_dir / "test_detections.csv", index=False)
+    summary, (fps, sens, _) = froc_summary(
+        detections, folder.annotations, folder.excluded, test_uids
+    )
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.semilogx(np.maximum(fps, 1e-3), sens, drawstyle="steps-post")
+    ax.set_xlim(0.1, 16)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("false positives per scan")
+    ax.set_ylabel("sensitivity")
+    ax.set_title(
+        f"detector3d cpu preset, {len(test_uids)} held-out phantom scans\nCPM {summary['cpm']:.3f}"
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(ROOT / "docs" / "detector_froc.png", dpi=120)
+    _record(
+        "quality_small_phantom_cpu",
+        {
+            "patients": patients,
+            "seed": seed,
+            "train_scans": len(train_uids),
+            "test_scans": len(test_uids),
+            "spacing_mm": list(config.preprocess.spacing),
+            "epochs_done": result.epochs_done,
+            "steps_per_epoch": steps,
+            "stopped_by_time_budget": result.stopped_early,
+            "time_budget_s": time_budget,
+            "generate_s": generate_s,
+            "train_s": train_s,
+            "detect_s_per_scan": detect_s,
+            "cpm": summary["cpm"],
+            "sensitivities": summary["sensitivities"],
+            "counts": summary["counts"],
+        },
+    )
+
+
+@app.command()
+def export(threads: int = 2) -> None:
+    """Try TorchScript (script and trace) and ONNX export of the cpu-preset network."""
+    from activecad.models.detector3d import NoduleDetector, preset_config
+
+    torch.set_num_threads(threads)
+    network = NoduleDetector(preset_config("cpu")).network.eval()
+    image = torch.rand(1, 1, 96, 96, 96)
+    outcome: dict[str, object] = {}
+
+    class Flat(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+            out = self.inner(x)
+            return [t for key in sorted(out) for t in out[key]]
+
+    flat = Flat(network).eval()
+    for name, attempt in (
+        ("torchscript_script", lambda: torch.jit.script(network)),
+        ("torchscript_trace", lambda: torch.jit.trace(flat, image)),
+        (
+            "onnx",
+            lambda: torch.onnx.export(flat, (image,), str(WORK / "detector.onnx"), dynamo=False),
+        ),
+    ):
+        try:
+            WORK.mkdir(parents=True, exist_ok=True)
+            exported = attempt()
+            if name == "torchscript_trace":
+                reference = flat(image)
+                again = exported(image)
+                same = all(
+                    torch.allclose(a, b, atol=1e-5) for a, b in zip(reference, again, strict=True)
+                )
+                outcome[name] = {"works": True, "matches_eager": same}
+            else:
+                outcome[name] = {"works": True}
+        except Exception as exc:
+            outcome[name] = {
+                "works": False,
+                "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+            }
+    _record("export_cpu", outcome)
+
+
+if __name__ == "__main__":
+    app()
