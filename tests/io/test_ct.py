@@ -271,3 +271,43 @@ def test_jpeg_lossless_dicom_is_decoded_without_pydicom_plugins(tmp_path: Path) 
         "JPEG Lossless" in pydicom.dcmread(tmp_path / "jpeg.dcm").file_meta.TransferSyntaxUID.name
     )
     np.testing.assert_array_equal(read_scan(tmp_path / "jpeg.dcm").array, hu)
+
+
+def _add_scout(folder: Path, shape: tuple[int, int, int], name: str) -> None:
+    """Write a one-slice image filed under the same series, as scanners do with scouts."""
+    scout = pydicom.dcmread(write_dicom_series(make_scan(shape=shape), folder.parent / name)[0])
+    scout.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]  # coronal, like a localizer
+    scout.save_as(folder / f"{name}.dcm", enforce_file_format=True)
+
+
+def test_scouts_in_the_series_are_skipped_and_reported(tmp_path: Path) -> None:
+    scan = make_scan(shape=(3, 4, 5))
+    write_dicom_series(scan, tmp_path / "s")
+    _add_scout(tmp_path / "s", (1, 4, 5), "scout")
+    back = read_scan(tmp_path / "s")
+    np.testing.assert_array_equal(back.array, scan.array)
+    assert any("skipped 1 files" in w and "scouts" in w for w in back.meta["warnings"])
+
+
+def test_series_without_a_majority_geometry_is_an_input_error(tmp_path: Path) -> None:
+    write_dicom_series(make_scan(shape=(1, 4, 5)), tmp_path / "s")
+    _add_scout(tmp_path / "s", (1, 6, 6), "scout")
+    with pytest.raises(InputError, match="differ in size or orientation"):
+        read_scan(tmp_path / "s")
+
+
+def test_slices_without_position_are_an_input_error(tmp_path: Path) -> None:
+    files = write_dicom_series(make_scan(shape=(3, 4, 5)), tmp_path / "s")
+    ds = pydicom.dcmread(files[1])
+    del ds.ImagePositionPatient
+    ds.save_as(files[1], enforce_file_format=True)
+    with pytest.raises(InputError, match="no ImagePositionPatient"):
+        read_scan(tmp_path / "s")
+
+
+def test_list_dicom_series_ranks_by_size(tmp_path: Path) -> None:
+    write_dicom_series(make_scan(shape=(2, 3, 3), seriesuid="1.2.9"), tmp_path / "a")
+    write_dicom_series(make_scan(shape=(3, 3, 3), seriesuid="1.2.8"), tmp_path / "b")
+    found = list_dicom_series(tmp_path)
+    assert list(found) == ["1.2.8", "1.2.9"]
+    assert [p.name for p in found["1.2.9"]] == ["slice_0000.dcm", "slice_0001.dcm"]

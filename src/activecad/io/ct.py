@@ -306,16 +306,14 @@ def list_dicom_series(folder: str | Path) -> dict[str, list[Path]]:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError("not a folder", path=folder, fix="Give a folder of DICOM files")
-    groups: dict[str, list[Path]] = defaultdict(list)
-    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-        ds = _read_header(file)
-        if ds is None or "Rows" not in ds:
-            continue
-        groups[str(ds.get("SeriesInstanceUID", ""))].append(file)
-    return dict(sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])))
+    headers = _collect_headers(folder, progress=False)
+    return {uid: [h.path for h, _ in headers[uid]] for uid in _rank_series(headers)}
 
 
-def _read_dicom_folder(folder: Path, *, series: str | None, progress: bool) -> Scan:
+def _collect_headers(
+    folder: Path, *, progress: bool
+) -> dict[str, list[tuple[_SliceHeader, Dataset]]]:
+    """SeriesInstanceUID -> (slice header, dataset without pixels) of each image file."""
     headers: dict[str, list[tuple[_SliceHeader, Dataset]]] = defaultdict(list)
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     for file in _track(files, "Reading DICOM headers", show=progress):
@@ -325,6 +323,16 @@ def _read_dicom_folder(folder: Path, *, series: str | None, progress: bool) -> S
             continue
         header = _slice_header(file, ds)
         headers[header.seriesuid].append((header, ds))
+    return headers
+
+
+def _rank_series(headers: dict[str, list[tuple[_SliceHeader, Dataset]]]) -> list[str]:
+    """Series UIDs, most files first (ties by UID, so the choice is reproducible)."""
+    return sorted(headers, key=lambda uid: (-len(headers[uid]), uid))
+
+
+def _read_dicom_folder(folder: Path, *, series: str | None, progress: bool) -> Scan:
+    headers = _collect_headers(folder, progress=progress)
     if not headers:
         raise InputError(
             "no DICOM image files found in this folder",
@@ -332,7 +340,7 @@ def _read_dicom_folder(folder: Path, *, series: str | None, progress: bool) -> S
             fix="Point at the folder that holds the .dcm slices of one series",
         )
     warnings: list[str] = []
-    ranked = sorted(headers, key=lambda uid: (-len(headers[uid]), uid))
+    ranked = _rank_series(headers)
     if series is not None:
         if series not in headers:
             listing = ", ".join(f"{uid} ({len(headers[uid])} files)" for uid in ranked)
@@ -424,15 +432,8 @@ def _stack_slices(
     warnings: list[str],
     progress: bool,
 ) -> Scan:
+    slices = _majority_geometry(slices, source=source, warnings=warnings)
     first_header, first_ds = slices[0]
-    shapes = Counter((h.rows, h.columns) for h, _ in slices)
-    if len(shapes) > 1:
-        raise InputError(
-            f"slices of series {first_header.seriesuid} differ in size: "
-            + ", ".join(f"{r}x{c} ({n} files)" for (r, c), n in shapes.items()),
-            path=source,
-            fix="Remove the odd files (scouts, localizers) from the folder",
-        )
     orientation = first_header.orientation
     if orientation is None or orientation.size != 6:
         row_dir, col_dir = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
@@ -501,6 +502,45 @@ def _stack_slices(
             "files": [str(h.path) for h, _ in ordered],
         },
     )
+
+
+def _geometry_key(header: _SliceHeader) -> tuple[int, int, tuple[float, ...]]:
+    orientation = () if header.orientation is None else tuple(np.round(header.orientation, 3))
+    return header.rows, header.columns, orientation
+
+
+def _majority_geometry(
+    slices: Sequence[tuple[_SliceHeader, Dataset]], *, source: Path, warnings: list[str]
+) -> list[tuple[_SliceHeader, Dataset]]:
+    """The slices sharing the most common size and orientation; others are reported.
+
+    Scouts and localizers are often filed under the CT's own SeriesInstanceUID; they
+    differ in size or orientation and would scramble the stack.
+    """
+    groups = Counter(_geometry_key(h) for h, _ in slices)
+    if len(groups) == 1:
+        return list(slices)
+    ranked = groups.most_common()
+    listing = ", ".join(
+        f"{rows}x{cols} {'oriented ' + str(list(o)) if o else 'without orientation'} ({n} files)"
+        for (rows, cols, o), n in ranked
+    )
+    if ranked[0][1] == ranked[1][1]:
+        raise InputError(
+            f"slices of series {slices[0][0].seriesuid} differ in size or orientation "
+            f"and no kind is the majority: {listing}",
+            path=source,
+            fix="Remove the odd files (scouts, localizers) from the folder",
+        )
+    keep = [item for item in slices if _geometry_key(item[0]) == ranked[0][0]]
+    dropped = len(slices) - len(keep)
+    message = (
+        f"skipped {dropped} files whose size or orientation differs from the other "
+        f"{len(keep)} slices (scouts or localizers?): {listing}"
+    )
+    logger.warning("%s: %s", source, message)
+    warnings.append(message)
+    return keep
 
 
 def _drop_duplicates(
