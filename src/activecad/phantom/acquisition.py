@@ -63,7 +63,11 @@ class Acquisition:
 
 
 def sample_acquisition(
-    rng: np.random.Generator, preset: Preset, apex_w: float, scanners: list[Scanner]
+    rng: np.random.Generator,
+    preset: Preset,
+    apex_w: float,
+    lowest_lung: float,
+    scanners: list[Scanner],
 ) -> Acquisition:
     """Draw spacing, field of view, orientation, position and dose of one study.
 
@@ -71,17 +75,20 @@ def sample_acquisition(
         rng: random generator.
         preset: image sizes and spacing ranges.
         apex_w: height of the lung apices above the carina (the scan starts above them), mm.
+        lowest_lung: height of the deepest lung recess (negative), mm.
         scanners: scanners of the cohort; one is picked.
     """
     px = float(np.interp(rng.uniform(), _SPACING_Q, _SPACING_MM)) * preset.spacing_scale
     px = round(px, 4)
     sz = float(rng.choice(preset.slice_spacings_mm, p=preset.slice_spacing_weights))
     nx = ny = preset.inplane_size
-    nz = round(rng.uniform(*preset.z_fov_mm) / sz)
+    # From just above the apices to below the deepest costophrenic recess, as a chest CT.
+    z_fov = apex_w + rng.uniform(5.0, 20.0) - lowest_lung + rng.uniform(15.0, 40.0)
+    nz = int(np.ceil(z_fov / sz))
     body_center = np.array(
         [rng.uniform(-25.0, 25.0), rng.uniform(-20.0, 40.0), rng.uniform(-200.0, -60.0)]
     )
-    top = body_center[2] + apex_w + rng.uniform(8.0, 30.0)
+    top = body_center[2] + lowest_lung + (nz - 1) * sz
     fov_center = body_center[:2] + rng.uniform(-10.0, 10.0, 2) + np.array([0.0, 15.0])
     origin = np.array(
         [

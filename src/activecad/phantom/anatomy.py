@@ -112,7 +112,7 @@ class Anatomy:
 
     def dome(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         """Height w of the diaphragm under each (u, v), mm: a dome per side, lower at the rim."""
-        height = 55.0
+        height = 45.0
         side = np.where(u < 0, -1.0, 1.0)
         top = np.where(u < 0, self.dome_right, self.dome_left)
         shape = 1.0 - ((u - side * 70.0) ** 2 / 95.0**2 + (v + 5.0) ** 2 / 85.0**2)
@@ -145,81 +145,115 @@ class Anatomy:
         return {"right": np.array([-38.0, 6.0, -20.0]), "left": np.array([38.0, 8.0, -35.0])}
 
     def labels(self, u: np.ndarray, v: np.ndarray, w: np.ndarray) -> np.ndarray:
-        """Tissue label at body coordinates (broadcastable arrays, mm) -> uint8 array."""
-        u, v, w = np.broadcast_arrays(u, v, w)
-        lab = np.full(u.shape, Tissue.AIR, dtype=np.uint8)
+        """Tissue label at body coordinates (broadcastable arrays, mm) -> uint8 array.
+
+        On a grid pass u (1, 1, X), v (1, Y, 1), w (Z, 1, 1): most terms then stay 1D or
+        2D and only the final masks are 3D, which keeps a 512 x 512 x 300 volume fast.
+        """
+        shape = np.broadcast_shapes(np.shape(u), np.shape(v), np.shape(w))
+        lab = np.full(shape, Tissue.AIR, dtype=np.uint8)
+
+        def put(mask: np.ndarray, tissue: Tissue) -> None:
+            lab[np.broadcast_to(mask, shape)] = tissue
+
         a, b = self.half_width, self.half_depth
+        au, av = np.abs(u), np.abs(v)
+        pu, pv = au**2.4, av**2.4
 
         def inside(da: float, db: float) -> np.ndarray:
-            return (np.abs(u) / (a - da)) ** 2.4 + (np.abs(v) / (b - db)) ** 2.4 < 1.0
+            return pu / (a - da) ** 2.4 + pv / (b - db) ** 2.4 < 1.0
 
-        table = (v > b + 4.0) & (v < b + 12.0) & (np.abs(u) < 230.0)
-        lab[table] = Tissue.TABLE
-        lab[inside(0.0, 0.0)] = Tissue.FAT
-        lab[inside(self.fat, self.fat)] = Tissue.MUSCLE
+        put((v > b + 4.0) & (v < b + 12.0) & (au < 230.0), Tissue.TABLE)
+        put(inside(0.0, 0.0), Tissue.FAT)
+        put(inside(self.fat, self.fat), Tissue.MUSCLE)
         ca, cb = self.cavity_half_axes
         wall_in = self.fat + self.muscle
         band = inside(wall_in, wall_in)
-        cavity = (np.abs(u) / ca) ** 2.4 + (np.abs(v) / cb) ** 2.4 < 1.0
+        # The thorax narrows towards the apices, so the lungs taper like a bell.
+        taper = 1.0 - 0.3 * np.clip((w - self.apex_w + 100.0) / 100.0, 0.0, 1.0) ** 1.5
+        cavity = pu / (ca * taper) ** 2.4 + pv / cb**2.4 < 1.0
         # Ribs slope down towards the front; a rib is ~11 mm tall every ~34 mm.
         w_rib = w - 30.0 * v / cb - self.rib_phase
         rib = band & ~cavity & (np.mod(w_rib, 34.0) < 11.0) & (w > -230.0)
-        rib &= ~((v < 0) & (np.abs(u) < 30.0))
-        lab[rib] = Tissue.BONE
-        sternum = band & ~cavity & (v < 0) & (np.abs(u) < 16.0) & (w > -140.0) & (w < 60.0)
-        lab[sternum] = Tissue.BONE
+        rib &= ~((v < 0) & (au < 30.0))
+        put(rib, Tissue.BONE)
+        sternum = (v < 0) & (au < 16.0) & band
+        put(sternum & ~cavity & (w > -140.0) & (w < 60.0), Tissue.BONE)
 
         # Thoracic contents default to mediastinal fat, then lungs and organs are cut in.
-        lab[cavity] = Tissue.MEDIASTINAL_FAT
-        apex = self.apex_w - ((np.abs(u) - 60.0) ** 2 + (v - 5.0) ** 2) / 140.0
+        put(cavity, Tissue.MEDIASTINAL_FAT)
+        apex = self.apex_w - ((au - 55.0) ** 2 + (v - 5.0) ** 2) / 90.0
         dome = self.dome(u, v)
         mediastinum = np.abs(u - 4.0) < 20.0 + 14.0 * np.clip(-v / cb, 0.0, 1.0)
         hc, ha = self.heart
         heart_r = ((u - hc[0]) / ha[0]) ** 2 + ((v - hc[1]) / ha[1]) ** 2
-        heart_r += ((w - hc[2]) / ha[2]) ** 2
+        heart_r = heart_r + ((w - hc[2]) / ha[2]) ** 2
         vs = self.spine_center_v
-        paraspinal = (np.abs(u) < 42.0) & (v > vs - 22.0)
-        lung = cavity & (w > dome + 2.0) & (w < apex) & ~mediastinum & (heart_r > 1.17)
-        lung &= ~paraspinal
-        lab[lung] = Tissue.LUNG
-        lab[cavity & (w >= apex)] = Tissue.MUSCLE
-        lab[heart_r <= 1.0] = Tissue.SOFT
+        paraspinal = (au < 42.0) & (v > vs - 22.0)
+        lung = cavity & (w > dome + 2.0) & (w < apex) & (heart_r > 1.17)
+        lung &= ~(mediastinum | paraspinal)
+        put(lung, Tissue.LUNG)
+        put(cavity & (w >= apex), Tissue.MUSCLE)
+        put(heart_r <= 1.0, Tissue.SOFT)
         below = cavity & (w <= dome)
-        lab[below] = Tissue.ABDOMEN
-        liver = below & (u < 35.0 - 0.25 * (v + cb)) & (w > self.dome_right - 190.0)
-        lab[liver & (v < vs - 20.0)] = Tissue.LIVER
+        put(below, Tissue.ABDOMEN)
+        liver = (u < 35.0 - 0.25 * (v + cb)) & (v < vs - 20.0)
+        put(below & liver & (w > self.dome_right - 190.0), Tissue.LIVER)
         bubble = ((u - 65.0) ** 2 + (v + 20.0) ** 2) / 30.0**2
-        bubble += ((w - self.dome_left + 40.0) / 18.0) ** 2
-        lab[below & (bubble < 1.0) & (w > self.dome_left - 42.0)] = Tissue.AIR
+        bubble = bubble + ((w - self.dome_left + 40.0) / 18.0) ** 2
+        put(below & (bubble < 1.0) & (w > self.dome_left - 42.0), Tissue.AIR)
 
         self._draw_tubes(lab, u, v, w)
-        self._draw_spine(lab, u, v, w, cavity | band)
+        self._draw_spine(lab, u, v, w, np.broadcast_to(cavity | band, shape))
         return lab
 
     def _draw_tubes(self, lab: np.ndarray, u: np.ndarray, v: np.ndarray, w: np.ndarray) -> None:
+        grid_axes = np.ndim(u) == 3 and np.ndim(v) == 3 and np.ndim(w) == 3
         for tube in self.tubes:
             p0, p1 = np.asarray(tube.p0, np.float32), np.asarray(tube.p1, np.float32)
+            reach = tube.radius + tube.wall
+            lo, hi = np.minimum(p0, p1) - reach, np.maximum(p0, p1) + reach
+            box: tuple[slice, ...] = (slice(None),) * lab.ndim
+            uu, vv, ww = u, v, w
+            if grid_axes:
+                # Only the tube's bounding box can change; skip the rest of the slab.
+                ranges = []
+                for coord, axis, k in ((w, 0, 2), (v, 1, 1), (u, 2, 0)):
+                    line = np.asarray(coord).reshape(-1)
+                    hit = np.flatnonzero((line >= lo[k]) & (line <= hi[k]))
+                    if hit.size == 0:
+                        break
+                    ranges.append((axis, slice(int(hit[0]), int(hit[-1]) + 1)))
+                else:
+                    box = tuple(s for _, s in sorted(ranges))
+                    ww, vv, uu = w[box[0], :, :], v[:, box[1], :], u[:, :, box[2]]
+                if len(ranges) < 3:
+                    continue
             d = p1 - p0
             dd = float(d @ d)
-            t = np.clip(((u - p0[0]) * d[0] + (v - p0[1]) * d[1] + (w - p0[2]) * d[2]) / dd, 0, 1)
-            dist2 = (u - p0[0] - t * d[0]) ** 2 + (v - p0[1] - t * d[1]) ** 2
-            dist2 += (w - p0[2] - t * d[2]) ** 2
+            t = np.clip(((uu - p0[0]) * d[0] + (vv - p0[1]) * d[1] + (ww - p0[2]) * d[2]) / dd,
+                        0, 1)
+            dist2 = (uu - p0[0] - t * d[0]) ** 2 + (vv - p0[1] - t * d[1]) ** 2
+            dist2 += (ww - p0[2] - t * d[2]) ** 2
+            sub = lab[box]
             if tube.wall > 0:
-                lab[dist2 < (tube.radius + tube.wall) ** 2] = Tissue.SOFT
-            lab[dist2 < tube.radius**2] = tube.tissue
+                sub[dist2 < reach**2] = Tissue.SOFT
+            sub[dist2 < tube.radius**2] = tube.tissue
 
     def _draw_spine(
         self, lab: np.ndarray, u: np.ndarray, v: np.ndarray, w: np.ndarray, trunk: np.ndarray
     ) -> None:
+        shape = lab.shape
         vs = self.spine_center_v
-        body = (u**2 + (v - vs) ** 2 < 19.0**2) & trunk
-        disc = np.mod(w - self.rib_phase, 30.0) < 6.0
-        lab[body] = np.where(disc[body], Tissue.DISC, Tissue.SPONGY_BONE)
+        body = np.broadcast_to(u**2 + (v - vs) ** 2 < 19.0**2, shape) & trunk
+        disc = np.broadcast_to(np.mod(w - self.rib_phase, 30.0) < 6.0, shape)
+        lab[body & disc] = Tissue.DISC
+        lab[body & ~disc] = Tissue.SPONGY_BONE
         r2 = u**2 + (v - vs - 29.0) ** 2
-        lab[(r2 < 17.0**2) & (r2 >= 8.0**2) & ~disc] = Tissue.BONE
-        lab[r2 < 8.0**2] = Tissue.CSF
-        muscle = (np.abs(u) < 45.0) & (v > vs + 20.0) & (r2 >= 17.0**2) & trunk
-        lab[muscle & (lab != Tissue.BONE)] = Tissue.MUSCLE
+        lab[np.broadcast_to((r2 < 17.0**2) & (r2 >= 8.0**2), shape) & ~disc] = Tissue.BONE
+        lab[np.broadcast_to(r2 < 8.0**2, shape)] = Tissue.CSF
+        muscle = np.broadcast_to((np.abs(u) < 45.0) & (v > vs + 20.0) & (r2 >= 17.0**2), shape)
+        lab[muscle & trunk & (lab != Tissue.BONE)] = Tissue.MUSCLE
 
     def in_lung(self, points: np.ndarray) -> np.ndarray:
         """Whether body-mm points (N, 3) u-v-w lie in a lung -> (N,) bool.
@@ -244,7 +278,8 @@ class Anatomy:
         u, v, w = (
             np.arange(a, b + step, step, dtype=np.float32) for a, b in zip(lo, hi, strict=True)
         )
-        lung = self.labels(u[:, None, None], v[None, :, None], w[None, None, :]) == Tissue.LUNG
+        lab = self.labels(u[None, None, :], v[None, :, None], w[:, None, None])
+        lung = np.ascontiguousarray((lab == Tissue.LUNG).transpose(2, 1, 0))
         return lo, step, lung
 
     def hu_table(self) -> np.ndarray:

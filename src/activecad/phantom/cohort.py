@@ -180,7 +180,8 @@ def _generate_study(
 ) -> StudyCase:
     rng = _rng(seed, patient.index, 100 + study)
     anatomy = patient.anatomy
-    acq = sample_acquisition(rng, spec, anatomy.apex_w, scanners)
+    lowest = min(anatomy.dome_right, anatomy.dome_left) - 45.0
+    acq = sample_acquisition(rng, spec, anatomy.apex_w, lowest, scanners)
     grid, center = acq.grid, acq.body_center
     labels = draw_anatomy(anatomy, grid, center)
 

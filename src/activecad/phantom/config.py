@@ -17,7 +17,6 @@ class Preset:
     Attributes:
         name: ``"small"`` or ``"full"``.
         inplane_size: number of columns and rows of every CT slice.
-        z_fov_mm: (low, high) cranio-caudal length covered by the CT, mm.
         spacing_scale: factor on the LIDC-like in-plane pixel spacing (0.5-0.9 mm).
         slice_spacings_mm: slice thicknesses to draw from, mm.
         slice_spacing_weights: their probabilities (LIDC thin scans, ``lidc_stats.json``).
@@ -28,7 +27,6 @@ class Preset:
 
     name: str
     inplane_size: int
-    z_fov_mm: tuple[float, float]
     spacing_scale: float
     slice_spacings_mm: tuple[float, ...]
     slice_spacing_weights: tuple[float, ...]
@@ -46,7 +44,6 @@ PRESETS: dict[str, Preset] = {
     "small": Preset(
         name="small",
         inplane_size=128,
-        z_fov_mm=(290.0, 330.0),
         spacing_scale=3.5,
         slice_spacings_mm=(2.5, 3.0, 3.5),
         slice_spacing_weights=(0.3, 0.4, 0.3),
@@ -57,7 +54,6 @@ PRESETS: dict[str, Preset] = {
     "full": Preset(
         name="full",
         inplane_size=512,
-        z_fov_mm=(290.0, 330.0),
         spacing_scale=1.0,
         slice_spacings_mm=_LIDC_THICKNESS,
         slice_spacing_weights=_LIDC_THICKNESS_W,

@@ -71,15 +71,17 @@ def grow_vessels(
     p0s, p1s, r0s, r1s, bron, bps, bpr = [], [], [], [], [], [], []
     for name, (root, directions) in anatomy.hila().items():
         is_artery = name.startswith("artery")
-        stack = [(root, d, rng.uniform(4.0, 5.2), 0) for d in directions]
+        # Segmental trunks leave the hilum around each lobar direction.
+        trunks = [d + rng.normal(0.0, 0.35, 3) for d in directions for _ in range(3)]
+        stack = [(root, d / np.linalg.norm(d), rng.uniform(2.5, 4.0), 0) for d in trunks]
         count = 0
         while stack and count < max_segments_per_tree:
             start, d, r, gen = stack.pop()
             if r < min_radius:
                 continue
-            length = float(np.clip(r * rng.uniform(5.0, 9.0), 2.0, 35.0))
+            length = float(np.clip(r * rng.uniform(4.0, 7.0), 3.0, 30.0))
             end = None
-            for _ in range(4):
+            for _ in range(6):
                 axis = _perpendicular(d, rng)
                 trial = _rotate(d, axis, rng.uniform(0.0, 0.25))
                 cand = start + length * trial
@@ -91,14 +93,14 @@ def grow_vessels(
                 length *= 0.6
             if end is None:
                 continue
-            r_end = r * 0.93
+            r_end = r * 0.95
             p0s.append(start)
             p1s.append(end)
             r0s.append(r)
             r1s.append(r_end)
             bron.append(is_artery and r >= 1.5)
             count += 1
-            major = rng.uniform(0.72, 0.95)
+            major = rng.uniform(0.8, 0.97)
             minor = (1.0 - major**3) ** (1.0 / 3.0)
             axis = _perpendicular(d, rng)
             away = end - root

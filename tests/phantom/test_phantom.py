@@ -1,0 +1,210 @@
+"""Tests of the phantom cohort: formats, truth, readers, determinism and radiographs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk  # noqa: N813
+
+from activecad.io import read_scan, read_table, world_to_voxel
+from activecad.phantom import consensus, generate_cohort, generate_patient
+from activecad.phantom.acquisition import DIRECTIONS, reorient
+from activecad.phantom.anatomy import Tissue
+from activecad.phantom.nodules import Nodule
+from activecad.phantom.radiograph import world_to_pixel
+from activecad.phantom.raster import Grid
+from activecad.phantom.readers import read_nodules
+
+
+@pytest.fixture(scope="module")
+def patients() -> list:
+    # Same (seed, index) as the session tiny_cohort, so these are its patients in memory.
+    return [generate_patient(i, seed=0) for i in range(4)]
+
+
+def test_layout_and_every_scan_opens(tiny_cohort: Path) -> None:
+    for name in (
+        "manifest.json",
+        "annotations.csv",
+        "annotations_excluded.csv",
+        "candidates.csv",
+        "readers.csv",
+        "patients.csv",
+        "lesions.csv",
+        "lesions_full.csv",
+        "cxr/boxes.csv",
+        "cxr/labels.csv",
+    ):
+        assert (tiny_cohort / name).is_file(), name
+    series = pd.read_csv(tiny_cohort / "patients.csv")["seriesuid"]
+    for uid in series:
+        path = tiny_cohort / "ct" / f"{uid}.mhd"
+        image = sitk.ReadImage(str(path))
+        scan = read_scan(path)
+        assert scan.seriesuid == uid
+        assert sitk.GetArrayFromImage(image).shape == scan.shape
+        np.testing.assert_allclose(image.GetOrigin(), scan.origin)
+    cxr = pd.read_csv(tiny_cohort / "cxr" / "labels.csv")
+    for image_id in cxr["image_id"]:
+        for sub in ("images", "masks", "lungs"):
+            assert (tiny_cohort / "cxr" / sub / f"{image_id}.png").is_file()
+    for kind, name in (
+        ("annotations", "annotations.csv"),
+        ("readers", "readers.csv"),
+        ("candidates", "candidates.csv"),
+        ("lesions", "lesions.csv"),
+    ):
+        read_table(tiny_cohort / name, kind)
+
+
+def test_nodule_centres_in_lungs_with_hu_of_their_kind(patients: list) -> None:
+    checked = 0
+    for patient in patients:
+        for case in patient.studies:
+            grid = case.acquisition.grid
+            centers = case.nodules[["coordX", "coordY", "coordZ"]].to_numpy()
+            if len(centers) == 0:
+                continue
+            idx = grid.to_index(centers)
+            assert np.all(case.labels[tuple(idx.T)] == Tissue.LUNG)
+            vox = np.rint(
+                world_to_voxel(
+                    centers,
+                    origin=case.scan.origin,
+                    spacing=case.scan.spacing,
+                    direction=case.scan.direction,
+                )
+            ).astype(int)
+            for (k, j, i), (_, row) in zip(vox, case.nodules.iterrows(), strict=True):
+                # Only nodules several voxels wide keep their HU after partial volume.
+                if row["diameter_mm"] < 3.0 * case.scan.spacing.max():
+                    continue
+                hu = float(case.scan.array[k - 1 : k + 2, j - 1 : j + 2, i - 1 : i + 2].mean())
+                # Ranges from the drawing: solid -10..60 HU, ground glass -750..-300,
+                # calcified 250..900, part-solid core 0..60; lung around -860.
+                low, high = {
+                    "solid": (-400, 200),
+                    "part-solid": (-600, 200),
+                    "ground-glass": (-850, -150),
+                    "calcified": (0, 1500),
+                }[row["kind"]]
+                assert low < hu < high, (row["kind"], hu)
+                checked += 1
+    assert checked > 0
+
+
+def test_class0_candidates_outside_every_nodule(patients: list) -> None:
+    for patient in patients:
+        for case in patient.studies:
+            neg = case.candidates[case.candidates["class"] == 0]
+            assert len(neg) > 20
+            pts = neg[["coordX", "coordY", "coordZ"]].to_numpy()
+            for _, nod in case.nodules.iterrows():
+                c = nod[["coordX", "coordY", "coordZ"]].to_numpy(dtype=float)
+                assert np.all(np.linalg.norm(pts - c, axis=1) > nod["extent_mm"])
+
+
+def _nodules(diameter: float, n: int) -> list[Nodule]:
+    return [
+        Nodule(
+            i,
+            np.zeros(3),
+            diameter,
+            "solid",
+            "smooth",
+            "parenchymal",
+            30.0,
+            30.0,
+            3.0,
+            np.zeros((0, 4)),
+            np.zeros((0, 4)),
+            np.ones(3),
+        )
+        for i in range(n)
+    ]
+
+
+def test_small_nodules_missed_more_often_than_large() -> None:
+    rng = np.random.default_rng(0)
+    small = read_nodules(_nodules(4.0, 400), rng)
+    large = read_nodules(_nodules(15.0, 400), rng)
+    p_small, p_large = len(small) / 1600, len(large) / 1600
+    # LIDC (lidc_stats.json): 74 % of 3-5 mm nodules are marked by a single reader but only
+    # 10 % of 12-20 mm ones; a two-proportion z-test must separate the two rates clearly.
+    pooled = (len(small) + len(large)) / 3200
+    z = (p_large - p_small) / np.sqrt(pooled * (1 - pooled) * 2 / 1600)
+    assert z > 10
+
+
+def test_consensus_follows_luna16_rule() -> None:
+    # Hand-made marks: n0 by 3 readers (kept), n1 by 2 (excluded), n2 by 4 but 2.5 mm mean.
+    rows = [
+        ("s", "n0", 10.0),
+        ("s", "n0", 12.0),
+        ("s", "n0", 14.0),
+        ("s", "n1", 8.0),
+        ("s", "n1", 8.0),
+        ("s", "n2", 2.0),
+        ("s", "n2", 3.0),
+        ("s", "n2", 2.0),
+        ("s", "n2", 3.0),
+    ]
+    df = pd.DataFrame(rows, columns=["seriesuid", "nodule_id", "diameter_mm"])
+    df["coordX"] = df["coordY"] = df["coordZ"] = 0.0
+    ann, exc = consensus(df)
+    assert ann["nodule_id"].tolist() == ["n0"]
+    assert ann["diameter_mm"].tolist() == [12.0]  # mean of 10, 12, 14
+    assert sorted(exc["nodule_id"]) == ["n1", "n2"]
+
+
+@pytest.mark.parametrize("direction", [d for d, _ in DIRECTIONS])
+def test_reorient_keeps_world_positions(direction: np.ndarray) -> None:
+    grid = Grid((3, 4, 5), np.array([0.5, 0.7, 2.0]), np.array([-10.0, 20.0, -300.0]))
+    array = np.arange(60, dtype=np.float32).reshape(3, 4, 5)
+    stored, origin, spacing = reorient(array, grid, direction)
+    idx = np.argwhere(np.ones(stored.shape, dtype=bool))
+    from activecad.io import voxel_to_world
+
+    world = voxel_to_world(idx, origin=origin, spacing=spacing, direction=direction)
+    back = grid.to_index(world)
+    np.testing.assert_array_equal(stored[tuple(idx.T)], array[tuple(back.T)])
+
+
+def test_same_seed_gives_identical_bytes(tmp_path: Path) -> None:
+    a = generate_cohort(tmp_path / "a", patients=1, seed=5)
+    b = generate_cohort(tmp_path / "b", patients=1, seed=5)
+    assert a["files"] == b["files"]
+    assert json.loads((tmp_path / "a" / "manifest.json").read_text()) == a
+
+
+def test_radiograph_masks_lie_on_projected_nodules(patients: list) -> None:
+    seen = 0
+    for patient in patients:
+        for case in patient.studies:
+            cxr = case.radiograph
+            size = cxr.mask.shape[0]
+            centers = case.nodules[["coordX", "coordY", "coordZ"]].to_numpy().reshape(-1, 3)
+            px, _ = world_to_pixel(centers, case.acquisition.grid, size)
+            yy, xx = np.mgrid[0:size, 0:size]
+            footprint = np.zeros((size, size), dtype=bool)
+            for n in np.flatnonzero(cxr.visible):
+                r = max(cxr.radius_px[n], 1.0)
+                footprint |= (xx - px[n, 0]) ** 2 + (yy - px[n, 1]) ** 2 <= r**2 + 1e-6
+            assert not np.any((cxr.mask > 0) & ~footprint)
+            for (x1, y1, x2, y2), n in zip(cxr.boxes, np.flatnonzero(cxr.visible), strict=True):
+                assert x1 <= px[n, 0] <= x2 and y1 <= px[n, 1] <= y2
+                seen += 1
+    assert seen > 0
+
+
+def test_cli_writes_cohort_and_rejects_bad_format(run_cli, tmp_path: Path) -> None:
+    ok = run_cli("phantom", tmp_path / "c", "--patients", "1", "--seed", "3", "--json")
+    assert ok.exit_code == 0, ok.stderr
+    assert json.loads(ok.stdout)["counts"]["patients"] == 1
+    bad = run_cli("phantom", tmp_path / "d", "--patients", "1", "--formats", "png")
+    assert bad.exit_code == 1
+    assert "format" in bad.stderr
