@@ -231,8 +231,9 @@ class Anatomy:
                     continue
             d = p1 - p0
             dd = float(d @ d)
-            t = np.clip(((uu - p0[0]) * d[0] + (vv - p0[1]) * d[1] + (ww - p0[2]) * d[2]) / dd,
-                        0, 1)
+            t = np.clip(
+                ((uu - p0[0]) * d[0] + (vv - p0[1]) * d[1] + (ww - p0[2]) * d[2]) / dd, 0, 1
+            )
             dist2 = (uu - p0[0] - t * d[0]) ** 2 + (vv - p0[1] - t * d[1]) ** 2
             dist2 += (ww - p0[2] - t * d[2]) ** 2
             sub = lab[box]
