@@ -311,3 +311,17 @@ def test_list_dicom_series_ranks_by_size(tmp_path: Path) -> None:
     found = list_dicom_series(tmp_path)
     assert list(found) == ["1.2.8", "1.2.9"]
     assert [p.name for p in found["1.2.9"]] == ["slice_0000.dcm", "slice_0001.dcm"]
+
+
+def test_rewriting_a_shorter_series_leaves_no_stale_slices(tmp_path: Path) -> None:
+    write_dicom_series(make_scan(shape=(6, 4, 5)), tmp_path / "s")
+    (tmp_path / "s" / "notes.txt").write_text("kept")
+    shorter = make_scan(shape=(3, 4, 5), seed=2)
+    write_dicom_series(shorter, tmp_path / "s")
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [
+        "notes.txt",
+        "slice_0000.dcm",
+        "slice_0001.dcm",
+        "slice_0002.dcm",
+    ]
+    np.testing.assert_array_equal(read_scan(tmp_path / "s").array, shorter.array)

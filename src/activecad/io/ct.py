@@ -661,6 +661,8 @@ def write_dicom_series(scan: Scan, folder: str | Path) -> list[Path]:
     Args:
         scan: the volume, (z, y, x) HU, with geometry in LPS world mm.
         folder: created if needed; files are named ``slice_0000.dcm`` ... in z order.
+            ``slice_*.dcm`` files left by an earlier, longer write are removed so the
+            folder holds exactly this series; other files are left alone.
 
     Returns:
         The written files, in array z order.
@@ -735,4 +737,10 @@ def write_dicom_series(scan: Scan, folder: str | Path) -> list[Path]:
         out = folder / f"slice_{k:04d}.dcm"
         ds.save_as(out, enforce_file_format=True)
         written.append(out)
+    stale = sorted(set(folder.glob("slice_*.dcm")) - set(written))
+    for path in stale:
+        # A leftover slice of a longer earlier write would join this series when read.
+        path.unlink()
+    if stale:
+        logger.info("%s: removed %d slice files of an earlier write", folder, len(stale))
     return written
