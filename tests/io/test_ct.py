@@ -325,3 +325,11 @@ def test_rewriting_a_shorter_series_leaves_no_stale_slices(tmp_path: Path) -> No
         "slice_0002.dcm",
     ]
     np.testing.assert_array_equal(read_scan(tmp_path / "s").array, shorter.array)
+
+
+def test_writing_under_a_file_is_an_input_error(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a file, not a folder")
+    with pytest.raises(InputError, match="cannot write"):
+        write_scan(make_scan(), tmp_path / "taken" / "vol.mhd")
+    with pytest.raises(InputError, match="cannot write"):
+        write_dicom_series(make_scan(), tmp_path / "taken" / "series")

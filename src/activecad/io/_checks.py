@@ -10,6 +10,8 @@ from __future__ import annotations
 import gzip
 import struct
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -36,6 +38,34 @@ _MET_SIZES = {
 _NIFTI_FLOATS = {16: "f4", 64: "f8"}
 _NIFTI1_HEADER = 348
 _CHUNK = 1 << 22
+
+
+def first_itk_line(exc: Exception) -> str:
+    """ITK errors span many lines with C++ file names; keep the part a user can act on."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for line in lines:
+        for marker in ("ITK ERROR:", "sitk::ERROR:"):
+            if marker in line:
+                message = line.split(marker, 1)[1].strip()
+                # Drop the "MetaImageIO(0x55...): " object address ITK puts first.
+                head, sep, tail = message.partition("): ")
+                return tail if sep and "(0x" in head else message
+    return lines[-1] if lines else type(exc).__name__
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn OS and ITK failures while writing ``path`` into one-line :class:`InputError`."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        os_reason = exc.strerror if isinstance(exc, OSError) else None
+        reason = os_reason or first_itk_line(exc)
+        raise InputError(
+            f"cannot write ({reason})",
+            path=path,
+            fix="Check that the folder is writable and the disk is not full",
+        ) from exc
 
 
 def read_mhd_header(path: Path) -> dict[str, str]:

@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.progress import track
 
 from activecad.errors import InputError
-from activecad.io._checks import check_mhd, check_nifti
+from activecad.io._checks import check_mhd, check_nifti, first_itk_line, writing
 from activecad.io.geometry import voxel_to_world
 from activecad.io.scan import Scan
 
@@ -191,7 +191,7 @@ def _read_sitk(path: Path, *, fmt: str) -> Scan:
     except RuntimeError as exc:
         raise InputError(
             f"cannot read the {fmt.upper()} file, it is corrupt or truncated "
-            f"({_first_itk_line(exc)})",
+            f"({first_itk_line(exc)})",
             path=path,
             fix="Re-export or re-download the file",
         ) from exc
@@ -225,19 +225,6 @@ def _read_sitk(path: Path, *, fmt: str) -> Scan:
         modality="CT",
         meta={"source": str(path), "format": fmt, "warnings": []},
     )
-
-
-def _first_itk_line(exc: Exception) -> str:
-    """ITK errors span many lines with C++ file names; keep the part a user can act on."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    for line in lines:
-        for marker in ("ITK ERROR:", "sitk::ERROR:"):
-            if marker in line:
-                message = line.split(marker, 1)[1].strip()
-                # Drop the "MetaImageIO(0x55...): " object address ITK puts first.
-                head, sep, tail = message.partition("): ")
-                return tail if sep and "(0x" in head else message
-    return lines[-1] if lines else type(exc).__name__
 
 
 @dataclass
@@ -624,14 +611,15 @@ def write_scan(scan: Scan, path: str | Path) -> Path:
             path=path,
             fix="Use .mhd, .mha, .nii or .nii.gz (or write_dicom_series for DICOM)",
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
     image = _to_sitk(scan)
     if suffix in (".mhd", ".mha"):
         for attr, key in _MHD_ID_KEYS.items():
             value = getattr(scan, attr)
             if value:
                 image.SetMetaData(key, value)
-    sitk.WriteImage(image, str(path), useCompression=False)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(image, str(path), useCompression=False)
     return path
 
 
@@ -671,7 +659,8 @@ def write_dicom_series(scan: Scan, folder: str | Path) -> list[Path]:
         ValueError: HU values outside the signed 16-bit range.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    with writing(folder):
+        folder.mkdir(parents=True, exist_ok=True)
     hu = np.rint(scan.array)
     if hu.size and (hu.min() < -32768 or hu.max() > 32767 or not np.isfinite(hu).all()):
         raise ValueError(
@@ -735,7 +724,8 @@ def write_dicom_series(scan: Scan, folder: str | Path) -> list[Path]:
         ds.RescaleType = "HU"
         ds.PixelData = np.ascontiguousarray(pixels[k]).astype("<i2").tobytes()
         out = folder / f"slice_{k:04d}.dcm"
-        ds.save_as(out, enforce_file_format=True)
+        with writing(out):
+            ds.save_as(out, enforce_file_format=True)
         written.append(out)
     stale = sorted(set(folder.glob("slice_*.dcm")) - set(written))
     for path in stale:

@@ -19,6 +19,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from activecad.errors import InputError
+from activecad.io._checks import writing
 from activecad.io.scan import Radiograph
 
 __all__ = ["RADIOGRAPH_SUFFIXES", "read_radiograph", "write_png", "write_radiograph_dicom"]
@@ -211,8 +212,9 @@ def write_png(array: ArrayLike, path: str | Path, *, bits: int = 16) -> Path:
         )
     dtype = np.uint8 if bits == 8 else np.uint16
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rounded.astype(dtype)).save(path, format="PNG")
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rounded.astype(dtype)).save(path, format="PNG")
     return path
 
 
@@ -251,7 +253,6 @@ def write_radiograph_dicom(
         values = high - values
     pixels = values.astype(np.uint8 if bits == 8 else np.uint16)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     key = radiograph.image_id or path.stem
     digest = hashlib.sha256(key.encode()).hexdigest()
     sop_uid = generate_uid(entropy_srcs=["sop", digest])
@@ -281,5 +282,7 @@ def write_radiograph_dicom(
         ds.WindowCenter = f"{window[0]:.10g}"
         ds.WindowWidth = f"{window[1]:.10g}"
     ds.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
-    ds.save_as(path, enforce_file_format=True)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(path, enforce_file_format=True)
     return path

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from activecad.errors import InputError
+from activecad.io._checks import writing
 
 __all__ = [
     "TABLE_SCHEMAS",
@@ -405,5 +406,6 @@ def write_table(df: pd.DataFrame, path: str | Path, kind: str) -> None:
     for column in schema.lists:
         if column in out.columns:
             out[column] = [None if v is None else format_number_list(v) for v in out[column]]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    out.to_csv(path, index=False)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        out.to_csv(path, index=False)
