@@ -465,6 +465,7 @@ def _stack_slices(
     if pixel_spacing is None or pixel_spacing.size != 2:
         pixel_spacing = np.ones(2)
         warnings.append("no PixelSpacing; assumed 1 mm")
+        logger.warning("%s: no PixelSpacing; assumed 1 mm", source)
     # PixelSpacing is (row spacing, column spacing) = (y, x).
     spacing = np.array([pixel_spacing[1], pixel_spacing[0], spacing_z])
 
