@@ -12,17 +12,19 @@ Kinds and the frame of each column (``TABLE_SCHEMAS`` holds them):
   the LIDC ratings (malignancy, subtlety, spiculation, lobulation, texture 1-5;
   calcification 1-6), empty where a reader gave none (nodules < 3 mm).
 - ``lesions``: DeepLesion ``DL_info.csv``-style. ``File_name`` is
-  ``<patient>_<study>_<series>_<slice>.png``; ``Key_slice_index`` a 0-based slice index
-  in the series; ``Measurement_coordinates`` (8 numbers) the RECIST long-axis then
-  short-axis end points as x, y pixels of the key slice; ``Bounding_boxes`` (4) x1, y1,
-  x2, y2 pixels of the key slice; ``Lesion_diameters_Pixel_`` (2) long and short RECIST
-  diameters in pixels; ``Normalized_lesion_location`` (3) x, y, z in [0, 1] of the body;
-  ``Slice_range`` (2) first and last slice index of the volume around the key slice;
-  ``Spacing_mm_px_`` (3) x, y, z mm; ``Image_size`` (2) columns, rows; ``DICOM_windows``
-  (2) low, high HU. List-valued cells are written as comma-separated numbers, as in the
-  real file, and read back as tuples of floats.
-- ``cxr_boxes``: chest-radiograph boxes ``x1, y1, x2, y2`` in pixels of the image (x =
-  column, y = row, corners inclusive of the lesion) with a ``label``.
+  ``<patient>_<study>_<series>_<slice>.png``; ``Key_slice_index`` the key slice's index
+  in the series, as in the file name (activecad's phantom counts from 0 along the array's
+  z axis; check where a real DL_info.csv starts before mixing the two);
+  ``Measurement_coordinates`` (8 numbers) the RECIST long-axis then short-axis end points
+  as x, y pixels of the key slice; ``Bounding_boxes`` (4) x1, y1, x2, y2 pixels of the key
+  slice; ``Lesion_diameters_Pixel_`` (2) long and short RECIST diameters in pixels;
+  ``Normalized_lesion_location`` (3) x, y, z in [0, 1] of the body; ``Slice_range`` (2)
+  first and last slice index of the volume around the key slice; ``Spacing_mm_px_`` (3)
+  x, y, z mm; ``Image_size`` (2) columns, rows; ``DICOM_windows`` (2) low, high HU.
+  List-valued cells are written as comma-separated numbers, as in the real file, and read
+  back as tuples of floats.
+- ``cxr_boxes``: chest-radiograph boxes in pixels of the image, ``x1, y1`` the top-left
+  and ``x2, y2`` the bottom-right corner (x = column, y = row), with a ``label``.
 - ``cxr_labels``: image-level labels, ``image_id, label`` plus any extra label columns.
 
 Identifier columns are read as text so long UIDs and leading zeros survive. Columns not in
