@@ -19,7 +19,6 @@ The rules follow ``noduleCADEvaluationLUNA16.py`` (Setio et al., 2017):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,7 +61,7 @@ class FrocMatch:
         n_ignored: marks ignored because they hit only excluded findings.
         n_double_hits: extra marks on already-hit nodules, summed over nodules.
         n_capped: marks dropped by the per-scan cap.
-        n_outside: marks (or findings) whose scan is not in the evaluated list; dropped.
+        n_outside: marks whose scan is not in the evaluated list; dropped.
     """
 
     scans: NDArray[np.str_]
@@ -432,7 +431,7 @@ def froc_curve(
 def sensitivity_at_fp_rates(
     fps_per_scan: ArrayLike,
     sensitivity: ArrayLike,
-    fp_rates: Sequence[float] = LUNA16_FP_RATES,
+    fp_rates: ArrayLike = LUNA16_FP_RATES,
 ) -> NDArray[np.float64]:
     """Sensitivities read from the linearly interpolated curve (``np.interp``, as LUNA16).
 
@@ -455,7 +454,7 @@ def sensitivity_at_fp_rates(
 def cpm_score(
     fps_per_scan: ArrayLike,
     sensitivity: ArrayLike,
-    fp_rates: Sequence[float] = LUNA16_FP_RATES,
+    fp_rates: ArrayLike = LUNA16_FP_RATES,
 ) -> float:
     """Competition performance metric: mean sensitivity at ``fp_rates`` (LUNA16 CPM)."""
     return float(np.mean(sensitivity_at_fp_rates(fps_per_scan, sensitivity, fp_rates)))
@@ -514,7 +513,7 @@ def froc_bootstrap(
     match: FrocMatch,
     *,
     n_bootstrap: int = 1000,
-    fp_rates: Sequence[float] = LUNA16_FP_RATES,
+    fp_rates: ArrayLike = LUNA16_FP_RATES,
     confidence: float = 0.95,
     grid: ArrayLike | None = None,
     seed: int = 0,
@@ -646,7 +645,7 @@ def fp_rate_label(rate: float) -> str:
 def luna16_summary(
     match: FrocMatch,
     *,
-    fp_rates: Sequence[float] = LUNA16_FP_RATES,
+    fp_rates: ArrayLike = LUNA16_FP_RATES,
     n_bootstrap: int = 0,
     confidence: float = 0.95,
     seed: int = 0,

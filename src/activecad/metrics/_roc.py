@@ -115,25 +115,42 @@ def youden_threshold(y_true: ArrayLike, y_score: ArrayLike) -> tuple[float, floa
 def _structural_components(
     positive: NDArray[np.bool_], scores: NDArray[np.float64]
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-    """AUCs and DeLong's placement values for k score vectors (Sun & Xu 2014).
+    """AUCs and DeLong's placement values for k score vectors.
+
+    Sun & Xu (2014) obtain the placement values from midranks (rank among all cases minus
+    rank within the case's class). The same numbers come from one sort per score vector:
+    walking the tie groups in increasing order, a positive's value is the share of negatives
+    below its group plus half of those tied with it, and a negative's is the share of
+    positives above its group plus half of those tied.
 
     Args:
         positive: (n,) labels.
         scores: (k, n) scores.
 
     Returns:
-        auc (k,), v10 (k, m) for the m positives and v01 (k, n0) for the n0 negatives.
+        auc (k,), v10 (k, m) for the m positives and v01 (k, n0) for the n0 negatives, each
+        in the original case order of its class.
     """
     m = int(positive.sum())
     n0 = len(positive) - m
-    pos, neg = scores[:, positive], scores[:, ~positive]
-    rank_all = rankdata(scores, axis=1)
-    rank_pos = rankdata(pos, axis=1)
-    rank_neg = rankdata(neg, axis=1)
-    # A positive's midrank among all minus its midrank among positives counts the
-    # negatives below it (ties one half): that is its placement value times n0.
-    v10 = (rank_all[:, positive] - rank_pos) / n0
-    v01 = 1.0 - (rank_all[:, ~positive] - rank_neg) / m
+    k = len(scores)
+    v10 = np.empty((k, m))
+    v01 = np.empty((k, n0))
+    pos_rank = np.cumsum(positive) - 1
+    neg_rank = np.cumsum(~positive) - 1
+    for row, score in enumerate(scores):
+        # Tied scores form one group whatever their order, so a non-stable sort will do.
+        order = np.argsort(score)
+        s, p = score[order], positive[order]
+        group = np.r_[0, np.cumsum(s[1:] != s[:-1])]
+        pos_in = np.bincount(group, weights=p)
+        neg_in = np.bincount(group, weights=~p)
+        neg_below = np.cumsum(neg_in) - neg_in
+        pos_above = m - np.cumsum(pos_in)
+        placed_pos = (neg_below + 0.5 * neg_in) / n0
+        placed_neg = (pos_above + 0.5 * pos_in) / m
+        v10[row, pos_rank[order[p]]] = placed_pos[group[p]]
+        v01[row, neg_rank[order[~p]]] = placed_neg[group[~p]]
     auc = v10.mean(axis=1)
     return auc, v10, v01
 

@@ -53,8 +53,10 @@ def _link(
     Pairs are taken by decreasing IoU, then decreasing summed score, so a box that two
     chains could continue joins the one it overlaps most.
     """
-    ip, ic = np.meshgrid(np.arange(len(prev_boxes)), np.arange(len(cur_boxes)), indexing="ij")
-    ip, ic = ip.ravel(), ic.ravel()
+    grid_p, grid_c = np.meshgrid(
+        np.arange(len(prev_boxes)), np.arange(len(cur_boxes)), indexing="ij"
+    )
+    ip, ic = grid_p.ravel(), grid_c.ravel()
     iou = paired_box_iou(prev_boxes[ip], cur_boxes[ic])
     ok = iou > iou_threshold
     ip, ic, iou = ip[ok], ic[ok], iou[ok]
@@ -105,14 +107,9 @@ def stack_slice_boxes(
     n_tracks = 0
     prev_idx = np.empty(0, dtype=np.intp)
     # Walk the slices in order (a loop over slices; each slice's boxes are handled at once).
-    run_starts = (
-        np.flatnonzero(
-            np.r_[True, (vol[order][1:] != vol[order][:-1]) | (z[order][1:] != z[order][:-1])]
-        )
-        if len(s)
-        else []
-    )
-    bounds = [*list(run_starts), len(s)]
+    sorted_vol, sorted_z = vol[order], z[order]
+    new_slice = (sorted_vol[1:] != sorted_vol[:-1]) | (sorted_z[1:] != sorted_z[:-1])
+    bounds = [*np.flatnonzero(np.r_[True, new_slice]).tolist(), len(s)] if len(s) else [0]
     for k in range(len(bounds) - 1):
         cur = order[bounds[k] : bounds[k + 1]]
         link = np.full(len(cur), -1, dtype=np.intp)

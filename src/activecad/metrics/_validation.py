@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 
 def check_1d(values: ArrayLike, name: str, *, dtype: type = np.float64) -> NDArray:
     """Return ``values`` as a 1-D array of ``dtype``; raise ``ValueError`` naming ``name``."""
-    arr = np.asarray(values, dtype=dtype)
+    arr: NDArray = np.asarray(values, dtype=dtype)
     if arr.ndim == 0:
         arr = arr.reshape(1)
     if arr.ndim != 1:
@@ -48,7 +46,7 @@ def check_same_length(**arrays: NDArray) -> None:
         raise ValueError(f"inputs must have the same length, got {listed}.")
 
 
-def check_fp_rates(fp_rates: Sequence[float]) -> NDArray[np.float64]:
+def check_fp_rates(fp_rates: ArrayLike) -> NDArray[np.float64]:
     """Return the operating points as a sorted positive 1-D array."""
     rates = check_1d(fp_rates, "fp_rates")
     if rates.size == 0 or not np.all(np.isfinite(rates)) or np.any(rates <= 0):
