@@ -297,7 +297,7 @@ def _validate(df: pd.DataFrame, schema: TableSchema, kind: str, path: Path) -> p
         elif column in schema.lists:
             df[column] = _to_lists(values, empty, column, schema.lists[column], path)
         elif column in schema.text:
-            df[column] = values.where(empty, values.astype(str)).where(~empty, None)
+            df[column] = values.astype(str).where(~empty, None)
     return df
 
 
