@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-import SimpleITK as sitk  # noqa: N813 (the alias every SimpleITK user knows)
+import SimpleITK as sitk
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_rescale
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import SimpleITK as sitk  # noqa: N813 (the alias every SimpleITK user knows)
+import SimpleITK as sitk
 
 from activecad.io import (
     scan_voxel_to_world,

@@ -1,9 +1,150 @@
-"""Command(s) of the `activecad` CLI for this area. Filled in by the owning module."""
+"""``activecad demo``: the whole pipeline on a generated cohort, through the real file formats.
+
+The demo runs the same code a user's commands run: it writes a phantom cohort to disk,
+reads a scan back with ``activecad.io``, trains the cpu-preset detector on most scans,
+runs ``activecad detect`` on the held-out scans and scores the detections with
+``activecad eval froc``. Everything it writes lands in one folder (default ``demo_out``).
+"""
 
 from __future__ import annotations
 
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
 import typer
+from rich.console import Console
+
+from activecad.errors import InputError
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How much work each step of the demo does."""
+
+    patients: int
+    epochs: int
+    steps_per_epoch: int
+    bootstrap: int
+
+
+QUICK = DemoSize(patients=6, epochs=2, steps_per_epoch=8, bootstrap=200)
+FULL = DemoSize(patients=30, epochs=12, steps_per_epoch=40, bootstrap=1000)
+
+# Sub-folders the demo owns inside OUT; only these are ever deleted on a re-run.
+_OWNED = ("cohort", "model", "detections.csv", "uncertainty.csv", "heldout.csv", "froc")
+
+
+def demo_command(
+    quick: bool = typer.Option(False, "--quick", help="A few minutes on 2 CPU cores."),
+    out: Path = typer.Option(Path("demo_out"), "--out", help="Folder for everything written."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the cohort and of training."),
+    as_json: bool = typer.Option(False, "--json", help="Print the final summary as JSON."),
+) -> None:
+    """Generate a phantom cohort, train a detector, detect on held-out scans and score FROC."""
+    from activecad.cli.detector import detect_command
+    from activecad.cli.eval import froc
+    from activecad.cli.info import scan_info
+    from activecad.io import read_scan
+    from activecad.models.detector3d import preset_config, split_series, train_detector
+    from activecad.phantom import generate_cohort
+
+    size = QUICK if quick else FULL
+    console = Console(stderr=True)
+    if out.exists() and not out.is_dir():
+        raise InputError("exists and is not a folder", path=out, fix="choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in _OWNED:
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    timings: dict[str, float] = {}
+
+    def step(title: str) -> float:
+        console.rule(f"[bold]{title}")
+        return time.monotonic()
+
+    start = step(f"1/4 phantom cohort: {size.patients} patients (small preset, seed {seed})")
+    cohort = out / "cohort"
+    manifest = generate_cohort(
+        cohort, patients=size.patients, seed=seed, preset="small", preview=True, progress=True
+    )
+    timings["phantom_s"] = time.monotonic() - start
+    scans = sorted((cohort / "ct").glob("*.mhd"))
+    first = scan_info(read_scan(scans[0]))
+    console.print(
+        f"{len(scans)} CT scans in {cohort / 'ct'}; first: {first['size_xyz']} voxels (x, y, z), "
+        f"spacing {[round(s, 2) for s in first['spacing_xyz_mm']]} mm (x, y, z); "
+        f"previews in {cohort / 'preview'}",
+        highlight=False,
+    )
+
+    start = step(f"2/4 train the cpu-preset detector ({size.epochs} epochs)")
+    uids = [p.stem for p in scans]
+    train_uids, heldout_uids = split_series(uids, 0.25, seed)
+    config = preset_config(
+        "cpu",
+        epochs=size.epochs,
+        steps_per_epoch=size.steps_per_epoch,
+        val_fraction=0.0,
+        seed=seed,
+    )
+    train_detector(
+        cohort, out / "model", config, train_uids=train_uids, val_uids=[], console=console
+    )
+    timings["train_s"] = time.monotonic() - start
+
+    start = step(f"3/4 detect nodules in the {len(heldout_uids)} held-out scans")
+    heldout = [cohort / "ct" / f"{uid}.mhd" for uid in heldout_uids]
+    detect_command(
+        scans=heldout,
+        model=out / "model",
+        out=out / "detections.csv",
+        uncertainty=out / "uncertainty.csv",
+        as_json=False,
+    )
+    timings["detect_s"] = time.monotonic() - start
+
+    start = step("4/4 FROC / CPM with the LUNA16 rules")
+    (out / "heldout.csv").write_text("seriesuid\n" + "".join(f"{u}\n" for u in heldout_uids))
+    froc(
+        annotations=cohort / "annotations.csv",
+        predictions=out / "detections.csv",
+        excluded=cohort / "annotations_excluded.csv",
+        seriesuids=out / "heldout.csv",
+        max_marks=100,
+        bootstrap=size.bootstrap,
+        seed=seed,
+        out=out / "froc",
+        as_json=False,
+    )
+    timings["eval_s"] = time.monotonic() - start
+
+    summary = {
+        "out": str(out),
+        "patients": size.patients,
+        "scans": len(scans),
+        "heldout_scans": len(heldout_uids),
+        "cohort_counts": manifest.get("counts"),
+        "cpm": json.loads((out / "froc" / "froc.json").read_text())["cpm"],
+        "seconds": {k: round(v, 1) for k, v in timings.items()},
+    }
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        console.rule("[bold]done")
+        console.print(
+            f"CPM on held-out scans: {summary['cpm']:.3f} "
+            f"({'quick demo: a few training steps, expect a low number' if quick else 'demo'}). "
+            f"FROC plot: {out / 'froc' / 'froc.png'}",
+            highlight=False,
+        )
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add ``demo`` to ``app``."""
+    app.command("demo")(demo_command)

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import numpy as np
 import pydicom
-import SimpleITK as sitk  # noqa: N813 (the alias every SimpleITK user knows)
+import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_rescale
