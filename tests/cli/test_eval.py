@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 ANNOTATIONS = """seriesuid,coordX,coordY,coordZ,diameter_mm
@@ -193,3 +194,27 @@ def test_auc_bad_input_exits_1(run_cli, roc, which, text, message):
     res = run_cli("eval", "auc", "--labels", roc["labels"], "--scores", roc["scores"])
     assert res.exit_code == 1
     assert message in res.stderr.replace("\n", "")
+
+
+def test_froc_on_the_phantom_cohort_through_the_real_tables(run_cli, tiny_cohort, tmp_path):
+    # A perfect CAD: one mark on every nodule, one on every excluded finding. Every nodule
+    # is found before any FP can occur and excluded marks are never FPs, so CPM = 1.
+    ann = pd.read_csv(tiny_cohort / "annotations.csv", dtype={"seriesuid": str})
+    exc = pd.read_csv(tiny_cohort / "annotations_excluded.csv", dtype={"seriesuid": str})
+    marks = pd.concat([ann.assign(probability=0.9), exc.assign(probability=0.8)])
+    cols = ["seriesuid", "coordX", "coordY", "coordZ", "probability"]
+    marks[cols].to_csv(tmp_path / "pred.csv", index=False)
+    uids = pd.read_csv(tiny_cohort / "patients.csv", dtype={"seriesuid": str})["seriesuid"]
+    uids.drop_duplicates().to_csv(tmp_path / "uids.csv", index=False, header=False)
+    res = run_cli(
+        "eval", "froc", "--annotations", tiny_cohort / "annotations.csv",
+        "--excluded", tiny_cohort / "annotations_excluded.csv",
+        "--predictions", tmp_path / "pred.csv", "--seriesuids", tmp_path / "uids.csv",
+        "--json", "--bootstrap", "0",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["cpm"] == 1.0
+    assert out["counts"]["detected"] == out["counts"]["nodules"] == len(ann)
+    assert out["counts"]["fp"] == 0
+    assert out["counts"]["scans"] == uids.nunique()

@@ -7,7 +7,13 @@ import pytest
 import torch
 from monai.data.box_utils import box_iou as monai_box_iou
 
-from activecad.metrics import box_iou, froc_curve, match_boxes, sensitivity_at_fp_rates
+from activecad.metrics import (
+    KEY_SLICE_FP_RATES,
+    box_iou,
+    froc_curve,
+    match_boxes,
+    sensitivity_at_fp_rates,
+)
 
 
 def test_iou_by_hand():
@@ -86,3 +92,18 @@ def test_bad_boxes():
         box_iou([[0, 0, 1]], [[0, 0, 1, 1]])
     with pytest.raises(ValueError, match="mix 2D and 3D"):
         match_boxes(["a"], [[0, 0, 1, 1]], [0.5], ["a"], [[0, 0, 0, 1, 1, 1]])
+
+
+def test_key_slice_froc_counts_fps_per_slice():
+    # papers/003 Table 3: key-slice FROC, each key slice an image. Two key slices, one
+    # lesion each; slice s1 has its TP at .9 then 2 FPs, s2 has 2 FPs then its TP at .3.
+    # At 1 FP per slice (2 FPs) only s1's lesion is found; at 2 per slice (4 FPs) the
+    # curve steps up to both and np.interp reads the top of the step (hand).
+    ids = ["s1", "s1", "s1", "s2", "s2", "s2"]
+    boxes = [[0, 0, 4, 4]] + [[9, 9, 10, 10]] * 4 + [[0, 0, 4, 4]]
+    scores = [0.9, 0.8, 0.7, 0.6, 0.5, 0.3]
+    m = match_boxes(ids, boxes, scores, ["s1", "s2"], [[0, 0, 4, 4], [0, 0, 4, 4]])
+    fps, sens, _ = froc_curve(m.tp_probs, m.fp_probs, n_nodules=2, n_scans=2)
+    np.testing.assert_allclose(
+        sensitivity_at_fp_rates(fps, sens, KEY_SLICE_FP_RATES), [0.5, 0.5, 1.0, 1.0]
+    )
