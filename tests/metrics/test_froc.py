@@ -254,23 +254,49 @@ def test_curve_matches_monai(with_missed):
     )
 
 
+def _slow_bootstrap_points(m, draws):
+    """Rebuild each resample's TP/FP lists scan by scan; read it with froc_curve + interp."""
+    out = []
+    for drawn in draws:
+        tp = np.concatenate([m.tp_probs[m.tp_scans == s] for s in drawn])
+        fp = np.concatenate([m.fp_probs[m.fp_scans == s] for s in drawn])
+        n_nod = int(sum(np.sum(m.nodule_scans == s) for s in drawn))
+        fps, sens, _ = froc_curve(tp, fp, n_nodules=n_nod, n_scans=m.n_scans)
+        out.append(sensitivity_at_fp_rates(fps, sens) if n_nod else np.full(7, np.nan))
+    return np.array(out)
+
+
 def test_bootstrap_matches_a_slow_resampling():
-    # Reference: resample the scan list with the same draws, rebuild each resample's TP/FP
-    # lists scan by scan and read the curve with froc_curve + np.interp.
+    # Reference: the same draws, resampled the slow way.
     rng = np.random.default_rng(3)
     uids, marks, nod, exc = _random_case(rng, n_scans=12)
     m = _match(marks, nod, exc, scans=uids)
     n_boot = 20
     boot = froc_bootstrap(m, n_bootstrap=n_boot, seed=5, chunk_size=n_boot)
     draws = np.random.default_rng(5).integers(0, m.n_scans, size=(n_boot, m.n_scans))
-    for b in range(n_boot):
-        tp = np.concatenate([m.tp_probs[m.tp_scans == s] for s in draws[b]])
-        fp = np.concatenate([m.fp_probs[m.fp_scans == s] for s in draws[b]])
-        n_nod = int(sum(np.sum(m.nodule_scans == s) for s in draws[b]))
-        fps, sens, _ = froc_curve(tp, fp, n_nodules=n_nod, n_scans=m.n_scans)
-        expected = sensitivity_at_fp_rates(fps, sens) if n_nod else np.full(7, np.nan)
-        np.testing.assert_allclose(boot.sensitivities[b], expected, atol=1e-12)
+    np.testing.assert_allclose(boot.sensitivities, _slow_bootstrap_points(m, draws), atol=1e-12)
     np.testing.assert_allclose(boot.cpm, boot.sensitivities.mean(axis=1))
+
+
+def test_bootstrap_head_shortcut_and_its_fallback():
+    # Scan 0 holds 600 high-probability FPs, the 19 others 5 low ones each plus a nodule:
+    # the bootstrap reads only the head of the sorted marks (scan 0's FPs), which is enough
+    # when scan 0 is drawn and must be redone in full when it is not. Both paths must equal
+    # the slow resampling.
+    rng = np.random.default_rng(8)
+    uids = [f"s{i}" for i in range(20)]
+    marks = [("s0", 500, 0, 0, 0.5 + 0.49 * i / 600) for i in range(600)]
+    nod = []
+    for uid in uids[1:]:
+        marks += [(uid, 500, 0, 0, float(p)) for p in rng.uniform(0.01, 0.4, 5)]
+        marks.append((uid, 0, 0, 0, float(rng.uniform(0.05, 0.95))))
+        nod.append((uid, 0, 0, 0, 10.0))
+    m = _match(marks, nod, scans=uids, max_marks=None)
+    n_boot = 30
+    boot = froc_bootstrap(m, n_bootstrap=n_boot, seed=2, chunk_size=n_boot)
+    draws = np.random.default_rng(2).integers(0, 20, size=(n_boot, 20))
+    assert 0 < np.sum(~np.any(draws == 0, axis=1)) < n_boot
+    np.testing.assert_allclose(boot.sensitivities, _slow_bootstrap_points(m, draws), atol=1e-12)
 
 
 def test_bootstrap_is_seeded_and_brackets_the_estimate():

@@ -523,8 +523,11 @@ def froc_bootstrap(
     """Resample scans with replacement and recompute the FROC points, vectorised over marks.
 
     Each resample weights every TP/FP entry by how often its scan was drawn; one cumulative
-    sum over the entries (sorted once) then gives the whole curve, so the cost is
-    O(B x (D + F)) array work with no loop over marks or scans.
+    sum over the entries (sorted once) then gives the curve. Only the head of the sorted
+    entries that reaches past the largest FP rate is summed, so the cost is O(B x head)
+    array work with no loop over marks or scans. The curve is read with ``np.interp`` per
+    resample and the interval uses the script's sorted-sample rule, so each resample gives
+    the numbers the LUNA16 script would give for that draw.
 
     Args:
         match: the matched marks (from :func:`match_luna16` or a box matcher).
