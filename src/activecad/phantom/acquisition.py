@@ -116,7 +116,7 @@ def sample_acquisition(
 
 
 def acquire(hu: np.ndarray, acq: Acquisition, rng: np.random.Generator) -> np.ndarray:
-    """Turn the drawn volume into what the scanner reconstructs, in place where possible.
+    """Turn the drawn volume into what the scanner reconstructs, in place.
 
     Blurs by the point spread function and the slice profile (partial volume), adds
     spatially correlated noise and the scanner's HU offset, rounds to whole HU and clips
@@ -131,19 +131,28 @@ def acquire(hu: np.ndarray, acq: Acquisition, rng: np.random.Generator) -> np.nd
         (Z, Y, X) float32 whole-HU values in [-1024, 3071].
     """
     sx, sy, _ = acq.grid.spacing
-    sigma = (0.4, acq.psf_mm / sy, acq.psf_mm / sx)
-    out = ndimage.gaussian_filter(hu, sigma=sigma, output=np.float32, truncate=3.0)
-    noise = rng.standard_normal(hu.shape, dtype=np.float32)
-    # Correlated noise keeps its grain across neighbouring voxels, as filtered back
-    # projection gives; rescale so the sd after filtering is the requested one.
-    ndimage.gaussian_filter(noise, sigma=0.7, output=noise, truncate=3.0)
-    gain = acq.noise_sd / max(float(noise[::4, ::4, ::4].std()), 1e-6)
-    out += noise * np.float32(gain)
-    del noise
-    out += np.float32(acq.scanner.hu_offset)
-    np.rint(out, out=out)
-    np.clip(out, -1024.0, 3071.0, out=out)
-    return out
+    # The slice profile spreads each slice over its neighbours (partial volume along z).
+    ndimage.gaussian_filter1d(hu, 0.4, axis=0, output=hu, truncate=3.0)
+    psf = (0.0, acq.psf_mm / sy, acq.psf_mm / sx)
+    # Filtered back projection correlates noise within a slice; the gain makes the sd
+    # after filtering the requested one (1 / norm of the kernel).
+    noise_sigma = (0.0, 0.7, 0.7)
+    delta = np.zeros((1, 15, 15), dtype=np.float32)
+    delta[0, 7, 7] = 1.0
+    kernel = ndimage.gaussian_filter(delta, noise_sigma, truncate=2.0)
+    gain = np.float32(acq.noise_sd / np.sqrt(float((kernel**2).sum())))
+    offset = np.float32(acq.scanner.hu_offset)
+    for z0 in range(0, hu.shape[0], 16):
+        slab = hu[z0 : z0 + 16]
+        ndimage.gaussian_filter(slab, psf, output=slab, truncate=3.0)
+        noise = rng.standard_normal(slab.shape, dtype=np.float32)
+        ndimage.gaussian_filter(noise, noise_sigma, output=noise, truncate=2.0)
+        noise *= gain
+        slab += noise
+        slab += offset
+        np.rint(slab, out=slab)
+        np.clip(slab, -1024.0, 3071.0, out=slab)
+    return hu
 
 
 def reorient(

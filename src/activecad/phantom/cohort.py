@@ -35,7 +35,14 @@ from activecad.phantom.acquisition import (
     sample_acquisition,
     sample_scanners,
 )
-from activecad.phantom.anatomy import TISSUE_HU, Anatomy, Tissue, draw_anatomy, sample_anatomy
+from activecad.phantom.anatomy import (
+    TISSUE_HU,
+    Anatomy,
+    Tissue,
+    draw_anatomy,
+    iter_slabs,
+    sample_anatomy,
+)
 from activecad.phantom.config import Preset, get_preset
 from activecad.phantom.lesions import DATASET, LESION_TYPE, Lesion, draw_lesion, sample_lesions
 from activecad.phantom.nodules import Nodule, draw_nodule, sample_nodules
@@ -161,13 +168,39 @@ def generate_scan(*, seed: int, preset: str = "small", index: int = 0) -> StudyC
     return generate_patient(index, seed=seed, preset=preset, n_studies=1).studies[0]
 
 
-def _texture(grid: Grid, rng: np.random.Generator) -> np.ndarray:
-    """Smooth unit-variance noise (about 2 mm grain) for tissue texture."""
-    tex = rng.standard_normal(grid.shape, dtype=np.float32)
-    sigma = tuple(float(2.0 / s) for s in grid.spacing[::-1])
-    ndimage.gaussian_filter(tex, sigma=sigma, output=tex, truncate=2.5)
-    tex *= np.float32(1.0 / max(float(tex[::3, ::3, ::3].std()), 1e-6))
-    return tex
+def _tissue_hu(
+    labels: np.ndarray,
+    grid: Grid,
+    anatomy: Anatomy,
+    center: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """HU of the tissues with their texture (about 2 mm grain), slab by slab.
+
+    Returns:
+        (Z, Y, X) float32 HU on ``grid``.
+    """
+    amp = np.array([TISSUE_HU[t][1] for t in Tissue], dtype=np.float32)
+    table = anatomy.hu_table()
+    sigma = (0.0, 2.0 / grid.spacing[1], 2.0 / grid.spacing[0])
+    delta = np.zeros((1, 41, 41), dtype=np.float32)
+    delta[0, 20, 20] = 1.0
+    gain = np.float32(1.0 / np.sqrt(float((ndimage.gaussian_filter(delta, sigma) ** 2).sum())))
+    # Lungs are denser towards the back (gravity-dependent perfusion), as patients lie supine.
+    _, y, _ = grid.axes()
+    cb = anatomy.cavity_half_axes[1]
+    back = np.clip((y - np.float32(center[1]) + cb) / (2 * cb), 0.0, 1.0) ** 2
+    gradient = (np.float32(anatomy.lung_gradient) * back).astype(np.float32)
+    hu = np.empty(labels.shape, dtype=np.float32)
+    for sl in iter_slabs(grid):
+        lab = labels[sl]
+        tex = rng.standard_normal(lab.shape, dtype=np.float32)
+        ndimage.gaussian_filter(tex, sigma, output=tex, truncate=2.5)
+        tex *= gain * amp[lab]
+        tex += table[lab]
+        tex += (lab == Tissue.LUNG) * gradient
+        hu[sl] = tex
+    return hu
 
 
 def _generate_study(
@@ -185,20 +218,10 @@ def _generate_study(
     grid, center = acq.grid, acq.body_center
     labels = draw_anatomy(anatomy, grid, center)
 
-    amp = np.array([TISSUE_HU[t][1] for t in Tissue], dtype=np.float32)
-    hu = _texture(grid, rng)
-    hu *= amp[labels]
-    hu += anatomy.hu_table()[labels]
-    # Lungs are denser towards the back (gravity-dependent perfusion), as patients lie supine.
-    _, y, _ = grid.axes()
-    cb = anatomy.cavity_half_axes[1]
-    back = np.clip((y - np.float32(center[1]) + cb) / (2 * cb), 0.0, 1.0) ** 2
-    hu += (labels == Tissue.LUNG) * (np.float32(anatomy.lung_gradient) * back)
+    hu = _tissue_hu(labels, grid, anatomy, center, rng)
 
     draw_bronchi(hu, patient.vessels, grid, center, wall_hu=40.0)
-    occ = draw_vessels(patient.vessels, grid, center)
-    hu += occ * (np.float32(42.0) - hu)
-    del occ
+    draw_vessels(hu, patient.vessels, grid, center, blood_hu=42.0)
     for nodule in patient.nodules:
         draw_nodule(hu, nodule, grid, center, study, rng)
     for lesion in patient.lesions:
@@ -211,7 +234,6 @@ def _generate_study(
         hu, labels, grid, nodule_centers, diameters, densities, spec.cxr_size, rng
     )
     volume = acquire(hu, acq, rng)
-    del hu
     stored, origin, spacing = reorient(volume, grid, acq.direction)
     del volume
     study_id = f"{patient.patient_id}-S{study + 1}"
