@@ -162,6 +162,8 @@ def quality(
     epochs: int = 60,
     steps: int = 50,
     spacing: float | None = typer.Option(None, help="Isotropic spacing override, mm."),
+    patch: int | None = typer.Option(None, help="Cubic patch size override, voxels."),
+    batch: int | None = typer.Option(None, help="Batch size override (even)."),
     threads: int = 2,
     resume: bool = False,
 ) -> None:
@@ -193,6 +195,10 @@ def quality(
     overrides: dict[str, object] = {"epochs": epochs, "steps_per_epoch": steps, "val_every": 10**6}
     if spacing is not None:
         overrides["preprocess"] = {"spacing": (spacing, spacing, spacing)}
+    if patch is not None:
+        overrides["patch_size"] = (patch, patch, patch)
+    if batch is not None:
+        overrides["batch_size"] = batch
     config = preset_config("cpu", **overrides)
     folder = read_luna_folder(cohort)
     cache = PreprocessCache(WORK / "cache")
@@ -246,6 +252,8 @@ def quality(
             "train_scans": len(train_uids),
             "test_scans": len(test_uids),
             "spacing_mm": list(config.preprocess.spacing),
+            "patch": list(config.patch_size),
+            "batch": config.batch_size,
             "epochs_done": result.epochs_done,
             "steps_per_epoch": steps,
             "stopped_by_time_budget": result.stopped_early,

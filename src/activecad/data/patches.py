@@ -92,8 +92,9 @@ class PatchSampler:
             shape_xyz = np.array(item.scan.array.shape[::-1])
             if np.any(shape_xyz < self.size):
                 raise InputError(
-                    f"scan {item.scan.seriesuid} is {tuple(shape_xyz)} voxels (x, y, z) after "
-                    f"preprocessing, smaller than the patch {tuple(self.size)}",
+                    f"scan {item.scan.seriesuid} is {tuple(int(n) for n in shape_xyz)} voxels "
+                    f"(x, y, z) after preprocessing, smaller than the patch "
+                    f"{tuple(int(n) for n in self.size)}",
                     fix="use a smaller patch_size or a finer spacing in the config",
                 )
         self.scans = scans

@@ -30,6 +30,10 @@ __all__ = [
     "preprocess_scan",
 ]
 
+# Part of every cache key: bump it when preprocess_scan changes what it computes, so old
+# cache entries are not returned for new code.
+PREPROCESS_VERSION = 2
+
 # Air outside the body and the lungs are both below this; soft tissue is well above.
 _LUNG_HU = -400.0
 
@@ -122,17 +126,10 @@ def lung_box(array: np.ndarray, hu_threshold: float = _LUNG_HU) -> tuple[np.ndar
     labels, count = ndimage.label(dark)
     if count == 0:
         return np.zeros(3, dtype=int), np.array(array.shape)
-    # Components touching the in-plane border are the air around the patient.
-    border = np.unique(
-        np.concatenate(
-            [
-                labels[:, 0, :].ravel(),
-                labels[:, -1, :].ravel(),
-                labels[:, :, 0].ravel(),
-                labels[:, :, -1].ravel(),
-            ]
-        )
-    )
+    # Components touching the first or last row (anterior/posterior edge) are the air
+    # around the patient and the table. The lateral edges are not used: a tight field of
+    # view can cut the chest wall there, and the lungs would then touch them.
+    border = np.unique(np.concatenate([labels[:, 0, :].ravel(), labels[:, -1, :].ravel()]))
     sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, count + 1))
     sizes[border[border > 0] - 1] = 0
     if sizes.max() <= 0:
@@ -171,7 +168,8 @@ def preprocess_scan(
             short = np.maximum(np.asarray(min_shape_zyx) - (hi - lo), 0)
             lo, hi = lo - short // 2, hi + short - short // 2
         shape = np.array(array.shape)
-        shift = np.minimum(np.maximum(-lo, 0), np.maximum(shape - hi, 0))
+        # Slide a box that sticks out of the array back inside before clipping it.
+        shift = np.where(lo < 0, -lo, np.where(hi > shape, shape - hi, 0))
         lo, hi = lo + shift, hi + shift
         lo, hi = np.maximum(lo, 0), np.minimum(hi, shape)
         array = array[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
@@ -229,7 +227,11 @@ class PreprocessCache:
 
     def key(self, path: str | Path, config: PreprocessConfig, min_shape_zyx: object) -> str:
         params = json.dumps(
-            {"config": config.model_dump(mode="json"), "min_shape": list(min_shape_zyx or ())},
+            {
+                "config": config.model_dump(mode="json"),
+                "min_shape": list(min_shape_zyx or ()),
+                "version": PREPROCESS_VERSION,
+            },
             sort_keys=True,
         )
         return hashlib.sha256((file_digest(path) + params).encode()).hexdigest()[:32]
