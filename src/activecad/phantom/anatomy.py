@@ -272,6 +272,13 @@ class Anatomy:
         out[valid] = lung[i[:, 0], i[:, 1], i[:, 2]]
         return out
 
+    def lung_points(self) -> np.ndarray:
+        """Centres of the 2 mm lung-map cells inside the lungs -> (M, 3) body mm."""
+        if self._lung_map is None:
+            self._lung_map = self._build_lung_map()
+        lo, step, lung = self._lung_map
+        return lo + step * np.argwhere(lung)
+
     def _build_lung_map(self, step: float = 2.0) -> tuple[np.ndarray, float, np.ndarray]:
         ca, cb = self.cavity_half_axes
         lo = np.array([-ca, -cb, min(self.dome_right, self.dome_left) - 60.0])

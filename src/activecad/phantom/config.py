@@ -44,11 +44,11 @@ PRESETS: dict[str, Preset] = {
     "small": Preset(
         name="small",
         inplane_size=128,
-        spacing_scale=3.5,
+        spacing_scale=4.0,
         slice_spacings_mm=(2.5, 3.0, 3.5),
         slice_spacing_weights=(0.3, 0.4, 0.3),
         min_vessel_radius_mm=0.6,
-        max_segments_per_tree=600,
+        max_segments_per_tree=1200,
         cxr_size=256,
     ),
     "full": Preset(

@@ -8,6 +8,7 @@ several millimetres to sub-millimetre twigs near the pleura.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,8 +67,9 @@ def grow_vessels(
 ) -> VesselTree:
     """Grow the arterial and venous trees of both lungs.
 
-    Each branch tries a few directions near its parent's and keeps one whose end and
-    middle lie in the lung, so the trees fill the lungs and stop at the pleura.
+    Each branch heads for a point of its own lung territory, tries a few directions near
+    that heading and keeps one whose end and middle lie in the lung, so the trees fill the
+    lungs and stop at the pleura.
 
     Args:
         anatomy: the patient's body (its :meth:`Anatomy.in_lung` guides growth).
@@ -76,17 +78,40 @@ def grow_vessels(
         max_segments_per_tree: safety bound on the number of segments of one tree.
     """
     p0s, p1s, r0s, r1s, bron, bps, bpr = [], [], [], [], [], [], []
+    cells = anatomy.lung_points()
     for name, (root, directions) in anatomy.hila().items():
         is_artery = name.startswith("artery")
+        pool = cells[cells[:, 0] < 0] if name.endswith("right") else cells[cells[:, 0] > 0]
+
+        def target_along(start: np.ndarray, d: np.ndarray, pool: np.ndarray = pool) -> np.ndarray:
+            # A point of this lung roughly ahead: each branch heads for its own territory,
+            # so the tree reaches the apex, the bases and the periphery, not only the hilum.
+            picks = pool[rng.integers(len(pool), size=8)]
+            ahead = picks - start
+            cos = ahead @ d / (np.linalg.norm(ahead, axis=1) + 1e-9)
+            return picks[int(np.argmax(cos))]
+
         # Segmental trunks leave the hilum around each lobar direction.
         trunks = [d + rng.normal(0.0, 0.35, 3) for d in directions for _ in range(3)]
-        stack = [(root, d / np.linalg.norm(d), rng.uniform(2.5, 4.0), 0) for d in trunks]
+        queue = deque()
+        for d in trunks:
+            d = d / np.linalg.norm(d)
+            queue.append((root, d, rng.uniform(2.5, 4.0), 0, target_along(root, d)))
         count = 0
-        while stack and count < max_segments_per_tree:
-            start, d, r, gen = stack.pop()
+        # Breadth first, so a size bound trims the finest twigs everywhere alike.
+        while queue and count < max_segments_per_tree:
+            start, d, r, gen, target = queue.popleft()
             if r < min_radius:
                 continue
-            length = float(np.clip(r * rng.uniform(4.0, 7.0), 3.0, 30.0))
+            to_target = target - start
+            dist = float(np.linalg.norm(to_target))
+            if dist < 6.0:
+                target = target_along(start, d)
+                to_target = target - start
+                dist = float(np.linalg.norm(to_target)) + 1e-9
+            d = d + 0.8 * to_target / dist
+            d /= np.linalg.norm(d)
+            length = float(np.clip(r * rng.uniform(6.0, 10.0), 3.0, 40.0))
             end = None
             for _ in range(6):
                 axis = _perpendicular(d, rng)
@@ -107,17 +132,13 @@ def grow_vessels(
             r1s.append(r_end)
             bron.append(is_artery and r >= 1.5)
             count += 1
-            major = rng.uniform(0.8, 0.97)
+            major = rng.uniform(0.85, 0.98)
             minor = (1.0 - major**3) ** (1.0 / 3.0)
             axis = _perpendicular(d, rng)
-            away = end - root
-            away /= np.linalg.norm(away) + 1e-12
-            for ratio, angle, sign in (
-                (major, rng.uniform(0.08, 0.4), 1.0),
-                (minor, rng.uniform(0.6, 1.2), -1.0),
-            ):
-                child = _rotate(d, sign * axis, angle) + 0.25 * away
-                stack.append((end, child / np.linalg.norm(child), r_end * ratio, gen + 1))
+            major_dir = _rotate(d, axis, rng.uniform(0.08, 0.4))
+            minor_dir = _rotate(d, -axis, rng.uniform(0.6, 1.2))
+            queue.append((end, major_dir, r_end * major, gen + 1, target))
+            queue.append((end, minor_dir, r_end * minor, gen + 1, target_along(end, minor_dir)))
             bps.append(end)
             bpr.append(r_end)
     return VesselTree(
