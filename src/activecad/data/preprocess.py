@@ -32,7 +32,7 @@ __all__ = [
 
 # Part of every cache key: bump it when preprocess_scan changes what it computes, so old
 # cache entries are not returned for new code.
-PREPROCESS_VERSION = 2
+PREPROCESS_VERSION = 3
 
 # Air outside the body and the lungs are both below this; soft tissue is well above.
 _LUNG_HU = -400.0
@@ -111,17 +111,25 @@ def _resample(array: np.ndarray, ratio_zyx: np.ndarray) -> np.ndarray:
     return out[0, 0].numpy()
 
 
-def lung_box(array: np.ndarray, hu_threshold: float = _LUNG_HU) -> tuple[np.ndarray, np.ndarray]:
+def lung_box(
+    array: np.ndarray, hu_threshold: float = _LUNG_HU, *, step: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """Bounding box of the lungs: dark voxels not connected to the outside air.
 
     Args:
         array: (Z, Y, X) HU values.
         hu_threshold: voxels below it count as air or lung.
+        step: look at every ``step``-th voxel along each axis (faster, box within
+            ``step`` voxels).
 
     Returns:
         (start, stop) z-y-x index arrays of the box (stop exclusive); the whole array when
         no lung is found.
     """
+    if step > 1:
+        # Labelling is the slow part; the lungs are large, so a coarser grid finds the same box.
+        lo, hi = lung_box(array[::step, ::step, ::step], hu_threshold, step=1)
+        return lo * step, np.minimum(hi * step, np.array(array.shape))
     dark = array < hu_threshold
     labels, count = ndimage.label(dark)
     if count == 0:
@@ -161,7 +169,7 @@ def preprocess_scan(
     array = _resample(scan.array, ratio)
     start = np.zeros(3, dtype=int)
     if config.lung_crop:
-        lo, hi = lung_box(array)
+        lo, hi = lung_box(array, step=2)
         margin = np.ceil(config.crop_margin_mm / new_spacing_zyx).astype(int)
         lo, hi = lo - margin, hi + margin
         if min_shape_zyx is not None:

@@ -17,6 +17,7 @@ TINY = {
     "steps_per_epoch": 2,
     "val_fraction": 0.0,
     "score_thresh": 0.0,
+    "sw_roi_size": (32, 32, 32),
 }
 
 

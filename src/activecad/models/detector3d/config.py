@@ -54,6 +54,9 @@ class DetectorConfig(StrictConfig):
         nms_thresh: IoU above which NMS suppresses the lower-scored box.
         detections_per_scan: at most this many detections per scan.
         sw_overlap: overlap of sliding windows at inference.
+        sw_roi_size: largest inference window, x-y-z voxels (multiples of 32). The network
+            is fully convolutional, so a lung-cropped scan that fits is run in one pass,
+            which on a CPU is ~3x faster than overlapping training-size windows.
         seed: seed of every random choice in training.
         amp: use mixed precision where the device supports it (CUDA).
     """
@@ -86,6 +89,7 @@ class DetectorConfig(StrictConfig):
     nms_thresh: float = Field(default=0.1, ge=0, le=1)
     detections_per_scan: int = Field(default=100, ge=1)
     sw_overlap: float = Field(default=0.25, ge=0, lt=1)
+    sw_roi_size: tuple[int, int, int] = (320, 320, 320)
     seed: int = 0
     amp: bool = True
 
@@ -97,6 +101,8 @@ class DetectorConfig(StrictConfig):
             )
         if self.batch_size % 2:
             raise ValueError(f"batch_size must be even (ranking pairs), got {self.batch_size}")
+        if any(p % 32 for p in self.sw_roi_size):
+            raise ValueError(f"sw_roi_size must be divisible by 32, got {self.sw_roi_size}")
         if self.fpn_channels % 8:
             raise ValueError(
                 f"fpn_channels must be divisible by 8 (GroupNorm), got {self.fpn_channels}"

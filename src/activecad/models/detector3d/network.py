@@ -255,7 +255,7 @@ class NoduleDetector(nn.Module):
     def detect(
         self, image: torch.Tensor, valid_shape: tuple[int, int, int] | None = None
     ) -> Detections:
-        """Detect nodules in one volume with sliding windows of ``config.patch_size``.
+        """Detect nodules in one volume, in windows of at most ``config.sw_roi_size``.
 
         Args:
             image: (1, 1, X, Y, Z) preprocessed volume, each size a multiple of 32 and at
@@ -268,8 +268,9 @@ class NoduleDetector(nn.Module):
         """
         cfg = self.config
         keys = (CLS, BOX, ROI, *FEATURE_KEYS)
+        roi = [min(int(n), r) for n, r in zip(image.shape[2:], cfg.sw_roi_size, strict=True)]
         inferer = SlidingWindowInferer(
-            roi_size=list(cfg.patch_size),
+            roi_size=roi,
             sw_batch_size=1,
             overlap=cfg.sw_overlap,
             mode="constant",
