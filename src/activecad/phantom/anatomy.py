@@ -58,13 +58,19 @@ TISSUE_HU: dict[Tissue, tuple[float, float]] = {
 
 @dataclass(frozen=True)
 class Tube:
-    """A straight tube of the mediastinum (aorta, pulmonary trunk, trachea), body mm."""
+    """A straight tube of the mediastinum (aorta, pulmonary trunk, trachea), body mm.
+
+    ``wall`` is a soft-tissue wall around the lumen (airways); ``fat`` a sheath of
+    mediastinal fat that keeps the lung away, so the lungs' medial border follows the
+    great vessels as in real scans.
+    """
 
     p0: tuple[float, float, float]
     p1: tuple[float, float, float]
     radius: float
     tissue: Tissue
     wall: float = 0.0
+    fat: float = 0.0
 
 
 @dataclass
@@ -184,7 +190,7 @@ class Anatomy:
         put(cavity, Tissue.MEDIASTINAL_FAT)
         apex = self.apex_w - ((au - 55.0) ** 2 + (v - 5.0) ** 2) / 90.0
         dome = self.dome(u, v)
-        mediastinum = np.abs(u - 4.0) < 20.0 + 14.0 * np.clip(-v / cb, 0.0, 1.0)
+        mediastinum = np.abs(u - 4.0) < 9.0 + 18.0 * np.clip(-v / cb, 0.0, 1.0) ** 1.5
         hc, ha = self.heart
         heart_r = ((u - hc[0]) / ha[0]) ** 2 + ((v - hc[1]) / ha[1]) ** 2
         heart_r = heart_r + ((w - hc[2]) / ha[2]) ** 2
@@ -212,7 +218,8 @@ class Anatomy:
         for tube in self.tubes:
             p0, p1 = np.asarray(tube.p0, np.float32), np.asarray(tube.p1, np.float32)
             reach = tube.radius + tube.wall
-            lo, hi = np.minimum(p0, p1) - reach, np.maximum(p0, p1) + reach
+            lo = np.minimum(p0, p1) - reach - tube.fat
+            hi = np.maximum(p0, p1) + reach + tube.fat
             box: tuple[slice, ...] = (slice(None),) * lab.ndim
             uu, vv, ww = u, v, w
             if grid_axes:
@@ -237,6 +244,10 @@ class Anatomy:
             dist2 = (uu - p0[0] - t * d[0]) ** 2 + (vv - p0[1] - t * d[1]) ** 2
             dist2 += (ww - p0[2] - t * d[2]) ** 2
             sub = lab[box]
+            if tube.fat > 0:
+                sub[(dist2 < (reach + tube.fat) ** 2) & (sub == Tissue.LUNG)] = (
+                    Tissue.MEDIASTINAL_FAT
+                )
             if tube.wall > 0:
                 sub[dist2 < reach**2] = Tissue.SOFT
             sub[dist2 < tube.radius**2] = tube.tissue
@@ -315,17 +326,20 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
     cb = half_depth - fat - muscle - 10.0
     aorta_v = 0.62 * cb - 24.0
     r_ao = rng.uniform(11.0, 15.0)
+    hz = heart_c[2]
     tubes = [
-        Tube((12.0, -22.0, heart_c[2] + 30.0), (8.0, -26.0, 22.0), r_ao, Tissue.SOFT),
-        Tube((8.0, -26.0, 22.0), (18.0, 5.0, 38.0), r_ao, Tissue.SOFT),
-        Tube((18.0, 5.0, 38.0), (24.0, aorta_v, 22.0), r_ao, Tissue.SOFT),
-        Tube((24.0, aorta_v, 22.0), (26.0, aorta_v, -260.0), r_ao * 0.9, Tissue.SOFT),
-        Tube((14.0, -24.0, heart_c[2] + 25.0), (2.0, -6.0, -18.0), 12.0, Tissue.SOFT),
-        Tube((2.0, -6.0, -18.0), (-40.0, 0.0, -18.0), 9.0, Tissue.SOFT),
-        Tube((2.0, -6.0, -18.0), (38.0, 6.0, -8.0), 9.0, Tissue.SOFT),
-        Tube((0.0, -12.0, apex_w + 80.0), (0.0, -2.0, 0.0), 8.0, Tissue.AIRWAY, wall=2.0),
-        Tube((0.0, -2.0, 0.0), (-38.0, 6.0, -20.0), 6.5, Tissue.AIRWAY, wall=1.6),
-        Tube((0.0, -2.0, 0.0), (38.0, 8.0, -35.0), 5.8, Tissue.AIRWAY, wall=1.5),
+        Tube((12.0, -22.0, hz + 30.0), (8.0, -26.0, 22.0), r_ao, Tissue.SOFT, fat=5.0),
+        Tube((8.0, -26.0, 22.0), (18.0, 5.0, 38.0), r_ao, Tissue.SOFT, fat=5.0),
+        Tube((18.0, 5.0, 38.0), (24.0, aorta_v, 22.0), r_ao, Tissue.SOFT, fat=5.0),
+        Tube((24.0, aorta_v, 22.0), (26.0, aorta_v, -260.0), r_ao * 0.9, Tissue.SOFT, fat=3.0),
+        Tube((-22.0, -22.0, hz + 45.0), (-20.0, -16.0, 70.0), 9.0, Tissue.SOFT, fat=4.0),
+        Tube((4.0, 14.0, apex_w + 80.0), (14.0, aorta_v - 18.0, -200.0), 7.0, Tissue.SOFT, fat=3.0),
+        Tube((14.0, -24.0, hz + 25.0), (2.0, -6.0, -18.0), 12.0, Tissue.SOFT, fat=5.0),
+        Tube((2.0, -6.0, -18.0), (-40.0, 0.0, -18.0), 9.0, Tissue.SOFT, fat=3.0),
+        Tube((2.0, -6.0, -18.0), (38.0, 6.0, -8.0), 9.0, Tissue.SOFT, fat=3.0),
+        Tube((0.0, -12.0, apex_w + 80.0), (0.0, -2.0, 0.0), 8.0, Tissue.AIRWAY, wall=2.0, fat=4.0),
+        Tube((0.0, -2.0, 0.0), (-38.0, 6.0, -20.0), 6.5, Tissue.AIRWAY, wall=1.6, fat=2.0),
+        Tube((0.0, -2.0, 0.0), (38.0, 8.0, -35.0), 5.8, Tissue.AIRWAY, wall=1.5, fat=2.0),
     ]
     hu_shift = {
         Tissue.LUNG: rng.normal(0.0, 15.0),
@@ -356,6 +370,18 @@ def iter_slabs(grid: Grid, depth: int = 16) -> Iterator[tuple[slice, slice, slic
         yield slice(z0, min(z0 + depth, nz)), slice(0, ny), slice(0, nx)
 
 
+def draw_anatomy_box(
+    anatomy: Anatomy, grid: Grid, body_center: np.ndarray, sl: tuple[slice, slice, slice]
+) -> np.ndarray:
+    """Tissue labels of the sub-box ``sl`` of ``grid`` -> uint8 array of the box's shape."""
+    z, y, x = grid.axes(sl)
+    return anatomy.labels(
+        x - np.float32(body_center[0]),
+        y - np.float32(body_center[1]),
+        z - np.float32(body_center[2]),
+    )
+
+
 def draw_anatomy(anatomy: Anatomy, grid: Grid, body_center: np.ndarray) -> np.ndarray:
     """Tissue labels of the anatomy on ``grid``.
 
@@ -369,10 +395,5 @@ def draw_anatomy(anatomy: Anatomy, grid: Grid, body_center: np.ndarray) -> np.nd
     """
     labels = np.empty(grid.shape, dtype=np.uint8)
     for sl in iter_slabs(grid):
-        z, y, x = grid.axes(sl)
-        labels[sl] = anatomy.labels(
-            x - np.float32(body_center[0]),
-            y - np.float32(body_center[1]),
-            z - np.float32(body_center[2]),
-        )
+        labels[sl] = draw_anatomy_box(anatomy, grid, body_center, sl)
     return labels

@@ -40,12 +40,19 @@ from activecad.phantom.anatomy import (
     Anatomy,
     Tissue,
     draw_anatomy,
+    draw_anatomy_box,
     iter_slabs,
     sample_anatomy,
 )
 from activecad.phantom.config import Preset, get_preset
 from activecad.phantom.lesions import DATASET, LESION_TYPE, Lesion, draw_lesion, sample_lesions
-from activecad.phantom.nodules import Nodule, draw_nodule, sample_nodules
+from activecad.phantom.nodules import (
+    Nodule,
+    draw_nodule,
+    draw_pleural_bump,
+    sample_nodules,
+    sample_pleural_bumps,
+)
 from activecad.phantom.radiograph import Radiograph2D, project_radiograph
 from activecad.phantom.raster import Grid
 from activecad.phantom.readers import read_nodules
@@ -100,6 +107,7 @@ class PatientCase:
     vessels: VesselTree
     nodules: list[Nodule]
     lesions: list[Lesion]
+    bumps: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
     studies: list[StudyCase] = field(default_factory=list)
 
 
@@ -150,7 +158,10 @@ def generate_patient(
     )
     nodules = sample_nodules(anatomy, vessels, _rng(seed, index, 3), n_studies)
     lesions = sample_lesions(anatomy, _rng(seed, index, 4), n_studies)
-    patient = PatientCase(patient_id_for(index), index, anatomy, vessels, nodules, lesions)
+    bumps = sample_pleural_bumps(anatomy, _rng(seed, index, 5), nodules)
+    patient = PatientCase(
+        patient_id_for(index), index, anatomy, vessels, nodules, lesions, bumps=bumps
+    )
     scanners = cohort_scanners(seed)
     first_day = dt.date(2001, 1, 1) + dt.timedelta(days=int(rng.integers(0, 3650)))
     day = first_day
@@ -168,14 +179,35 @@ def generate_scan(*, seed: int, preset: str = "small", index: int = 0) -> StudyC
     return generate_patient(index, seed=seed, preset=preset, n_studies=1).studies[0]
 
 
+def _supersampled_hu(anatomy: Anatomy, grid: Grid, center: np.ndarray, factor: int) -> np.ndarray:
+    """Mean tissue HU of each voxel over ``factor`` x ``factor`` in-plane sub-voxels.
+
+    Returns:
+        (Z, Y, X) float32 HU on ``grid``: organ borders get mixed values (partial volume).
+    """
+    nz, ny, nx = grid.shape
+    spacing = grid.spacing / np.array([factor, factor, 1.0])
+    origin = grid.origin - (factor - 1) / (2 * factor) * grid.spacing * np.array([1, 1, 0])
+    fine = Grid((nz, ny * factor, nx * factor), spacing, origin)
+    table = anatomy.hu_table()
+    out = np.empty(grid.shape, dtype=np.float32)
+    for sl in iter_slabs(fine):
+        sub = table[draw_anatomy_box(anatomy, fine, center, sl)]
+        out[sl[0]] = sub.reshape(-1, ny, factor, nx, factor).mean(axis=(2, 4))
+    return out
+
+
 def _tissue_hu(
     labels: np.ndarray,
     grid: Grid,
     anatomy: Anatomy,
     center: np.ndarray,
     rng: np.random.Generator,
+    mean_hu: np.ndarray | None = None,
 ) -> np.ndarray:
     """HU of the tissues with their texture (about 2 mm grain), slab by slab.
+
+    ``mean_hu`` (Z, Y, X), when given, replaces the per-label mean HU (supersampled borders).
 
     Returns:
         (Z, Y, X) float32 HU on ``grid``.
@@ -197,7 +229,7 @@ def _tissue_hu(
         tex = rng.standard_normal(lab.shape, dtype=np.float32)
         ndimage.gaussian_filter(tex, sigma, output=tex, truncate=2.5)
         tex *= gain * amp[lab]
-        tex += table[lab]
+        tex += table[lab] if mean_hu is None else mean_hu[sl]
         tex += (lab == Tissue.LUNG) * gradient
         hu[sl] = tex
     return hu
@@ -218,7 +250,11 @@ def _generate_study(
     grid, center = acq.grid, acq.body_center
     labels = draw_anatomy(anatomy, grid, center)
 
-    hu = _tissue_hu(labels, grid, anatomy, center, rng)
+    mean_hu = None
+    if spec.supersample > 1:
+        mean_hu = _supersampled_hu(anatomy, grid, center, spec.supersample)
+    hu = _tissue_hu(labels, grid, anatomy, center, rng, mean_hu)
+    del mean_hu
 
     draw_bronchi(hu, patient.vessels, grid, center, wall_hu=40.0)
     draw_vessels(hu, patient.vessels, grid, center, blood_hu=42.0)
@@ -226,6 +262,8 @@ def _generate_study(
         draw_nodule(hu, nodule, grid, center, study, rng)
     for lesion in patient.lesions:
         draw_lesion(hu, lesion, grid, center, study)
+    for bump in patient.bumps:
+        draw_pleural_bump(hu, bump, grid, center, density=35.0)
 
     nodule_centers = np.array([n.center + center for n in patient.nodules]).reshape(-1, 3)
     diameters = np.array([n.diameter_at(study) for n in patient.nodules])
@@ -364,6 +402,7 @@ def _candidate_table(
     found: list[tuple[np.ndarray, str]] = []
     big = tree.branch_radius >= 1.0
     found += [(p, "vessel_branch") for p in tree.branch_points[big]]
+    found += [(b[:3], "pleural_bump") for b in patient.bumps]
     seg = tree.p1 - tree.p0
     length = np.linalg.norm(seg, axis=1) + 1e-9
     # Vessels running head-to-feet are round bright spots in axial slices.
@@ -393,9 +432,13 @@ def _candidate_table(
         outside = np.all(dist > ext[None] + 2.0, axis=1)
         points, sources = points[outside], sources[outside]
     limit = 150 if spec.name == "small" else 500
-    if len(points) > limit:
-        pick = np.sort(rng.choice(len(points), limit, replace=False))
-        points, sources = points[pick], sources[pick]
+    common = np.flatnonzero(np.isin(sources, ["vessel_branch", "vessel_cross_section", "pleura"]))
+    room = max(limit - (len(points) - len(common)), 0)
+    if len(common) > room:
+        # Thin out the plentiful vessel and pleura points; the rarer mimics are all kept.
+        drop = rng.choice(common, len(common) - room, replace=False)
+        keep = np.setdiff1d(np.arange(len(points)), drop)
+        points, sources = points[keep], sources[keep]
     negatives = pd.DataFrame(
         {
             "seriesuid": uid,

@@ -249,3 +249,43 @@ def draw_nodule(
         if spike is not None:
             ssl, so = spike
             hu[ssl] += so * (nodule.hu - hu[ssl])
+
+
+def sample_pleural_bumps(
+    anatomy: Anatomy, rng: np.random.Generator, nodules: list[Nodule]
+) -> np.ndarray:
+    """Small soft-tissue bumps on the pleura (plaques, fissure nodes, rib ends seen en face).
+
+    They are not nodules but look like small juxta-pleural ones, a classic source of false
+    positives; each sits astride the lung border, well away from every true nodule.
+
+    Returns:
+        (M, 4) body mm centre (u, v, w) and radius, mm.
+    """
+    cells = anatomy.lung_points()
+    bumps = []
+    for _ in range(int(rng.poisson(1.5))):
+        radius = rng.uniform(1.5, 4.0)
+        start = cells[rng.integers(len(cells))]
+        d = _unit(rng, 1)[0]
+        steps = start + np.arange(0, 150, 1.0)[:, None] * d
+        inside = anatomy.in_lung(steps)
+        if inside.all():
+            continue
+        c = steps[int(np.argmin(inside))] - d * 0.3 * radius
+        if all(np.linalg.norm(c - n.center) > n.extent(0) * 1.5 + radius + 3.0 for n in nodules):
+            bumps.append([*c, radius])
+    return np.asarray(bumps, dtype=float).reshape(-1, 4)
+
+
+def draw_pleural_bump(
+    hu: np.ndarray, bump: np.ndarray, grid: Grid, body_center: np.ndarray, density: float
+) -> None:
+    """Blend one pleural bump (a small sphere of soft tissue) into ``hu``, in place."""
+    radius = float(bump[3])
+    drawn = blob_occupancy(
+        grid, bump[:3] + body_center, lambda dirs: np.full(dirs.shape[:-1], radius), radius
+    )
+    if drawn is not None:
+        sl, occ, _ = drawn
+        hu[sl] += occ * (np.float32(density) - hu[sl])
