@@ -283,13 +283,14 @@ def export(threads: int = 2) -> None:
             super().__init__()
             self.inner = inner
 
-        def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
             out = self.inner(x)
-            return [t for key in sorted(out) for t in out[key]]
+            return tuple(t for key in sorted(out) for t in out[key])
 
     flat = Flat(network).eval()
     for name, attempt in (
         ("torchscript_script", lambda: torch.jit.script(network)),
+        ("torch_export", lambda: torch.export.export(flat, (image,))),
         ("torchscript_trace", lambda: torch.jit.trace(flat, image)),
         (
             "onnx",
@@ -299,9 +300,10 @@ def export(threads: int = 2) -> None:
         try:
             WORK.mkdir(parents=True, exist_ok=True)
             exported = attempt()
-            if name == "torchscript_trace":
+            if name in ("torchscript_trace", "torch_export"):
+                run = exported.module() if name == "torch_export" else exported
                 reference = flat(image)
-                again = exported(image)
+                again = run(image)
                 same = all(
                     torch.allclose(a, b, atol=1e-5) for a, b in zip(reference, again, strict=True)
                 )
@@ -309,10 +311,9 @@ def export(threads: int = 2) -> None:
             else:
                 outcome[name] = {"works": True}
         except Exception as exc:
-            outcome[name] = {
-                "works": False,
-                "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
-            }
+            lines = [line for line in str(exc).splitlines() if line.strip()]
+            first = lines[0][:200] if lines else ""
+            outcome[name] = {"works": False, "error": f"{type(exc).__name__}: {first}"}
     _record("export_cpu", outcome)
 
 
