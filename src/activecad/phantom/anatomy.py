@@ -104,6 +104,7 @@ class Anatomy:
     _lung_map: tuple[np.ndarray, float, np.ndarray] | None = field(
         default=None, repr=False, compare=False
     )
+    _lung_cells: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def cavity_half_axes(self) -> tuple[float, float]:
@@ -145,10 +146,6 @@ class Anatomy:
                 _dirs([(lateral, -0.2, 0.5), (lateral, 0.4, -0.6)]),
             ),
         }
-
-    def bronchi_roots(self) -> dict[str, np.ndarray]:
-        """Ends of the main bronchi, where the lobar bronchi start, body mm."""
-        return {"right": np.array([-38.0, 6.0, -20.0]), "left": np.array([38.0, 8.0, -35.0])}
 
     def labels(self, u: np.ndarray, v: np.ndarray, w: np.ndarray) -> np.ndarray:
         """Tissue label at body coordinates (broadcastable arrays, mm) -> uint8 array.
@@ -285,10 +282,12 @@ class Anatomy:
 
     def lung_points(self) -> np.ndarray:
         """Centres of the 2 mm lung-map cells inside the lungs -> (M, 3) body mm."""
-        if self._lung_map is None:
-            self._lung_map = self._build_lung_map()
-        lo, step, lung = self._lung_map
-        return lo + step * np.argwhere(lung)
+        if self._lung_cells is None:
+            if self._lung_map is None:
+                self._lung_map = self._build_lung_map()
+            lo, step, lung = self._lung_map
+            self._lung_cells = lo + step * np.argwhere(lung)
+        return self._lung_cells
 
     def _build_lung_map(self, step: float = 2.0) -> tuple[np.ndarray, float, np.ndarray]:
         ca, cb = self.cavity_half_axes

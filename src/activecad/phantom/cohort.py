@@ -40,7 +40,6 @@ from activecad.phantom.anatomy import (
     Anatomy,
     Tissue,
     draw_anatomy,
-    draw_anatomy_box,
     iter_slabs,
     sample_anatomy,
 )
@@ -179,35 +178,18 @@ def generate_scan(*, seed: int, preset: str = "small", index: int = 0) -> StudyC
     return generate_patient(index, seed=seed, preset=preset, n_studies=1).studies[0]
 
 
-def _supersampled_hu(anatomy: Anatomy, grid: Grid, center: np.ndarray, factor: int) -> np.ndarray:
-    """Mean tissue HU of each voxel over ``factor`` x ``factor`` in-plane sub-voxels.
-
-    Returns:
-        (Z, Y, X) float32 HU on ``grid``: organ borders get mixed values (partial volume).
-    """
-    nz, ny, nx = grid.shape
-    spacing = grid.spacing / np.array([factor, factor, 1.0])
-    origin = grid.origin - (factor - 1) / (2 * factor) * grid.spacing * np.array([1, 1, 0])
-    fine = Grid((nz, ny * factor, nx * factor), spacing, origin)
-    table = anatomy.hu_table()
-    out = np.empty(grid.shape, dtype=np.float32)
-    for sl in iter_slabs(fine):
-        sub = table[draw_anatomy_box(anatomy, fine, center, sl)]
-        out[sl[0]] = sub.reshape(-1, ny, factor, nx, factor).mean(axis=(2, 4))
-    return out
-
-
 def _tissue_hu(
     labels: np.ndarray,
     grid: Grid,
     anatomy: Anatomy,
     center: np.ndarray,
     rng: np.random.Generator,
-    mean_hu: np.ndarray | None = None,
+    border_blur: bool = False,
 ) -> np.ndarray:
     """HU of the tissues with their texture (about 2 mm grain), slab by slab.
 
-    ``mean_hu`` (Z, Y, X), when given, replaces the per-label mean HU (supersampled borders).
+    With ``border_blur`` the organ means are softened in-plane by one voxel first, as
+    partial volume softens the borders of coarse voxels.
 
     Returns:
         (Z, Y, X) float32 HU on ``grid``.
@@ -229,7 +211,11 @@ def _tissue_hu(
         tex = rng.standard_normal(lab.shape, dtype=np.float32)
         ndimage.gaussian_filter(tex, sigma, output=tex, truncate=2.5)
         tex *= gain * amp[lab]
-        tex += table[lab] if mean_hu is None else mean_hu[sl]
+        base = table[lab]
+        if border_blur:
+            for axis in (1, 2):
+                ndimage.correlate1d(base, [0.25, 0.5, 0.25], axis=axis, output=base)
+        tex += base
         tex += (lab == Tissue.LUNG) * gradient
         hu[sl] = tex
     return hu
@@ -250,11 +236,7 @@ def _generate_study(
     grid, center = acq.grid, acq.body_center
     labels = draw_anatomy(anatomy, grid, center)
 
-    mean_hu = None
-    if spec.supersample > 1:
-        mean_hu = _supersampled_hu(anatomy, grid, center, spec.supersample)
-    hu = _tissue_hu(labels, grid, anatomy, center, rng, mean_hu)
-    del mean_hu
+    hu = _tissue_hu(labels, grid, anatomy, center, rng, spec.border_blur)
 
     draw_bronchi(hu, patient.vessels, grid, center, wall_hu=40.0)
     draw_vessels(hu, patient.vessels, grid, center, blood_hu=42.0)
@@ -409,12 +391,12 @@ def _candidate_table(
     upright = (np.abs(seg[:, 2]) / length > 0.6) & (tree.r0 >= 1.0)
     found += [(p, "vessel_cross_section") for p in (tree.p0 + 0.5 * seg)[upright]]
     for _ in range(40):
-        c = anatomy.in_lung
+        # Walk out from a hilum to the last lung point: a spot on the pleura.
         start = anatomy.hila()["artery_right" if rng.random() < 0.5 else "artery_left"][0]
         d = rng.normal(size=3)
         d /= np.linalg.norm(d)
         steps = start + np.arange(10, 200, 1.0)[:, None] * d
-        inside = c(steps)
+        inside = anatomy.in_lung(steps)
         if inside.any() and not inside[-1]:
             last = np.flatnonzero(inside)[-1]
             found.append((steps[last] - 2.0 * d, "pleura"))

@@ -23,8 +23,8 @@ class Preset:
         min_vessel_radius_mm: where vessel branches stop; the full preset goes sub-millimetre.
         max_segments_per_tree: safety bound on the size of one vessel tree.
         cxr_size: side of the square chest radiograph, pixels.
-        supersample: in-plane sub-voxels per voxel when drawing organ borders, so coarse
-            voxels on a border get the mixed HU partial volume gives them.
+        border_blur: soften organ borders in-plane by one voxel ([1, 2, 1] / 4), standing
+            in for the partial volume that coarse voxels on a border would have.
     """
 
     name: str
@@ -35,7 +35,7 @@ class Preset:
     min_vessel_radius_mm: float
     max_segments_per_tree: int
     cxr_size: int
-    supersample: int
+    border_blur: bool
 
 
 # Thin-scan (<= 2.5 mm) LIDC slice thicknesses: quantiles 1.0/1.25/2.0/2.5 at 5/25/50/75 %
@@ -53,7 +53,7 @@ PRESETS: dict[str, Preset] = {
         min_vessel_radius_mm=0.6,
         max_segments_per_tree=1200,
         cxr_size=256,
-        supersample=2,
+        border_blur=True,
     ),
     "full": Preset(
         name="full",
@@ -64,7 +64,7 @@ PRESETS: dict[str, Preset] = {
         min_vessel_radius_mm=0.35,
         max_segments_per_tree=4000,
         cxr_size=512,
-        supersample=1,
+        border_blur=False,
     ),
 }
 
