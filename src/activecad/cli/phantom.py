@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import typer
 from rich.console import Console
@@ -27,6 +28,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Generate virtual chest-CT patients with nodules, reader marks, lesions and
         radiographs, written as LUNA16/LIDC/DeepLesion-style files."""
+        # Imported here so that `activecad --help` does not pay for numpy/scipy set-up.
         from activecad.phantom import generate_cohort
 
         manifest = generate_cohort(
@@ -34,11 +36,11 @@ def register(app: typer.Typer) -> None:
             patients=patients,
             seed=seed,
             preset=preset,
-            formats=[f for f in formats.split(",")],
+            formats=formats.split(","),
             preview=preview,
             progress=not as_json,
         )
-        counts = manifest["counts"]
+        counts = cast(dict[str, int], manifest["counts"])
         if as_json:
             typer.echo(
                 json.dumps(
@@ -49,6 +51,6 @@ def register(app: typer.Typer) -> None:
         table = Table(title=f"phantom cohort in {out_dir}")
         table.add_column("what")
         table.add_column("count", justify="right")
-        for key, value in counts.items():  # type: ignore[union-attr]
+        for key, value in counts.items():
             table.add_row(key, str(value))
         Console().print(table)

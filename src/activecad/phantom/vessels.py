@@ -93,7 +93,7 @@ def grow_vessels(
 
         # Segmental trunks leave the hilum around each lobar direction.
         trunks = [d + rng.normal(0.0, 0.35, 3) for d in directions for _ in range(3)]
-        queue = deque()
+        queue: deque[tuple[np.ndarray, np.ndarray, float, int, np.ndarray]] = deque()
         for d in trunks:
             d = d / np.linalg.norm(d)
             queue.append((root, d, rng.uniform(2.5, 4.0), 0, target_along(root, d)))
