@@ -233,7 +233,13 @@ class PreprocessCache:
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
-    def key(self, path: str | Path, config: PreprocessConfig, min_shape_zyx: object) -> str:
+    def key(
+        self,
+        path: str | Path,
+        config: PreprocessConfig,
+        min_shape_zyx: tuple[int, int, int] | None,
+    ) -> str:
+        """The cache key of ``path`` preprocessed with ``config`` (file hash + parameters)."""
         params = json.dumps(
             {
                 "config": config.model_dump(mode="json"),

@@ -37,7 +37,7 @@ class ResNetFPN3D(nn.Module):
             raise ValueError(f"widths must give 4 stage widths, got {list(widths)}")
         self.body = ResNet(
             block="basic",
-            layers=(2, 2, 2, 2),
+            layers=[2, 2, 2, 2],
             block_inplanes=list(widths),
             spatial_dims=3,
             n_input_channels=in_channels,

@@ -17,6 +17,7 @@ from monai.apps.detection.networks.retinanet_network import (
     RetinaNetRegressionHead,
 )
 from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorShape
+from monai.apps.detection.utils.hard_negative_sampler import HardNegativeSampler
 from monai.data.box_utils import clip_boxes_to_image, non_max_suppression
 from monai.inferers import SlidingWindowInferer
 from torch import nn
@@ -103,7 +104,7 @@ def _conv_tower(channels: int, depth: int) -> nn.Sequential:
     for _ in range(depth):
         conv = nn.Conv3d(channels, channels, kernel_size=3, padding=1)
         nn.init.normal_(conv.weight, std=0.01)
-        nn.init.constant_(conv.bias, 0)
+        nn.init.zeros_(conv.bias)  # type: ignore[arg-type]
         layers += [conv, nn.GroupNorm(8, channels), nn.ReLU()]
     return nn.Sequential(*layers)
 
@@ -171,9 +172,10 @@ class NoduleDetector(nn.Module):
         self._retina = RetinaNetDetector(self.network, anchors)
         self._retina.set_target_keys(box_key="boxes", label_key="labels")
         self._retina.set_atss_matcher(num_candidates=4, center_in_gt=False)
-        self._retina.set_hard_negative_sampler(
+        self._sampler = HardNegativeSampler(
             batch_size_per_image=64, positive_fraction=0.3, pool_size=20, min_neg=16
         )
+        self._retina.fg_bg_sampler = self._sampler
 
     def state_dict_for_bundle(self) -> dict[str, torch.Tensor]:
         """The network weights only (anchors and samplers hold no learned state)."""
@@ -219,7 +221,7 @@ class NoduleDetector(nn.Module):
         sample_losses, roi_pred, roi_real = [], [], []
         for i, target in enumerate(targets):
             logits = flat[CLS][i, :, 0]
-            pos, neg = retina.fg_bg_sampler([matched[i] + 1], logits.detach().float())
+            pos, neg = self._sampler([matched[i] + 1], logits.detach().float())
             picked = torch.cat([torch.where(pos[0])[0], torch.where(neg[0])[0]])
             truth = (matched[i] >= 0).to(logits.dtype)
             per_anchor = nn.functional.binary_cross_entropy_with_logits(
@@ -268,9 +270,9 @@ class NoduleDetector(nn.Module):
         """
         cfg = self.config
         keys = (CLS, BOX, ROI, *FEATURE_KEYS)
-        roi = [min(int(n), r) for n, r in zip(image.shape[2:], cfg.sw_roi_size, strict=True)]
+        window = [min(int(n), r) for n, r in zip(image.shape[2:], cfg.sw_roi_size, strict=True)]
         inferer = SlidingWindowInferer(
-            roi_size=roi,
+            roi_size=window,
             sw_batch_size=1,
             overlap=cfg.sw_overlap,
             mode="constant",
@@ -301,10 +303,10 @@ class NoduleDetector(nn.Module):
         if keep.numel() > 5000:
             keep = keep[torch.topk(scores[keep], 5000).indices]
         boxes, scores, roi = boxes[keep], scores[keep], roi[keep]
-        boxes, inside = clip_boxes_to_image(
+        clipped, inside = clip_boxes_to_image(
             boxes, valid_shape or tuple(image.shape[2:]), remove_empty=True
         )
-        scores, roi = scores[inside], roi[inside]
+        boxes, scores, roi = torch.as_tensor(clipped), scores[inside], roi[inside]
         kept = non_max_suppression(boxes, scores, cfg.nms_thresh, cfg.detections_per_scan)
         boxes, scores, roi = boxes[kept], scores[kept], roi[kept]
         pooled = [out[key][0].float().mean(dim=(2, 3, 4)) for key in FEATURE_KEYS]

@@ -193,10 +193,10 @@ def validate(
         pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=SUBMISSION_COLUMNS)
     )
     summary, _ = froc_summary(detections, annotations, excluded, [s.seriesuid for s in scans])
-    sensitivities = summary["sensitivities"]
+    sensitivities: dict[str, float] = summary["sensitivities"]  # type: ignore[assignment]
     return {
         "cpm": float(summary["cpm"]),  # type: ignore[arg-type]
-        **{f"sens@{k}": float(v) for k, v in sensitivities.items()},  # type: ignore[union-attr]
+        **{f"sens@{k}": float(v) for k, v in sensitivities.items()},
     }
 
 
