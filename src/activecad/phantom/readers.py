@@ -57,8 +57,9 @@ def read_nodules(
         doubtful = rng.random() < float(doubtful_share(d, nod.kind))
         p = P_MARK_DOUBTFUL if doubtful else P_MARK_CONSPICUOUS
         texture = {"solid": 5.0, "calcified": 5.0, "part-solid": 3.2, "ground-glass": 1.4}[nod.kind]
-        subtle = 1.5 + 1.6 * np.log(d / 3.0) - (1.0 if nod.kind == "ground-glass" else 0.0)
-        spic = {"smooth": 1.2, "lobulated": 1.8, "spiculated": 3.6}[nod.shape]
+        # Calibrated to LIDC's subtlety and spiculation rating shares (lidc_stats.json).
+        subtle = 2.4 + 1.6 * np.log(d / 3.0) - (1.0 if nod.kind == "ground-glass" else 0.0)
+        spic = {"smooth": 1.0, "lobulated": 1.8, "spiculated": 3.6}[nod.shape]
         lob = {"smooth": 1.3, "lobulated": 3.4, "spiculated": 2.4}[nod.shape]
         for reader in range(N_READERS):
             if rng.random() >= p:
@@ -71,7 +72,7 @@ def read_nodules(
                     "nodule_id": nod.nodule_id,
                     "reader": reader,
                     "diameter_mm": round(d * float(np.exp(rng.normal(0.0, 0.12))), 2),
-                    "malignancy": _rating(nod.malignancy, 0.8, rng),
+                    "malignancy": _rating(nod.malignancy, 0.7, rng),
                     "subtlety": _rating(subtle + (0 if not doubtful else -1.0), 0.8, rng),
                     "calcification": calc,
                     "sphericity": _rating(4.0 - (nod.shape != "smooth"), 0.8, rng),
