@@ -155,6 +155,9 @@ def sample_nodules(
         kind = str(rng.choice(KINDS, p=KIND_WEIGHTS))
         if kind == "ground-glass" or kind == "part-solid":
             d = float(max(d, 5.0))
+        if kind == "calcified" and d > 12.0:
+            # Calcified nodules are mostly small granulomas; a large one is drawn solid.
+            kind = "solid"
         # Spiculation and lobulation grow with size; LIDC readers rate 84 % of nodules 1-2
         # for spiculation (lidc_stats.json), so spiculated ones stay a minority.
         p_spic = min(0.25, 0.01 * d) if kind != "calcified" else 0.0
