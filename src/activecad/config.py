@@ -19,11 +19,11 @@ class StrictConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
-def load_config(cls: type[C], path: str | Path, **overrides: object) -> C:
-    """Read a YAML file into ``cls``; ``overrides`` (non-None values) replace file values.
+def read_yaml_mapping(path: str | Path) -> dict[str, object]:
+    """Read a YAML file whose top level is a mapping (an empty file is an empty mapping).
 
     Raises:
-        InputError: the file is missing, is not YAML, or has unknown or invalid keys.
+        InputError: the file is missing, is not YAML, or its top level is not a mapping.
     """
     path = Path(path)
     if not path.is_file():
@@ -34,6 +34,16 @@ def load_config(cls: type[C], path: str | Path, **overrides: object) -> C:
         raise InputError(f"not valid YAML ({exc})".replace("\n", " "), path=path) from None
     if not isinstance(data, dict):
         raise InputError("the top level must be a mapping of keys to values", path=path)
+    return data
+
+
+def load_config(cls: type[C], path: str | Path, **overrides: object) -> C:
+    """Read a YAML file into ``cls``; ``overrides`` (non-None values) replace file values.
+
+    Raises:
+        InputError: the file is missing, is not YAML, or has unknown or invalid keys.
+    """
+    data = read_yaml_mapping(path)
     data.update({k: v for k, v in overrides.items() if v is not None})
     return validate_config(cls, data, source=path)
 

@@ -35,21 +35,12 @@ def train_detector_command(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Train the 3D nodule detector with loss prediction (papers/000)."""
-    import yaml
-
+    from activecad.config import read_yaml_mapping
     from activecad.models.detector3d import preset_config, train_detector
 
     overrides: dict[str, object] = {}
     if config is not None:
-        if not config.is_file():
-            raise InputError("config file does not exist", path=config, fix="check the path")
-        try:
-            loaded = yaml.safe_load(config.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise InputError(f"not valid YAML ({exc})".replace("\n", " "), path=config) from None
-        if not isinstance(loaded, dict):
-            raise InputError("the top level must be a mapping of keys to values", path=config)
-        overrides.update(loaded)
+        overrides.update(read_yaml_mapping(config))
         if overrides.pop("preset", preset) != preset:
             raise InputError(
                 "the config's preset differs from --preset", path=config, fix="make them agree"
