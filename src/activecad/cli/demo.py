@@ -8,12 +8,15 @@ runs ``activecad detect`` on the held-out scans and scores the detections with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import typer
 from rich.console import Console
 
@@ -44,6 +47,24 @@ def demo_command(
     as_json: bool = typer.Option(False, "--json", help="Print the final summary as JSON."),
 ) -> None:
     """Generate a phantom cohort, train a detector, detect on held-out scans and score FROC."""
+    size = QUICK if quick else FULL
+    console = Console(stderr=True)
+    # The steps print their own tables; with --json only the final summary goes to stdout.
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        summary = _run_demo(size, out, seed, console)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        console.rule("[bold]done")
+        console.print(
+            f"CPM on held-out scans: {summary['cpm']:.3f} "
+            f"({'quick demo: a few training steps, expect a low number' if quick else 'demo'}). "
+            f"FROC plot: {out / 'froc' / 'froc.png'}",
+            highlight=False,
+        )
+
+
+def _run_demo(size: DemoSize, out: Path, seed: int, console: Console) -> dict[str, object]:
     from activecad.cli.detector import detect_command
     from activecad.cli.eval import froc
     from activecad.cli.info import scan_info
@@ -51,8 +72,6 @@ def demo_command(
     from activecad.models.detector3d import preset_config, split_series, train_detector
     from activecad.phantom import generate_cohort
 
-    size = QUICK if quick else FULL
-    console = Console(stderr=True)
     if out.exists() and not out.is_dir():
         raise InputError("exists and is not a folder", path=out, fix="choose another --out")
     out.mkdir(parents=True, exist_ok=True)
@@ -85,7 +104,11 @@ def demo_command(
 
     start = step(f"2/4 train the cpu-preset detector ({size.epochs} epochs)")
     uids = [p.stem for p in scans]
-    train_uids, heldout_uids = split_series(uids, 0.25, seed)
+    # Follow-up studies of one patient must not straddle the split (that would leak).
+    patients = pd.read_csv(cohort / "patients.csv", dtype=str)
+    train_uids, heldout_uids = split_series(
+        uids, 0.25, seed, groups=dict(zip(patients["seriesuid"], patients["patient"], strict=True))
+    )
     config = preset_config(
         "cpu",
         epochs=size.epochs,
@@ -124,7 +147,7 @@ def demo_command(
     )
     timings["eval_s"] = time.monotonic() - start
 
-    summary = {
+    return {
         "out": str(out),
         "patients": size.patients,
         "scans": len(scans),
@@ -133,16 +156,6 @@ def demo_command(
         "cpm": json.loads((out / "froc" / "froc.json").read_text())["cpm"],
         "seconds": {k: round(v, 1) for k, v in timings.items()},
     }
-    if as_json:
-        typer.echo(json.dumps(summary, indent=2))
-    else:
-        console.rule("[bold]done")
-        console.print(
-            f"CPM on held-out scans: {summary['cpm']:.3f} "
-            f"({'quick demo: a few training steps, expect a low number' if quick else 'demo'}). "
-            f"FROC plot: {out / 'froc' / 'froc.png'}",
-            highlight=False,
-        )
 
 
 def register(app: typer.Typer) -> None:
