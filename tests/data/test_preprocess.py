@@ -9,6 +9,7 @@ import pytest
 import SimpleITK
 
 from activecad.data import PreprocessCache, PreprocessConfig, lung_box, preprocess_scan
+from activecad.data.preprocess import anterior_posterior_axis
 from activecad.io.geometry import voxel_to_world
 from activecad.io.scan import Scan
 
@@ -54,6 +55,20 @@ def test_lung_box_ignores_the_air_around_the_body() -> None:
     array[:, 5:25, 5:25] = 40.0  # body
     array[4:16, 8:20, 10:14] = -850.0  # a lung
     lo, hi = lung_box(array)
+    assert lo.tolist() == [4, 8, 10]
+    assert hi.tolist() == [16, 20, 14]
+
+
+def test_lung_box_follows_a_scan_rotated_in_plane() -> None:
+    # An axial scan stored rotated by 90 degrees: index x runs posterior (LPS +y), so the
+    # rows of the array are left-right and a tight field of view cuts the body there.
+    direction = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    ap_axis = anterior_posterior_axis(direction)
+    assert ap_axis == 2
+    array = np.full((20, 30, 30), -1000.0, dtype=np.float32)
+    array[:, :, 5:25] = 40.0  # body touching the first and last row
+    array[4:16, 8:20, 10:14] = -850.0  # a lung
+    lo, hi = lung_box(array, ap_axis=ap_axis)
     assert lo.tolist() == [4, 8, 10]
     assert hi.tolist() == [16, 20, 14]
 

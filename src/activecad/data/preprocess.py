@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +34,7 @@ __all__ = [
 
 # Part of every cache key: bump it when preprocess_scan changes what it computes, so old
 # cache entries are not returned for new code.
-PREPROCESS_VERSION = 3
+PREPROCESS_VERSION = 4
 
 # Air outside the body and the lungs are both below this; soft tissue is well above.
 _LUNG_HU = -400.0
@@ -112,7 +114,11 @@ def _resample(array: np.ndarray, ratio_zyx: np.ndarray) -> np.ndarray:
 
 
 def lung_box(
-    array: np.ndarray, hu_threshold: float = _LUNG_HU, *, step: int = 1
+    array: np.ndarray,
+    hu_threshold: float = _LUNG_HU,
+    *,
+    step: int = 1,
+    ap_axis: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Bounding box of the lungs: dark voxels not connected to the outside air.
 
@@ -121,6 +127,8 @@ def lung_box(
         hu_threshold: voxels below it count as air or lung.
         step: look at every ``step``-th voxel along each axis (faster, box within
             ``step`` voxels).
+        ap_axis: the array axis that runs anterior-posterior (1, the rows, for an axial
+            scan in the usual orientation; see :func:`anterior_posterior_axis`).
 
     Returns:
         (start, stop) z-y-x index arrays of the box (stop exclusive); the whole array when
@@ -128,16 +136,17 @@ def lung_box(
     """
     if step > 1:
         # Labelling is the slow part; the lungs are large, so a coarser grid finds the same box.
-        lo, hi = lung_box(array[::step, ::step, ::step], hu_threshold, step=1)
+        lo, hi = lung_box(array[::step, ::step, ::step], hu_threshold, ap_axis=ap_axis)
         return lo * step, np.minimum(hi * step, np.array(array.shape))
     dark = array < hu_threshold
     labels, count = ndimage.label(dark)
     if count == 0:
         return np.zeros(3, dtype=int), np.array(array.shape)
-    # Components touching the first or last row (anterior/posterior edge) are the air
-    # around the patient and the table. The lateral edges are not used: a tight field of
-    # view can cut the chest wall there, and the lungs would then touch them.
-    border = np.unique(np.concatenate([labels[:, 0, :].ravel(), labels[:, -1, :].ravel()]))
+    # Components touching the anterior or posterior edge are the air around the patient
+    # and the table. The lateral edges are not used: a tight field of view can cut the
+    # chest wall there, and the lungs would then touch them.
+    edges = (np.take(labels, 0, axis=ap_axis), np.take(labels, -1, axis=ap_axis))
+    border = np.unique(np.concatenate([edge.ravel() for edge in edges]))
     sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, count + 1))
     sizes[border[border > 0] - 1] = 0
     if sizes.max() <= 0:
@@ -147,6 +156,17 @@ def lung_box(
     keep = keep[sizes[keep] > 0.1 * sizes.max()] + 1
     where = np.argwhere(np.isin(labels, keep))
     return where.min(axis=0), where.max(axis=0) + 1
+
+
+def anterior_posterior_axis(direction: np.ndarray) -> int:
+    """The (Z, Y, X) array axis closest to the patient's anterior-posterior (LPS y) axis.
+
+    Args:
+        direction: (3, 3) direction cosines; column i is the world direction of index
+            axis i (x, y, z), as in :class:`~activecad.io.scan.Scan`.
+    """
+    index_axis = int(np.argmax(np.abs(np.asarray(direction)[1, :])))
+    return 2 - index_axis
 
 
 def preprocess_scan(
@@ -169,7 +189,7 @@ def preprocess_scan(
     array = _resample(scan.array, ratio)
     start = np.zeros(3, dtype=int)
     if config.lung_crop:
-        lo, hi = lung_box(array, step=2)
+        lo, hi = lung_box(array, step=2, ap_axis=anterior_posterior_axis(scan.direction))
         margin = np.ceil(config.crop_margin_mm / new_spacing_zyx).astype(int)
         lo, hi = lo - margin, hi + margin
         if min_shape_zyx is not None:
@@ -269,8 +289,10 @@ class PreprocessCache:
         if not (data.is_file() and meta.is_file()):
             prepared = preprocess_scan(read_scan(path), config, min_shape_zyx=min_shape_zyx)
             self.root.mkdir(parents=True, exist_ok=True)
-            # Write under temporary names and rename, so a crash never leaves a torn entry.
-            tmp = self.root / f"{key}.tmp.npy"
+            # Write under names unique to this process and rename, so neither a crash nor
+            # two workers preprocessing the same scan at once leaves a torn entry.
+            unique = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            tmp = self.root / f"{key}.{unique}.tmp.npy"
             np.save(tmp, prepared.array)
             tmp.replace(data)
             info = {
@@ -280,7 +302,7 @@ class PreprocessCache:
                 "seriesuid": prepared.seriesuid,
                 "patient_id": prepared.patient_id,
             }
-            tmp_meta = self.root / f"{key}.tmp.json"
+            tmp_meta = self.root / f"{key}.{unique}.tmp.json"
             tmp_meta.write_text(json.dumps(info))
             tmp_meta.replace(meta)
         info = json.loads(meta.read_text())
