@@ -203,10 +203,11 @@ def quality(
     folder = read_luna_folder(cohort)
     cache = PreprocessCache(WORK / "cache")
     patch_zyx = tuple(config.patch_size[::-1])
-    uids = [
-        cache.load(p, config.preprocess, min_shape_zyx=patch_zyx).seriesuid for p in folder.scans
-    ]
-    train_uids, test_uids = split_series(uids, 0.2, seed)
+    prepared = [cache.load(p, config.preprocess, min_shape_zyx=patch_zyx) for p in folder.scans]
+    uids = [scan.seriesuid for scan in prepared]
+    # Hold out whole patients: a follow-up study of a training patient would leak.
+    patients = {scan.seriesuid: scan.patient_id for scan in prepared}
+    train_uids, test_uids = split_series(uids, 0.2, seed, groups=patients)
     model_dir = WORK / f"model_{patients}_{seed}"
     result = train_detector(
         cohort,

@@ -41,10 +41,29 @@ def _labelled() -> LabelledScan:
 def test_positive_patches_contain_their_nodule() -> None:
     sampler = PatchSampler([_labelled()], (32, 32, 32), positive_fraction=1.0, seed=3)
     for _ in range(5):
-        patch, boxes = sampler.sample()
+        patch, boxes, ignored = sampler.sample()
         assert patch.shape == (32, 32, 32)
+        assert ignored.shape == (0, 6)
         assert len(boxes) == 1
         assert np.all(boxes[0, 3:] - boxes[0, :3] <= 6.0 + 1e-9)
+
+
+def test_ignored_findings_travel_apart_from_the_nodules() -> None:
+    item = _labelled()
+    # A 3 mm excluded finding 5 voxels from the nodule along x (array z-y-x indices).
+    item.ignored_centres = np.array([[20.0, 25.0, 35.0]])
+    item.ignored_diameters = np.array([3.0])
+    sampler = PatchSampler(
+        [item], (32, 32, 32), positive_fraction=1.0, augment=AugmentConfig(), seed=5
+    )
+    for _ in range(10):
+        _, boxes, ignored = sampler.sample()
+        assert len(boxes) == 1 and boxes[0, 3] - boxes[0, 0] == pytest.approx(6.0, abs=0.7)
+        if len(ignored):
+            # Augmentation moves both alike: their centres stay 5 voxels apart.
+            gap = (ignored[0, :3] + ignored[0, 3:]) / 2 - (boxes[0, :3] + boxes[0, 3:]) / 2
+            assert np.linalg.norm(gap) == pytest.approx(5.0, abs=0.6)
+            assert ignored[0, 3] - ignored[0, 0] == pytest.approx(3.0, abs=0.4)
 
 
 def test_same_seed_gives_same_patches() -> None:

@@ -4,11 +4,17 @@ Frames: nodules of a :class:`~activecad.data.preprocess.PreparedScan` are given 
 (N, 3) z-y-x continuous indices of its array and diameters (N,) mm. Patches come out in
 the network's order (X, Y, Z) with boxes (M, 6) xmin, ymin, zmin, xmax, ymax, zmax in
 voxels of the patch.
+
+Besides its nodules a scan may carry *ignored* findings (LUNA16's
+``annotations_excluded.csv``: nodules under 3 mm, or marked by fewer than three readers).
+They are nodule-like, so training them as background would teach the detector to
+suppress exactly what it should find; the sampler hands their boxes out separately and
+the detector leaves the anchors that cover them out of its loss.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -25,25 +31,63 @@ class LabelledScan:
         scan: the preprocessed scan.
         centres: (N, 3) z-y-x continuous indices of ``scan.array``.
         diameters: (N,) mm.
+        ignored_centres: (K, 3) z-y-x indices of findings that count neither as nodules
+            nor as background.
+        ignored_diameters: (K,) mm.
     """
 
     scan: PreparedScan
     centres: np.ndarray
     diameters: np.ndarray
+    ignored_centres: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    ignored_diameters: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @classmethod
     def from_world(
-        cls, scan: PreparedScan, centres_world: np.ndarray, diameters_mm: np.ndarray
+        cls,
+        scan: PreparedScan,
+        centres_world: np.ndarray,
+        diameters_mm: np.ndarray,
+        *,
+        ignored_world: np.ndarray | None = None,
+        ignored_diameters_mm: np.ndarray | None = None,
     ) -> LabelledScan:
-        """Build from world coordinates (N, 3) mm x-y-z and diameters (N,) mm."""
-        centres_world = np.asarray(centres_world, dtype=np.float64).reshape(-1, 3)
-        centres = scan.world_to_index(centres_world) if len(centres_world) else centres_world
-        return cls(scan, centres, np.asarray(diameters_mm, dtype=np.float64).reshape(-1))
+        """Build from world coordinates (N, 3) mm x-y-z and diameters (N,) mm.
+
+        Args:
+            scan: the preprocessed scan.
+            centres_world: (N, 3) nodule centres, world mm x-y-z.
+            diameters_mm: (N,) nodule diameters.
+            ignored_world: (K, 3) centres of ignored findings, world mm x-y-z.
+            ignored_diameters_mm: (K,) their diameters.
+        """
+
+        def to_index(points: np.ndarray | None) -> np.ndarray:
+            points = np.asarray(points if points is not None else [], np.float64).reshape(-1, 3)
+            return scan.world_to_index(points) if len(points) else points
+
+        def as_1d(values: np.ndarray | None) -> np.ndarray:
+            return np.asarray(values if values is not None else [], dtype=np.float64).reshape(-1)
+
+        return cls(
+            scan,
+            to_index(centres_world),
+            as_1d(diameters_mm),
+            to_index(ignored_world),
+            as_1d(ignored_diameters_mm),
+        )
 
     def boxes_xyz(self) -> np.ndarray:
-        """(N, 6) boxes in voxels of the array transposed to x-y-z."""
-        centres_xyz = self.centres[:, ::-1]
-        half = self.diameters[:, None] / self.scan.spacing[None, :] / 2
+        """(N, 6) nodule boxes in voxels of the array transposed to x-y-z."""
+        return self._boxes(self.centres, self.diameters)
+
+    def ignored_boxes_xyz(self) -> np.ndarray:
+        """(K, 6) boxes of the ignored findings, as :meth:`boxes_xyz`."""
+        return self._boxes(self.ignored_centres, self.ignored_diameters)
+
+    def _boxes(self, centres_zyx: np.ndarray, diameters: np.ndarray) -> np.ndarray:
+        centres_xyz = centres_zyx.reshape(-1, 3)[:, ::-1]
+        half = diameters.reshape(-1)[:, None] / self.scan.spacing[None, :] / 2
         return np.concatenate([centres_xyz - half, centres_xyz + half], axis=1)
 
 
@@ -103,8 +147,12 @@ class PatchSampler:
         self.rng = np.random.default_rng(seed)
         self._nodules = [(i, j) for i, s in enumerate(scans) for j in range(len(s.diameters))]
 
-    def sample(self) -> tuple[np.ndarray, np.ndarray]:
-        """One patch (X, Y, Z) float32 and its boxes (M, 6) in patch voxels."""
+    def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One patch (X, Y, Z) float32, its nodule boxes (M, 6) and ignored boxes (K, 6).
+
+        Boxes are in patch voxels; only findings whose centre lies inside the patch are
+        returned.
+        """
         rng = self.rng
         if self._nodules and rng.random() < self.positive_fraction:
             index, nodule = self._nodules[int(rng.integers(len(self._nodules)))]
@@ -117,17 +165,21 @@ class PatchSampler:
             shape_xyz = np.array(item.scan.array.shape[::-1])
             start = rng.integers(0, shape_xyz - self.size + 1)
         patch = crop_patch(item.scan.array, start, self.size)
-        boxes = item.boxes_xyz() - np.concatenate([start, start])[None, :]
+        nodules = item.boxes_xyz()
+        # Nodules and ignored findings travel through the augmentation as one array.
+        boxes = np.concatenate([nodules, item.ignored_boxes_xyz()])
+        boxes -= np.concatenate([start, start])[None, :]
         if self.augment is not None:
             patch, boxes = augment_patch(patch, boxes, self.augment, rng)
         centres = (boxes[:, :3] + boxes[:, 3:]) / 2
         inside = np.all((centres >= 0) & (centres <= self.size - 1), axis=1)
-        boxes = boxes[inside]
         boxes[:, :3] = np.maximum(boxes[:, :3], 0)
         boxes[:, 3:] = np.minimum(boxes[:, 3:], self.size)
-        return patch, boxes
+        is_nodule = np.arange(len(boxes)) < len(nodules)
+        return patch, boxes[inside & is_nodule], boxes[inside & ~is_nodule]
 
-    def batch(self, count: int) -> tuple[np.ndarray, list[np.ndarray]]:
-        """``count`` patches stacked (count, 1, X, Y, Z) and their boxes."""
-        pairs = [self.sample() for _ in range(count)]
-        return np.stack([p for p, _ in pairs])[:, None], [b for _, b in pairs]
+    def batch(self, count: int) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+        """``count`` patches stacked (count, 1, X, Y, Z), their nodule and ignored boxes."""
+        samples = [self.sample() for _ in range(count)]
+        patches = np.stack([patch for patch, _, _ in samples])[:, None]
+        return patches, [boxes for _, boxes, _ in samples], [ign for _, _, ign in samples]

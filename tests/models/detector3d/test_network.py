@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from activecad.models.detector3d import DetectorConfig, NoduleDetector
+from activecad.models.detector3d.network import IGNORED
 
 
 def _batch() -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
@@ -36,6 +37,43 @@ def test_a_few_training_steps_lower_the_loss(tiny_config: DetectorConfig) -> Non
     assert np.mean(losses[-2:]) < np.mean(losses[:2])
     assert step.per_sample.shape == (2,)
     assert step.predicted.shape == (2,)
+
+
+def test_anchors_on_an_excluded_finding_are_neither_positive_nor_negative(
+    tiny_config: DetectorConfig,
+) -> None:
+    detector = NoduleDetector(tiny_config)
+    images, targets = _batch()
+    # The second patch holds only an excluded finding (LUNA16's annotations_excluded).
+    targets[1]["ignore_boxes"] = torch.tensor([[20.0, 20.0, 20.0, 26.0, 26.0, 26.0]])
+    targets[0]["ignore_boxes"] = torch.zeros(0, 6)
+    out = detector.network(images)
+    anchors, num_locs, _ = detector._head_outputs(images, out)
+    plain = detector._retina.compute_anchor_matched_idxs(anchors, targets, num_locs)
+    matched = detector.match_anchors(anchors, targets, num_locs)
+    torch.testing.assert_close(matched[0], plain[0])  # nothing to ignore in patch 0
+    ignored = matched[1] == IGNORED
+    assert ignored.any() and not (matched[1] >= 0).any()
+    # The ignored anchors are those the matcher would make positive for that box.
+    as_nodule = [{"boxes": targets[1]["ignore_boxes"], "labels": torch.zeros(1).long()}]
+    would_be = detector._retina.compute_anchor_matched_idxs(anchors[1:], as_nodule, num_locs)
+    torch.testing.assert_close(ignored, would_be[0] >= 0)
+    # MONAI's hard-negative sampler never draws them as negatives.
+    _, negatives = detector._sampler([matched[1] + 1], torch.ones(len(matched[1])))
+    assert not (negatives[0] & ignored).any()
+
+
+def test_both_classification_losses_train(tiny_config: DetectorConfig) -> None:
+    images, targets = _batch()
+    for cls_loss in ("focal", "sampled_bce"):
+        torch.manual_seed(0)
+        config = tiny_config.model_copy(update={"cls_loss": cls_loss})
+        detector = NoduleDetector(config)
+        step = detector.compute_losses(images, targets, generator=torch.Generator())
+        step.total.backward()
+        assert torch.isfinite(step.total)
+        head = detector.network.classification_head.cls_logits.weight
+        assert head.grad is not None and head.grad.any()
 
 
 def test_stopping_the_gradient_keeps_loss_prediction_out_of_the_backbone(

@@ -34,6 +34,11 @@ class DetectorConfig(StrictConfig):
         patch_size: training/inference window, x-y-z voxels; must be divisible by 32.
         batch_size: patches per step; the ranking losses pair them, so it must be even.
         positive_fraction: share of nodule-centred patches in a batch.
+        cls_loss: ``focal`` (RetinaNet's focal loss over every anchor, normalised by the
+            positives) or ``sampled_bce`` (binary cross-entropy over MONAI's hard-negative
+            sample, as MONAI's LUNA16 recipe does).
+        focal_alpha: weight of positives in the focal loss (Lin et al. 2017: 0.25).
+        focal_gamma: focusing exponent of the focal loss (Lin et al. 2017: 2).
         epochs: passes over the training scans.
         steps_per_epoch: optimiser steps per epoch.
         optimizer: ``sgd`` (momentum 0.9, as papers/000) or ``adamw`` (converges in fewer
@@ -72,6 +77,9 @@ class DetectorConfig(StrictConfig):
     patch_size: tuple[int, int, int] = (96, 96, 96)
     batch_size: int = Field(default=2, ge=2)
     positive_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
+    cls_loss: Literal["focal", "sampled_bce"] = "focal"
+    focal_alpha: float = Field(default=0.25, ge=0, le=1)
+    focal_gamma: float = Field(default=2.0, ge=0)
     epochs: int = Field(default=20, ge=1)
     steps_per_epoch: int = Field(default=50, ge=1)
     optimizer: Literal["sgd", "adamw"] = "adamw"
@@ -83,7 +91,7 @@ class DetectorConfig(StrictConfig):
     lambda_scan: float = Field(default=1.0, ge=0)
     lambda_roi: float = Field(default=1.0, ge=0)
     margin: float = Field(default=1.0, ge=0)
-    stop_grad_epoch: int = Field(default=12, ge=0)
+    stop_grad_epoch: int = Field(default=0, ge=0)
     roi_tau: float = Field(default=0.5, ge=0, le=1)
     score_thresh: float = Field(default=0.05, ge=0, le=1)
     nms_thresh: float = Field(default=0.1, ge=0, le=1)

@@ -21,6 +21,7 @@ from monai.apps.detection.utils.hard_negative_sampler import HardNegativeSampler
 from monai.data.box_utils import clip_boxes_to_image, non_max_suppression
 from monai.inferers import SlidingWindowInferer
 from torch import nn
+from torchvision.ops import sigmoid_focal_loss
 
 from activecad.models.detector3d.config import DetectorConfig
 from activecad.models.detector3d.fpn import ResNetFPN3D
@@ -33,6 +34,10 @@ from activecad.models.detector3d.loss_prediction import (
 
 CLS, BOX, ROI = "classification", "box_regression", "roi_loss"
 FEATURE_KEYS = ("p2", "p3", "p4", "p5")
+# Matched index of anchors left out of the classification loss. MONAI's matchers use -1
+# (background) and -2 (between thresholds); the hard-negative sampler, which sees index + 1,
+# samples neither -2 nor anything below.
+IGNORED = -2
 
 
 class DetectorNetwork(nn.Module):
@@ -193,6 +198,34 @@ class NoduleDetector(nn.Module):
         flat = {key: retina._reshape_maps(out[key]) for key in (CLS, BOX, ROI)}
         return anchors, num_locs, flat
 
+    def match_anchors(
+        self,
+        anchors: list[torch.Tensor],
+        targets: list[dict[str, torch.Tensor]],
+        num_locs: list[int],
+    ) -> list[torch.Tensor]:
+        """Per image, the index of the box each anchor detects, -1 for background.
+
+        MONAI's ATSS matcher assigns the nodules. Anchors it would assign to an ignored
+        finding (``ignore_boxes``: LUNA16's excluded annotations) and not to a nodule are
+        marked :data:`IGNORED` and left out of the classification loss, so the detector is
+        never taught that a small or disputed nodule is background.
+        """
+        retina = self._retina
+        matched = retina.compute_anchor_matched_idxs(anchors, targets, num_locs)
+        ignore_targets = [
+            {"boxes": t["ignore_boxes"], "labels": torch.zeros_like(t["ignore_boxes"][:, 0]).long()}
+            for t in targets
+            if "ignore_boxes" in t
+        ]
+        if len(ignore_targets) != len(targets) or not any(len(t["boxes"]) for t in ignore_targets):
+            return matched
+        covered = retina.compute_anchor_matched_idxs(anchors, ignore_targets, num_locs)
+        return [
+            torch.where((m < 0) & (c >= 0), torch.full_like(m, IGNORED), m)
+            for m, c in zip(matched, covered, strict=True)
+        ]
+
     def compute_losses(
         self,
         images: torch.Tensor,
@@ -204,8 +237,9 @@ class NoduleDetector(nn.Module):
 
         Args:
             images: (B, 1, X, Y, Z) preprocessed patches, B even.
-            targets: per patch, ``boxes`` (M, 6) float voxels x-y-z (M may be 0) and
-                ``labels`` (M,) int64 zeros.
+            targets: per patch, ``boxes`` (M, 6) float voxels x-y-z (M may be 0),
+                ``labels`` (M,) int64 zeros and optionally ``ignore_boxes`` (K, 6) of
+                findings that are neither nodule nor background (see :meth:`match_anchors`).
             generator: seeds the pairing of candidates for the RoI ranking loss.
 
         Returns:
@@ -217,25 +251,38 @@ class NoduleDetector(nn.Module):
         retina = self._retina
         out = self.network(images)
         anchors, num_locs, flat = self._head_outputs(images, out)
-        matched = retina.compute_anchor_matched_idxs(anchors, targets, num_locs)
+        matched = self.match_anchors(anchors, targets, num_locs)
         sample_losses, roi_pred, roi_real = [], [], []
         for i, target in enumerate(targets):
             logits = flat[CLS][i, :, 0]
+            truth = (matched[i] >= 0).to(logits.dtype)
+            counted = matched[i] != IGNORED
+            # The sampler's picks are the candidates whose losses the RoI head learns to
+            # rank: the positives and the highest-scored negatives, i.e. what would become
+            # detections at test time.
             pos, neg = self._sampler([matched[i] + 1], logits.detach().float())
             picked = torch.cat([torch.where(pos[0])[0], torch.where(neg[0])[0]])
-            truth = (matched[i] >= 0).to(logits.dtype)
-            per_anchor = nn.functional.binary_cross_entropy_with_logits(
-                logits[picked], truth[picked], reduction="none"
-            )
+            if cfg.cls_loss == "focal":
+                # RetinaNet's focal loss over every anchor, normalised by the positives.
+                per_anchor = sigmoid_focal_loss(
+                    logits, truth, alpha=cfg.focal_alpha, gamma=cfg.focal_gamma, reduction="none"
+                ) * counted.to(logits.dtype)
+                cls_loss = per_anchor.sum() / truth.sum().clamp(min=1.0)
+                candidate_losses = per_anchor[picked]
+            else:
+                candidate_losses = nn.functional.binary_cross_entropy_with_logits(
+                    logits[picked], truth[picked], reduction="none"
+                )
+                cls_loss = candidate_losses.mean()
             box_pred, box_true = retina.get_box_train_sample_per_image(
                 flat[BOX][i], target, anchors[i], matched[i]
             )
             box_loss = (
                 retina.box_loss_func(box_pred, box_true) if box_pred.shape[0] else box_pred.sum()
             )
-            sample_losses.append(per_anchor.mean() + box_loss)
+            sample_losses.append(cls_loss + box_loss)
             roi_pred.append(flat[ROI][i, picked, 0])
-            roi_real.append(per_anchor)
+            roi_real.append(candidate_losses)
         per_sample = torch.stack(sample_losses)
         target_loss = per_sample.mean()
         features = [out[key][0] for key in FEATURE_KEYS]

@@ -102,13 +102,21 @@ def split_series(
     return sorted(u for u in uids if (groups.get(u) or u) not in held), val
 
 
-def labelled(prepared: PreparedScan, annotations: pd.DataFrame) -> LabelledScan:
-    """Attach the annotations of ``prepared``'s series to it."""
+def labelled(
+    prepared: PreparedScan, annotations: pd.DataFrame, excluded: pd.DataFrame | None = None
+) -> LabelledScan:
+    """Attach the nodules of ``prepared``'s series, and its excluded findings as ignored."""
+    xyz = ["coordX", "coordY", "coordZ"]
     rows = annotations[annotations["seriesuid"] == prepared.seriesuid]
+    if excluded is None:
+        excluded = pd.DataFrame(columns=["seriesuid", *xyz, "diameter_mm"])
+    ignored = excluded[excluded["seriesuid"] == prepared.seriesuid]
     return LabelledScan.from_world(
         prepared,
-        rows[["coordX", "coordY", "coordZ"]].to_numpy(dtype=np.float64),
+        rows[xyz].to_numpy(dtype=np.float64),
         rows["diameter_mm"].to_numpy(dtype=np.float64),
+        ignored_world=ignored[xyz].to_numpy(dtype=np.float64),
+        ignored_diameters_mm=ignored["diameter_mm"].to_numpy(dtype=np.float64),
     )
 
 
@@ -276,7 +284,7 @@ def train_detector(
     detector = NoduleDetector(config).to(device)
     optimizer = _make_optimizer(config, detector.network.parameters())
     sampler = PatchSampler(
-        [labelled(prepared[u], folder.annotations) for u in train_uids],
+        [labelled(prepared[u], folder.annotations, folder.excluded) for u in train_uids],
         config.patch_size,
         positive_fraction=config.positive_fraction,
         augment=config.augment,
@@ -315,14 +323,15 @@ def train_detector(
         ) as bar:
             task = bar.add_task("train", total=config.steps_per_epoch, loss="")
             for _ in range(config.steps_per_epoch):
-                patches, boxes = sampler.batch(config.batch_size)
+                patches, boxes, ignored = sampler.batch(config.batch_size)
                 images = torch.from_numpy(patches).to(device)
                 targets = [
                     {
                         "boxes": torch.from_numpy(b).float().to(device),
                         "labels": torch.zeros(len(b), dtype=torch.long, device=device),
+                        "ignore_boxes": torch.from_numpy(ign).float().to(device),
                     }
-                    for b in boxes
+                    for b, ign in zip(boxes, ignored, strict=True)
                 ]
                 with torch.autocast("cuda", enabled=use_amp):
                     losses = detector.compute_losses(images, targets, generator=generator)
