@@ -206,8 +206,8 @@ def quality(
     prepared = [cache.load(p, config.preprocess, min_shape_zyx=patch_zyx) for p in folder.scans]
     uids = [scan.seriesuid for scan in prepared]
     # Hold out whole patients: a follow-up study of a training patient would leak.
-    patients = {scan.seriesuid: scan.patient_id for scan in prepared}
-    train_uids, test_uids = split_series(uids, 0.2, seed, groups=patients)
+    patient_of = {scan.seriesuid: scan.patient_id for scan in prepared}
+    train_uids, test_uids = split_series(uids, 0.2, seed, groups=patient_of)
     model_dir = WORK / f"model_{patients}_{seed}"
     result = train_detector(
         cohort,
