@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import typer
 
@@ -165,14 +166,15 @@ def quality(
     patch: int | None = typer.Option(None, help="Cubic patch size override, voxels."),
     batch: int | None = typer.Option(None, help="Batch size override (even)."),
     threads: int = 2,
-    resume: bool = False,
+    resume: bool = typer.Option(
+        False, help="Continue the model folder's run (a finished run is only re-scored)."
+    ),
 ) -> None:
     """Train on 80 % of a small-preset phantom cohort, CPM + FROC plot on the other 20 %."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import pandas as pd
 
     from activecad.data import PreprocessCache
     from activecad.models.detector3d import (
@@ -219,7 +221,9 @@ def quality(
         val_uids=[],
         time_budget_s=time_budget,
     )
-    train_s = time.perf_counter() - start - generate_s
+    # Summed from the epochs' own timings, so a --resume run (e.g. to re-score a finished
+    # model) reports the whole training time, not its own few seconds.
+    train_s = sum(float(record["seconds"]) for record in result.history)
     detector = load_bundle(model_dir)
     by_uid = {
         u: cache.load(p, config.preprocess, min_shape_zyx=patch_zyx)
@@ -231,8 +235,9 @@ def quality(
     detections = pd.concat(tables, ignore_index=True)
     detections.to_csv(model_dir / "test_detections.csv", index=False)
     summary, (fps, sens, _) = froc_summary(
-        detections, folder.annotations, folder.excluded, test_uids
+        detections, folder.annotations, folder.excluded, test_uids, n_bootstrap=1000
     )
+    found_by_size = _found_by_size(detections, folder.annotations, test_uids)
     fig, ax = plt.subplots(figsize=(5, 4))
     ax.semilogx(np.maximum(fps, 1e-3), sens, drawstyle="steps-post")
     ax.set_xlim(0.1, 16)
@@ -263,10 +268,34 @@ def quality(
             "train_s": train_s,
             "detect_s_per_scan": detect_s,
             "cpm": summary["cpm"],
+            "ci_95": summary["ci"],
             "sensitivities": summary["sensitivities"],
             "counts": summary["counts"],
+            "found_by_size": found_by_size,
         },
     )
+
+
+def _found_by_size(
+    detections: pd.DataFrame, annotations: pd.DataFrame, seriesuids: list[str]
+) -> dict[str, dict[str, int]]:
+    """Per diameter bin: nodules, those hit by any of the scan's marks (LUNA16's rule:
+    closer than the radius), and near misses (a mark within 1.5 radii but none within one).
+    """
+    xyz = ["coordX", "coordY", "coordZ"]
+    bins = {"3-6 mm": (3, 6), "6-10 mm": (6, 10), "10-20 mm": (10, 20), ">=20 mm": (20, 1e9)}
+    out = {name: {"nodules": 0, "found": 0, "near_miss": 0} for name in bins}
+    for _, nodule in annotations[annotations["seriesuid"].isin(seriesuids)].iterrows():
+        marks = detections.loc[detections["seriesuid"] == nodule["seriesuid"], xyz]
+        centre = nodule[xyz].to_numpy(np.float64)
+        nearest = np.linalg.norm(marks.to_numpy(np.float64) - centre, axis=1).min(initial=np.inf)
+        radius = nodule["diameter_mm"] / 2
+        for name, (low, high) in bins.items():
+            if low <= nodule["diameter_mm"] < high:
+                out[name]["nodules"] += 1
+                out[name]["found"] += int(nearest < radius)
+                out[name]["near_miss"] += int(radius <= nearest < 1.5 * radius)
+    return out
 
 
 @app.command()

@@ -158,12 +158,22 @@ def froc_summary(
     annotations: pd.DataFrame,
     excluded: pd.DataFrame | None,
     seriesuids: Sequence[str],
+    *,
+    n_bootstrap: int = 0,
 ) -> tuple[dict[str, object], tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """LUNA16 FROC of world-mm detections on ``seriesuids`` through :mod:`activecad.metrics`.
 
+    Args:
+        detections: LUNA16 submission rows (world mm).
+        annotations: the nodules.
+        excluded: findings that count neither as hits nor as false positives.
+        seriesuids: the scans evaluated (scans without detections count too).
+        n_bootstrap: scan-bootstrap resamples for 95% intervals (0: none).
+
     Returns:
-        the summary (``cpm``, ``sensitivities`` at 1/8..8 FPs per scan, ``counts``) and the
-        curve (fps_per_scan, sensitivity, thresholds).
+        the summary (``cpm``, ``sensitivities`` at 1/8..8 FPs per scan, ``counts`` and,
+        with ``n_bootstrap``, the intervals) and the curve (fps_per_scan, sensitivity,
+        thresholds).
     """
     from activecad.metrics import luna16_summary, match_luna16
 
@@ -185,7 +195,7 @@ def froc_summary(
         scans=np.asarray(list(seriesuids), dtype=str),
         **extra,  # type: ignore[arg-type]
     )
-    summary, curve, _ = luna16_summary(match)
+    summary, curve, _ = luna16_summary(match, n_bootstrap=n_bootstrap)
     return summary, curve
 
 
