@@ -53,7 +53,9 @@ class DetectorConfig(StrictConfig):
         lambda_roi: weight lambda2 of the RoI-level loss-prediction term (Eq. 3).
         margin: margin of the pairwise ranking loss (Yoo & Kweon: 1).
         stop_grad_epoch: from this epoch on, loss-prediction gradients no longer reach the
-            detector features (Yoo & Kweon stop them after 120 of 200 epochs).
+            detector features (Yoo & Kweon stop them after 120 of 200 epochs). Default 0:
+            on a CPU budget, joint training from the first step left the classifier
+            collapsed (see the README's detector section); the paper preset uses 180.
         roi_tau: detection-score threshold tau of L_RoI (Eq. 2; papers/000: 0.5).
         score_thresh: minimum probability of a reported detection.
         nms_thresh: IoU above which NMS suppresses the lower-scored box.
