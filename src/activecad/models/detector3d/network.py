@@ -213,13 +213,16 @@ class NoduleDetector(nn.Module):
         """
         retina = self._retina
         matched = retina.compute_anchor_matched_idxs(anchors, targets, num_locs)
-        ignore_targets = [
-            {"boxes": t["ignore_boxes"], "labels": torch.zeros_like(t["ignore_boxes"][:, 0]).long()}
-            for t in targets
-            if "ignore_boxes" in t
-        ]
-        if len(ignore_targets) != len(targets) or not any(len(t["boxes"]) for t in ignore_targets):
+        ignore_boxes = [t.get("ignore_boxes", t["boxes"][:0]) for t in targets]
+        if not any(len(boxes) for boxes in ignore_boxes):
             return matched
+        ignore_targets = [
+            {
+                "boxes": boxes,
+                "labels": torch.zeros(len(boxes), dtype=torch.long, device=boxes.device),
+            }
+            for boxes in ignore_boxes
+        ]
         covered = retina.compute_anchor_matched_idxs(anchors, ignore_targets, num_locs)
         return [
             torch.where((m < 0) & (c >= 0), torch.full_like(m, IGNORED), m)
