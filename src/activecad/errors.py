@@ -27,5 +27,6 @@ class InputError(ActivecadError, ValueError):
         self.fix = fix
         parts = [f"{self.path}: {problem}" if self.path is not None else problem]
         if fix:
-            parts.append(fix)
+            # The fix is a sentence of its own: "x.csv: column 'id' is missing. Use the header ..."
+            parts.append(fix[:1].upper() + fix[1:])
         super().__init__(". ".join(p.rstrip(".") for p in parts) + ".")
