@@ -7,7 +7,7 @@ from activecad.errors import InputError
 
 def test_message_names_path_problem_and_fix() -> None:
     error = InputError("column 'coordX' is missing", path="a.csv", fix="add the column.")
-    assert str(error) == "a.csv: column 'coordX' is missing. add the column."
+    assert str(error) == "a.csv: column 'coordX' is missing. Add the column."  # the fix starts a sentence
     assert "\n" not in str(error)
 
 

@@ -1,30 +1,162 @@
 """Entry point of the ``activecad`` command.
 
-Exit codes: 0 success, 1 bad input (an :class:`~activecad.errors.ActivecadError`, printed as
-one line; ``-v`` adds the traceback), 2 usage errors (typer/click's own).
+The contract every command follows (README, "Command line"):
+
+* exit 0 on success; 1 on bad input (an :class:`~activecad.errors.ActivecadError`, a file
+  that cannot be read or written), printed as one ``error: ...`` line; 2 on usage errors
+  (unknown option, missing argument, a value out of range), printed as one ``error: ...``
+  line that points to ``--help``;
+* no traceback without ``-v``; ``-v``/``--verbose`` is accepted anywhere on the line
+  (``activecad info -v x.mhd``) and adds INFO logs and tracebacks;
+* warnings are ``warning: ...`` lines on stderr (see :mod:`activecad.cli._common`).
+
+Commands register themselves with one line each, at the bottom (``X.register(app)``).
 """
 
 from __future__ import annotations
 
-import logging
 import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any
 
 import typer
-from rich.console import Console
+from typer._click import exceptions as click_exceptions
+from typer.core import TyperArgument, TyperGroup, TyperOption
 
 import activecad
 from activecad.cli import demo, detector, eval, info, phantom
+from activecad.cli._common import setup_logging
 from activecad.errors import ActivecadError
+
+_VERBOSE = ("-v", "--verbose")
+
+
+def _verbose_in(args: Sequence[str]) -> bool:
+    for arg in args:
+        if arg == "--":
+            return False
+        if arg in _VERBOSE:
+            return True
+    return False
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+class _ActivecadGroup(TyperGroup):
+    """The root command: ``-v`` anywhere, and every error as one line with its exit code."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        # `-v` after the sub-command (`activecad info -v x.mhd`) is moved to the front,
+        # where the root option lives; nothing after `--` is touched.
+        end = args.index("--") if "--" in args else len(args)
+        flags = [a for a in args[:end] if a in _VERBOSE]
+        rest = [a for a in args[:end] if a not in _VERBOSE]
+        return super().parse_args(ctx, flags[:1] + rest + args[end:])
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        args = list(sys.argv[1:] if args is None else args)
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        verbose = _verbose_in(args)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click_exceptions.NoArgsIsHelpError as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click_exceptions.ClickException as exc:
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            _error(_one_line(exc.format_message()) + hint)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            _error("aborted")
+            sys.exit(1)
+        except ActivecadError as exc:
+            _fail(exc, str(exc), verbose)
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            _fail(
+                exc,
+                f"{where}{exc.strerror or exc}. Check the path and its permissions.",
+                verbose,
+            )
+        except Exception as exc:
+            _fail(
+                exc,
+                f"unexpected {type(exc).__name__}: {_one_line(str(exc))}. This is a bug; rerun "
+                "with -v for the traceback and report it.",
+                verbose,
+            )
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+
+
+def _fail(exc: BaseException, message: str, verbose: bool) -> None:
+    if verbose:
+        traceback.print_exception(exc, file=sys.stderr)
+    _error(_one_line(message))
+    sys.exit(1)
+
+
+# Usage lines and option tables show names (`PATH`, `SCANS...`, `--out PATH`), not typer
+# 0.29's `{path}` / `<list[Path]>`, and flags show no type. typer's major version is pinned.
+def _argument_usage(self: TyperArgument) -> str:
+    name = (self.metavar or self.name or "arg").upper()
+    if self.nargs != 1:
+        name += "..."
+    return name if self.required else f"[{name}]"
+
+
+def _argument_name(self: TyperArgument) -> str:
+    name = (self.metavar or self.name or "arg").upper()
+    return name + "..." if self.nargs != 1 else name
+
+
+def _argument_type(self: TyperArgument, ctx: Any) -> str | None:
+    return None
+
+
+def _option_type(self: TyperOption, ctx: Any) -> str | None:
+    if self.is_flag or self.count:
+        return None
+    if self.metavar is not None:
+        return self.metavar
+    shown = TyperOption.display_type(self, ctx).strip("<>")
+    if shown.startswith("list[") and shown.endswith("]"):
+        shown = shown[5:-1]
+    return shown.upper() + ("..." if self.nargs != 1 else "")
+
+
+TyperArgument._usage_display_name = _argument_usage  # type: ignore[method-assign]
+TyperArgument._rich_display_name = _argument_name  # type: ignore[method-assign]
+TyperArgument.display_type_rich = _argument_type  # type: ignore[method-assign]
+TyperOption.display_type_rich = _option_type  # type: ignore[method-assign]
+
 
 app = typer.Typer(
     name="activecad",
-    help="Annotation-efficient computer-aided detection in CT and chest radiographs.",
+    cls=_ActivecadGroup,
+    help="Annotation-efficient computer-aided detection of lung nodules in CT and chest "
+    "radiographs. Every command: -v (anywhere) for details and tracebacks; exit 0 ok, "
+    "1 bad input, 2 usage error.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err_console = Console(stderr=True)
-_state = {"verbose": False}
 
 
 def _version_callback(value: bool) -> None:
@@ -35,16 +167,14 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details and show tracebacks."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Log details and show tracebacks (anywhere on the line)."
+    ),
     version: bool = typer.Option(
         False, "--version", callback=_version_callback, is_eager=True, help="Print the version."
     ),
 ) -> None:
-    _state["verbose"] = verbose
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(verbose)
 
 
 info.register(app)
@@ -55,17 +185,8 @@ demo.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the command line; bad input exits 1 with a one-line message.
-
-    Usage errors (unknown command or option, missing argument) are click's own and exit 2.
-    """
-    try:
-        app(args=argv, prog_name="activecad")
-    except ActivecadError as exc:
-        if _state["verbose"]:
-            err_console.print_exception()
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+    """Run the command line (see the module docstring for exit codes and messages)."""
+    app(args=argv, prog_name="activecad")
 
 
 if __name__ == "__main__":
