@@ -7,7 +7,8 @@ from activecad.errors import InputError
 
 def test_message_names_path_problem_and_fix() -> None:
     error = InputError("column 'coordX' is missing", path="a.csv", fix="add the column.")
-    assert str(error) == "a.csv: column 'coordX' is missing. Add the column."  # the fix starts a sentence
+    # The fix starts a sentence of its own.
+    assert str(error) == "a.csv: column 'coordX' is missing. Add the column."
     assert "\n" not in str(error)
 
 
