@@ -83,7 +83,10 @@ def test_froc_warns_about_predictions_outside_the_list(run_cli, luna):
     luna["predictions"].write_text(PREDICTIONS + "Z,0,0,0,0.9\nZ,5,0,0,0.4\n")
     res = run_cli(*_froc_args(luna, "--json", "--bootstrap", "0"))
     assert res.exit_code == 0
-    assert "2 prediction(s) in 1 scan(s) not listed" in res.stderr
+    # One line, with counts (of series: 1 of the 3 predicted scans is not listed).
+    warning = [line for line in res.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1
+    assert "1 of 3 identifiers of the predictions are not in the scans listed" in warning[0]
     assert json.loads(res.stdout)["counts"]["fp"] == 2
 
 
@@ -181,7 +184,7 @@ def test_auc_threshold_option(run_cli, roc):
 @pytest.mark.parametrize(
     ("which", "text", "message"),
     [
-        ("scores", "id,score\nc1,0.1\nc2,0.4\n", "ids differ between labels and scores"),
+        ("scores", "id,score\nx1,0.1\nx2,0.4\n", "no identifier of the scores"),
         ("scores", SCORES.replace("0.35", "nan"), "column 'score' holds"),
         ("scores", "id,prob\nc1,0.1\n", "column 'score' is missing"),
         ("labels", LABELS.replace("c6,1", "c6,2"), "column 'label' holds 2"),
@@ -218,3 +221,121 @@ def test_froc_on_the_phantom_cohort_through_the_real_tables(run_cli, tiny_cohort
     assert out["counts"]["detected"] == out["counts"]["nodules"] == len(ann)
     assert out["counts"]["fp"] == 0
     assert out["counts"]["scans"] == uids.nunique()
+
+
+# --- Identifiers that match nothing, --out, usage errors (issue 16) ---------------------
+
+
+@pytest.mark.parametrize("with_list", [True, False])
+def test_froc_predictions_matching_no_scan_is_an_error(run_cli, luna, with_list):
+    # A `.mhd` suffix left on every seriesuid used to give CPM 0 over 2x the scans, exit 0.
+    lines = PREDICTIONS.splitlines()
+    luna["predictions"].write_text(
+        "\n".join([lines[0], *(f"{r.split(',')[0]}.mhd,{r.split(',', 1)[1]}" for r in lines[1:])])
+    )
+    args = _froc_args(luna) if with_list else [
+        "eval", "froc", "--annotations", luna["annotations"], "--predictions", luna["predictions"],
+    ]  # fmt: skip
+    res = run_cli(*args, "--bootstrap", "0")
+    assert res.exit_code == 1
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    # An example from each side, so the user sees the suffix.
+    assert "'A.mhd'" in res.stderr and "'A'" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_froc_annotations_matching_no_listed_scan_is_an_error(run_cli, luna):
+    luna["seriesuids"].write_text("X\nY\n")
+    luna["predictions"].write_text("seriesuid,coordX,coordY,coordZ,probability\n")
+    res = run_cli(*_froc_args(luna, "--bootstrap", "0"))
+    assert res.exit_code == 1
+    assert "no identifier of the annotations matches" in res.stderr
+
+
+def test_froc_without_list_warns_about_unannotated_scans(run_cli, luna):
+    res = run_cli(
+        "eval", "froc", "--annotations", luna["annotations"], "--predictions",
+        luna["predictions"], "--json", "--bootstrap", "0",
+    )  # fmt: skip
+    assert res.exit_code == 0
+    # Predicted scans A, B; annotated A, D: B has no annotation.
+    assert "warning: 1 of 2 scans of the predictions have no annotation" in res.stderr
+
+
+def test_froc_seriesuids_from_split_json(run_cli, luna, tmp_path):
+    split = tmp_path / "model" / "split.json"
+    split.parent.mkdir()
+    split.write_text(json.dumps({"train": ["E", "F"], "val": ["A", "B", "C", "D"]}))
+    by_csv = run_cli(*_froc_args(luna, "--json", "--bootstrap", "0"))
+    args = [a if a != luna["seriesuids"] else f"{split}:val" for a in _froc_args(luna)]
+    by_split = run_cli(*args, "--json", "--bootstrap", "0")
+    assert by_split.exit_code == 0, by_split.stderr
+    assert json.loads(by_split.stdout) == json.loads(by_csv.stdout)
+    # No part named: the error lists the parts and the fix.
+    args = [a if a != luna["seriesuids"] else split for a in _froc_args(luna)]
+    res = run_cli(*args, "--bootstrap", "0")
+    assert res.exit_code == 1
+    assert "parts: train, val" in res.stderr and f"{split}:val" in res.stderr
+
+
+def test_froc_out_is_a_folder_not_a_json_file(run_cli, luna, tmp_path):
+    res = run_cli(*_froc_args(luna, "--bootstrap", "0", "--out", tmp_path / "results.json"))
+    assert res.exit_code == 1
+    assert "--out is a folder" in res.stderr and "froc.json" in res.stderr
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_froc_out_existing_file_is_one_line(run_cli, luna, tmp_path):
+    existing = tmp_path / "results"
+    existing.write_text("keep me")
+    res = run_cli(*_froc_args(luna, "--bootstrap", "0", "--out", existing))
+    assert res.exit_code == 1
+    assert res.stderr.count("\n") == 1 and "this is a file" in res.stderr
+    assert existing.read_text() == "keep me"
+
+
+def test_froc_failure_leaves_no_output_folder(run_cli, luna, tmp_path):
+    luna["predictions"].write_text("seriesuid,coordX,coordY,coordZ\nA,0,0,0\n")
+    res = run_cli(*_froc_args(luna, "--out", tmp_path / "froc_out"))
+    assert res.exit_code == 1
+    assert not (tmp_path / "froc_out").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_froc_out_keeps_other_files_in_an_existing_folder(run_cli, luna, tmp_path):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    res = run_cli(*_froc_args(luna, "--bootstrap", "0", "--out", out))
+    assert res.exit_code == 0, res.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "froc.csv", "froc.json", "froc.png", "notes.txt",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("extra", [("--max-marks", "-1"), ("--bootstrap", "-5")])
+def test_froc_wrong_values_are_usage_errors(run_cli, luna, extra):
+    res = run_cli(*_froc_args(luna, *extra))
+    assert res.exit_code == 2
+    assert res.stderr.startswith("error:") and res.stderr.count("\n") == 1
+
+
+def test_auc_confidence_out_of_range_is_a_usage_error(run_cli, roc):
+    res = run_cli(
+        "eval", "auc", "--labels", roc["labels"], "--scores", roc["scores"], "--confidence", "1.5"
+    )
+    assert res.exit_code == 2
+    assert "--confidence" in res.stderr
+
+
+def test_auc_partial_overlap_warns_and_uses_the_common_ids(run_cli, roc):
+    # c6 (positive, .9) has no score and c9 has no label. On c1..c5, positives .35 .7 vs
+    # negatives .1 .4 .8: .35 beats 1, .7 beats 2 of 3 -> AUC 3/6 (hand).
+    roc["scores"].write_text(SCORES.replace("c6,0.9\n", "c9,0.5\n"))
+    res = run_cli("eval", "auc", "--labels", roc["labels"], "--scores", roc["scores"], "--json")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["auc"] == pytest.approx(0.5)
+    warnings = [line for line in res.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2
+    assert "1 of 6 identifiers of the scores" in warnings[0]
+    assert "1 of 6 identifiers of the labels" in warnings[1]

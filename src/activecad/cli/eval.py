@@ -8,6 +8,7 @@ plain arrays to :mod:`activecad.metrics`.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from activecad.cli._common import atomic_output, output_folder, usage_error, warn
 from activecad.errors import InputError
+from activecad.identifiers import check_overlap
 from activecad.io.tables import read_table
 from activecad.metrics import (
     FrocBootstrap,
@@ -30,6 +33,7 @@ from activecad.metrics import (
 )
 
 _WORLD = ["coordX", "coordY", "coordZ"]
+logger = logging.getLogger("activecad")
 
 eval_app = typer.Typer(
     help="Evaluate detections (FROC/CPM, LUNA16 rules) and scores (ROC/AUC, DeLong).",
@@ -57,8 +61,63 @@ def _check_finite_column(df: pd.DataFrame, column: str, path: Path) -> np.ndarra
     return values
 
 
+def _read_split(path: Path, key: str | None) -> np.ndarray:
+    """The series of one part of a ``split.json`` (written by ``train detector``)."""
+    if not path.is_file():
+        raise InputError("no such file", path=path, fix="Check the path")
+    try:
+        split = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(
+            f"not readable JSON ({exc})", path=path, fix="Pass the split.json of a model folder"
+        ) from exc
+    if isinstance(split, list):
+        if key is not None:
+            raise InputError(
+                f"the file holds one list, not parts such as '{key}'",
+                path=path,
+                fix=f"Pass --seriesuids {path} without ':{key}'",
+            )
+        uids = split
+    elif isinstance(split, dict):
+        parts = [k for k, v in split.items() if isinstance(v, list)]
+        if key is None or key not in parts:
+            what = "name the part to evaluate" if key is None else f"it has no part '{key}'"
+            raise InputError(
+                f"{what} (parts: {', '.join(parts) or 'none'})",
+                path=path,
+                fix=f"Pass e.g. --seriesuids {path}:{parts[-1] if parts else 'val'}",
+            )
+        uids = split[key]
+    else:
+        raise InputError(
+            "expected a JSON object of lists", path=path, fix="Pass a model folder's split.json"
+        )
+    uids = [str(u).strip() for u in uids]
+    if not uids:
+        raise InputError(
+            f"the part '{key}' lists no series" if key else "the file lists no series",
+            path=path,
+            fix="Pick a part that holds the held-out scans (val or test)",
+        )
+    if len(set(uids)) != len(uids):
+        raise InputError("a series is listed more than once", path=path, fix="List each once")
+    return np.asarray(uids, dtype=str)
+
+
 def _read_seriesuids(path: Path) -> np.ndarray:
-    """Read a LUNA16 ``seriesuids.csv``: one UID per line, with or without a header."""
+    """Read the scans to evaluate.
+
+    Either a LUNA16 ``seriesuids.csv`` (one UID per line, with or without a header), or
+    ``split.json:KEY``, one part (``train``, ``val``, ``test``) of the ``split.json`` that
+    ``activecad train detector`` writes into the model folder, or a JSON list of UIDs.
+    """
+    text = str(path)
+    name, sep, key = text.rpartition(":")
+    if sep and name.lower().endswith(".json") and "/" not in key and "\\" not in key:
+        return _read_split(Path(name), key or None)
+    if path.suffix.lower() == ".json":
+        return _read_split(path, None)
     if not path.is_file():
         raise InputError("no such file", path=path, fix="Check the path")
     try:
@@ -86,15 +145,58 @@ def _read_seriesuids(path: Path) -> np.ndarray:
     return uids.to_numpy(dtype=str)
 
 
-def _warn_outside(what: str, ids: np.ndarray, scans: np.ndarray, list_path: Path) -> None:
-    outside = ~np.isin(ids, scans)
-    if outside.any():
-        n_scans = len(np.unique(ids[outside]))
-        _err.print(
-            f"[yellow]warning:[/] {int(outside.sum())} {what} in {n_scans} scan(s) not listed "
-            f"in {list_path} are ignored (the LUNA16 script evaluates only listed scans).",
-            highlight=False,
-            soft_wrap=True,
+def _check_froc_ids(
+    mark_ids: np.ndarray,
+    gt_ids: np.ndarray,
+    scans: np.ndarray | None,
+    *,
+    predictions: Path,
+    annotations: Path,
+    seriesuids: Path | None,
+) -> None:
+    """Predictions, annotations and the list of scans must name the same series.
+
+    Zero overlap is an error (a ``.mhd`` suffix left on the predictions' seriesuids used to
+    give CPM 0 over twice the scans). Predictions outside the list are a warning (the
+    LUNA16 script ignores them). Annotations outside the list are normal (annotations.csv
+    covers the whole data set, the list one part of it) and only logged.
+    """
+    if scans is not None:
+        listed = f"the scans listed in {seriesuids}"
+        check_overlap(
+            mark_ids, scans, ours_name="the predictions", theirs_name=listed, path=predictions
+        )
+        gt_set, scan_set = set(gt_ids), set(scans)
+        if gt_set and not gt_set & scan_set:
+            check_overlap(
+                gt_ids, scans, ours_name="the annotations", theirs_name=listed, path=annotations
+            )
+        outside = gt_set - scan_set
+        if outside:
+            logger.info(
+                "%d of %d annotated scans are not in %s and are not evaluated",
+                len(outside),
+                len(gt_set),
+                listed,
+            )
+        return
+    mark_set, gt_set = set(mark_ids), set(gt_ids)
+    if mark_set and gt_set and not mark_set & gt_set:
+        check_overlap(
+            mark_set,
+            gt_set,
+            ours_name="the predictions",
+            theirs_name=f"the annotations ({annotations})",
+            path=predictions,
+        )
+    unannotated = mark_set - gt_set
+    if unannotated:
+        warn(
+            "%d of %d scans of the predictions have no annotation and count as scans without "
+            "nodules (e.g. %r); pass --seriesuids to name the scans to evaluate",
+            len(unannotated),
+            len(mark_set),
+            min(unannotated),
         )
 
 
@@ -110,25 +212,35 @@ def froc(
         help="Scans to evaluate, one seriesuid per line; default: every UID in the "
         "annotations and predictions.",
     ),
-    max_marks: int = typer.Option(100, help="Marks kept per scan (0: no cap)."),
-    bootstrap: int = typer.Option(1000, help="Bootstrap resamples of the scans (0: none)."),
+    max_marks: int = typer.Option(100, min=0, help="Marks kept per scan (0: no cap)."),
+    bootstrap: int = typer.Option(1000, min=0, help="Bootstrap resamples of the scans (0: none)."),
     seed: int = typer.Option(0, help="Seed of the bootstrap."),
-    out: Path | None = typer.Option(None, help="Write froc.json, froc.csv and froc.png here."),
+    out: Path | None = typer.Option(
+        None, help="Folder to write froc.json, froc.csv and froc.png into."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """FROC and CPM counted exactly as the LUNA16 evaluation script counts them."""
-    if max_marks < 0:
-        raise InputError(f"--max-marks must be 0 or more, got {max_marks}")
-    if bootstrap < 0:
-        raise InputError(f"--bootstrap must be 0 or more, got {bootstrap}")
+    """FROC and CPM counted exactly as the LUNA16 evaluation script counts them.
+
+    Identifiers must match: predictions, annotations and --seriesuids that share no series
+    are an error (a '.mhd' suffix left on a seriesuid, the wrong file); a partial overlap is
+    a warning with counts, and only the listed (or, without a list, the seen) scans count.
+    """
+    if out is not None:
+        out = output_folder(out, writes="froc.json, froc.csv and froc.png")
     gt = read_table(annotations, "annotations")
     marks = read_table(predictions, "submission")
     exc = read_table(excluded, "excluded") if excluded is not None else None
     probs = _check_finite_column(marks, "probability", predictions)
     scans = _read_seriesuids(seriesuids) if seriesuids is not None else None
-    if scans is not None and seriesuids is not None:
-        _warn_outside("prediction(s)", marks["seriesuid"].to_numpy(str), scans, seriesuids)
-        _warn_outside("annotation(s)", gt["seriesuid"].to_numpy(str), scans, seriesuids)
+    _check_froc_ids(
+        marks["seriesuid"].to_numpy(str),
+        gt["seriesuid"].to_numpy(str),
+        scans,
+        predictions=predictions,
+        annotations=annotations,
+        seriesuids=seriesuids,
+    )
     match = match_luna16(
         marks["seriesuid"].to_numpy(str),
         marks[_WORLD].to_numpy(np.float64),
@@ -152,7 +264,8 @@ def froc(
         match, n_bootstrap=bootstrap, seed=seed, progress=not as_json
     )
     if out is not None:
-        _write_froc(out, summary, curve, boot)
+        with atomic_output(out, folder=True) as tmp:
+            _write_froc(tmp, summary, curve, boot)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
     else:
@@ -180,7 +293,6 @@ def _print_froc(summary: dict) -> None:
 def _write_froc(
     out: Path, summary: dict, curve: tuple[np.ndarray, ...], boot: FrocBootstrap | None
 ) -> None:
-    out.mkdir(parents=True, exist_ok=True)
     (out / "froc.json").write_text(json.dumps(summary, indent=2) + "\n")
     fps, sens, thresholds = curve
     pd.DataFrame({"fps_per_scan": fps, "sensitivity": sens, "threshold": thresholds}).to_csv(
@@ -266,28 +378,17 @@ def _read_id_table(path: Path, column: str) -> pd.DataFrame:
     return pd.DataFrame({"id": df["id"].astype(str), column: numbers.astype(np.float64)})
 
 
-def _aligned_scores(labels: pd.DataFrame, path: Path, labels_path: Path) -> np.ndarray:
+def _scores_by_id(path: Path) -> pd.Series:
     scores = _read_id_table(path, "score")
-    missing = ~labels["id"].isin(scores["id"])
-    extra = ~scores["id"].isin(labels["id"])
-    if missing.any() or extra.any():
-        parts = []
-        if missing.any():
-            parts.append(
-                f"{int(missing.sum())} id(s) of {labels_path} have no score "
-                f"(e.g. {labels['id'][missing].iloc[0]!r})"
-            )
-        if extra.any():
-            parts.append(
-                f"{int(extra.sum())} scored id(s) have no label "
-                f"(e.g. {scores['id'][extra].iloc[0]!r})"
-            )
-        raise InputError(
-            "ids differ between labels and scores: " + "; ".join(parts),
-            path=path,
-            fix="Score exactly the labelled cases",
+    return scores.set_index("id")["score"]
+
+
+def _check_confidence(value: float) -> float:
+    if not 0 < value < 1:
+        raise usage_error(
+            f"must lie strictly between 0 and 1, got {value:g}", option="--confidence"
         )
-    return scores.set_index("id").loc[labels["id"], "score"].to_numpy(np.float64)
+    return value
 
 
 @eval_app.command("auc")
@@ -300,28 +401,49 @@ def auc(
     threshold: float | None = typer.Option(
         None, help="Operating threshold (score >= threshold is positive); default Youden's."
     ),
-    confidence: float = typer.Option(0.95, help="Level of the intervals."),
-    out: Path | None = typer.Option(None, help="Write roc.png and auc.json here."),
+    confidence: float = typer.Option(
+        0.95, callback=_check_confidence, help="Level of the intervals (between 0 and 1)."
+    ),
+    out: Path | None = typer.Option(None, help="Folder to write auc.json and roc.png into."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """ROC AUC with DeLong's interval, an operating point, and an optional DeLong test."""
-    if not 0 < confidence < 1:
-        raise InputError(f"--confidence must lie between 0 and 1, got {confidence}")
+    """ROC AUC with DeLong's interval, an operating point, and an optional DeLong test.
+
+    Cases are joined by id: ids of --labels and --scores (and --compare) that share none are
+    an error; a partial overlap is a warning with counts, and only the common ids count.
+    """
+    if out is not None:
+        out = output_folder(out, writes="auc.json and roc.png")
     lab = _read_id_table(labels, "label")
+    score_tables = [(scores, _scores_by_id(scores))]
+    if compare is not None:
+        score_tables.append((compare, _scores_by_id(compare)))
+    common = set(lab["id"])
+    for path, table in score_tables:
+        common &= check_overlap(
+            table.index, lab["id"], ours_name=f"the scores ({path})",
+            theirs_name=f"the labels ({labels})", path=path,
+        )  # fmt: skip
+        check_overlap(
+            lab["id"], table.index, ours_name=f"the labels ({labels})",
+            theirs_name=f"the scores ({path})", path=labels,
+        )  # fmt: skip
+    lab = lab[lab["id"].isin(common)].reset_index(drop=True)
     y = lab["label"].to_numpy()
     if not np.all((y == 0) | (y == 1)):
         first = int(np.flatnonzero((y != 0) & (y != 1))[0])
         raise InputError(
-            f"column 'label' holds {y[first]:g} at line {first + 2}",
+            f"column 'label' holds {y[first]:g} (id {lab['id'].iloc[first]!r})",
             path=labels,
             fix="Use 1 for positive and 0 for negative",
         )
     if y.min() == y.max():
         raise InputError(
-            f"every label is {int(y[0])}; ROC analysis needs positives and negatives",
+            f"every scored label is {int(y[0])}; ROC analysis needs positives and negatives",
             path=labels,
+            fix="Label (and score) cases of both kinds",
         )
-    s = _aligned_scores(lab, scores, labels)
+    s = score_tables[0][1].loc[lab["id"]].to_numpy(np.float64)
     ci = delong_interval(y, s, confidence)
     if threshold is None:
         thr, sens, spec = youden_threshold(y, s)
@@ -338,7 +460,7 @@ def auc(
     }
     s2 = None
     if compare is not None:
-        s2 = _aligned_scores(lab, compare, labels)
+        s2 = score_tables[1][1].loc[lab["id"]].to_numpy(np.float64)
         ci2 = delong_interval(y, s2, confidence)
         test = delong_test(y, s, s2)
         result["comparison"] = {
@@ -347,7 +469,8 @@ def auc(
             "p_value": test.p_value,
         }
     if out is not None:
-        _write_auc(out, result, y, s, s2)
+        with atomic_output(out, folder=True) as tmp:
+            _write_auc(tmp, result, y, s, s2)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
@@ -378,7 +501,6 @@ def _print_auc(result: dict, confidence: float) -> None:
 def _write_auc(
     out: Path, result: dict, y: np.ndarray, s: np.ndarray, s2: np.ndarray | None
 ) -> None:
-    out.mkdir(parents=True, exist_ok=True)
     (out / "auc.json").write_text(json.dumps(result, indent=2) + "\n")
     from matplotlib.figure import Figure
 

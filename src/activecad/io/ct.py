@@ -321,6 +321,20 @@ def _rank_series(headers: dict[str, list[tuple[_SliceHeader, Dataset]]]) -> list
 def _read_dicom_folder(folder: Path, *, series: str | None, progress: bool) -> Scan:
     headers = _collect_headers(folder, progress=progress)
     if not headers:
+        volumes = sorted(
+            p.name
+            for p in folder.iterdir()
+            if p.is_file() and p.name.lower().endswith((".mhd", ".mha", ".nii", ".nii.gz"))
+        )
+        if volumes:
+            # e.g. `activecad detect data/ct/` on LUNA16's folder of .mhd scans.
+            raise InputError(
+                f"this folder holds {len(volumes)} scan file(s) such as {volumes[0]}, "
+                "not the DICOM slices of one series",
+                path=folder,
+                fix=f"Pass the files themselves, e.g. {folder / volumes[0]} "
+                f"(or {folder}/*{_suffix(Path(volumes[0]))} for all)",
+            )
         raise InputError(
             "no DICOM image files found in this folder",
             path=folder,

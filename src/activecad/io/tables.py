@@ -369,8 +369,14 @@ def read_table(path: str | Path, kind: str) -> pd.DataFrame:
         raise InputError("expected a CSV file, got a folder", path=path)
     try:
         # Ids as text: LUNA16 UIDs would lose digits as floats, patient ids their zeros.
+        # Only an empty cell is missing: a literal "nan" or "NA" is a value, and a wrong one
+        # in a numeric column is reported as such (not as "empty").
         df = pd.read_csv(
-            path, dtype={c: str for c in (*schema.text, *schema.lists)}, skipinitialspace=True
+            path,
+            dtype={c: str for c in (*schema.text, *schema.lists)},
+            skipinitialspace=True,
+            keep_default_na=False,
+            na_values=[""],
         )
     except pd.errors.EmptyDataError as exc:
         raise InputError(
