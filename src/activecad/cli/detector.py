@@ -1,4 +1,4 @@
-"""``activecad train detector`` and ``activecad detect``: the 3D nodule detector.
+"""``activecad train detector``: train the 3D nodule detector (``detect`` is in cli/detect.py).
 
 ``train`` is a sub-app so that later models (``fpr``, ``meld``, ``cxr``) add their own
 ``activecad train NAME`` commands beside ``detector``.
@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from activecad.errors import InputError
 
@@ -65,43 +64,6 @@ def train_detector_command(
         typer.echo(f"model written to {result.model_dir} ({result.epochs_done} epochs)")
 
 
-def detect_command(
-    scans: list[Path] = typer.Argument(..., help="CT scans (.mhd, .nii.gz, DICOM folder)."),
-    model: Path = typer.Option(..., "--model", help="Model folder from 'train detector'."),
-    out: Path = typer.Option(
-        ..., "--out", help="Detections CSV (LUNA16 submission + diameter_mm)."
-    ),
-    uncertainty: Path | None = typer.Option(
-        None, "--uncertainty", help="CSV of l_scan and L_roi per scan."
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print a summary as JSON."),
-) -> None:
-    """Detect nodules in CT scans with a trained detector."""
-    from activecad.io.tables import write_table
-    from activecad.models.detector3d import detect_files, load_bundle
-
-    detector = load_bundle(model)
-    detections, uncertainties = detect_files(detector, scans, progress=not as_json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_table(detections, out, "submission")
-    if uncertainty is not None:
-        uncertainty.parent.mkdir(parents=True, exist_ok=True)
-        uncertainties.to_csv(uncertainty, index=False)
-    if as_json:
-        typer.echo(
-            json.dumps(
-                {
-                    "detections": len(detections),
-                    "scans": uncertainties.to_dict(orient="records"),
-                    "out": str(out),
-                }
-            )
-        )
-    else:
-        Console(stderr=True).print(f"{len(detections)} detections in {len(scans)} scans -> {out}")
-
-
 def register(app: typer.Typer) -> None:
-    """Add ``train`` (with ``detector``) and ``detect`` to ``app``."""
+    """Add ``train`` (with ``detector``) to ``app``."""
     app.add_typer(train_app, name="train")
-    app.command("detect")(detect_command)

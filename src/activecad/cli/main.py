@@ -15,17 +15,19 @@ Commands register themselves with one line each, at the bottom (``X.register(app
 
 from __future__ import annotations
 
+import inspect
 import sys
 import traceback
 from collections.abc import Sequence
 from typing import Any
 
 import typer
+from typer import rich_utils
 from typer._click import exceptions as click_exceptions
 from typer.core import TyperArgument, TyperGroup, TyperOption
 
 import activecad
-from activecad.cli import demo, detector, eval, info, phantom
+from activecad.cli import demo, detect, detector, eval, info, phantom
 from activecad.cli._common import setup_logging
 from activecad.errors import ActivecadError
 
@@ -141,6 +143,26 @@ def _option_type(self: TyperOption, ctx: Any) -> str | None:
     return shown.upper() + ("..." if self.nargs != 1 else "")
 
 
+def _unwrap(paragraph: str) -> str:
+    # Docstrings wrap at 100 columns; the terminal wraps again. Keep `\b` blocks verbatim.
+    return paragraph if paragraph.startswith("\b") else " ".join(paragraph.split())
+
+
+_typer_command_help = rich_utils._make_command_help
+
+
+def _command_help(*, help_text: str, markup_mode: Any) -> Any:
+    first = inspect.cleandoc(help_text).split("\n\n")[0]
+    return _typer_command_help(help_text=_unwrap(first), markup_mode=markup_mode)
+
+
+def _paragraphs(paragraphs: list[str], markup_mode: Any) -> str:
+    return "\n\n".join(_unwrap(p) for p in paragraphs)
+
+
+# typer 0.29's rich help keeps a docstring's single line breaks ("lesions and" / "radiographs").
+rich_utils._make_command_help = _command_help
+rich_utils._fix_linebreaks = _paragraphs
 TyperArgument._usage_display_name = _argument_usage  # type: ignore[method-assign]
 TyperArgument._rich_display_name = _argument_name  # type: ignore[method-assign]
 TyperArgument.display_type_rich = _argument_type  # type: ignore[method-assign]
@@ -181,6 +203,7 @@ info.register(app)
 phantom.register(app)
 eval.register(app)
 detector.register(app)
+detect.register(app)
 demo.register(app)
 
 
