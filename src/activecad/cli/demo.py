@@ -65,7 +65,7 @@ def demo_command(
 
 
 def _run_demo(size: DemoSize, out: Path, seed: int, console: Console) -> dict[str, object]:
-    from activecad.cli.detector import detect_command
+    from activecad.cli.detect import detect_command
     from activecad.cli.eval import froc
     from activecad.cli.info import scan_info
     from activecad.io import read_scan
