@@ -143,17 +143,17 @@ def test_small_nodules_missed_more_often_than_large() -> None:
 def test_consensus_follows_luna16_rule() -> None:
     # Hand-made marks: n0 by 3 readers (kept), n1 by 2 (excluded), n2 by 4 but 2.5 mm mean.
     rows = [
-        ("s", "n0", 10.0),
-        ("s", "n0", 12.0),
-        ("s", "n0", 14.0),
-        ("s", "n1", 8.0),
-        ("s", "n1", 8.0),
-        ("s", "n2", 2.0),
-        ("s", "n2", 3.0),
-        ("s", "n2", 2.0),
-        ("s", "n2", 3.0),
+        ("s", "n0", "r1", 10.0),
+        ("s", "n0", "r2", 12.0),
+        ("s", "n0", "r3", 14.0),
+        ("s", "n1", "r1", 8.0),
+        ("s", "n1", "r2", 8.0),
+        ("s", "n2", "r1", 2.0),
+        ("s", "n2", "r2", 3.0),
+        ("s", "n2", "r3", 2.0),
+        ("s", "n2", "r4", 3.0),
     ]
-    df = pd.DataFrame(rows, columns=["seriesuid", "nodule_id", "diameter_mm"])
+    df = pd.DataFrame(rows, columns=["seriesuid", "nodule_id", "reader", "diameter_mm"])
     df["coordX"] = df["coordY"] = df["coordZ"] = 0.0
     ann, exc = consensus(df)
     assert ann["nodule_id"].tolist() == ["n0"]
@@ -208,7 +208,7 @@ def test_cli_writes_cohort_and_rejects_bad_format(run_cli, tmp_path: Path) -> No
     previews = {p.name.rsplit("_", 1)[1] for p in (tmp_path / "c" / "preview").iterdir()}
     assert previews == {"axial.png", "coronal.png", "radiograph.png"}
     bad = run_cli("phantom", tmp_path / "d", "--patients", "1", "--formats", "png")
-    assert bad.exit_code == 1
+    assert bad.exit_code == 2  # a wrong option value is a usage error
     assert "format" in bad.stderr
 
 

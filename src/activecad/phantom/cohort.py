@@ -21,9 +21,11 @@ from rich.progress import Progress
 from scipy import ndimage
 
 import activecad
+from activecad.consensus import SeriesGeometry, readers_table, select_luna16
 from activecad.errors import InputError
 from activecad.io.ct import make_uid, write_dicom_series, write_scan
 from activecad.io.geometry import world_to_voxel
+from activecad.io.lidc import RATINGS, LidcMark, LidcRoi, LidcScan, write_lidc_xml
 from activecad.io.radiograph import write_png
 from activecad.io.scan import Scan
 from activecad.io.tables import write_table
@@ -61,6 +63,7 @@ FORMATS = ("mhd", "dicom", "nifti")
 REPORT_MISS_SMALL = 0.5  # report-mined labels miss half of visible nodules under 8 mm
 LABEL_NOISE = 0.05  # share of report-mined radiograph labels that are simply wrong
 PARTIAL_LABEL_RATE = 0.5  # share of lesions a DeepLesion-style key-slice label marks
+OUTLINE_POINTS = 32  # points of a simulated reader's outline (polygon area 0.6 % short)
 
 
 @dataclass
@@ -73,11 +76,14 @@ class StudyCase:
         acquisition: how it was scanned; ``grid`` the identity-direction drawing grid.
         labels: (Z, Y, X) tissue labels on the drawing grid (not the stored array).
         nodules: truth, one row per nodule (world mm).
-        readers: one row per reader mark (world mm, LIDC ratings).
+        readers: one row per reader mark (world mm, LIDC ratings), clustered into nodules
+            by :func:`activecad.consensus.readers_table` (``reader_mark_id`` is the true
+            nodule the reader marked).
         candidates: LUNA16-style candidates (world mm, class).
         lesions: every lesion, nodules included, with DeepLesion key-slice columns.
         radiograph: the projected chest radiograph and its labels.
         cxr_id: identifier of the radiograph.
+        lidc: the readers' marks as LIDC outlines (pixels of ``scan``), written as XML.
     """
 
     patient_id: str
@@ -94,6 +100,7 @@ class StudyCase:
     lesions: pd.DataFrame
     radiograph: Radiograph2D
     cxr_id: str
+    lidc: LidcScan
 
 
 @dataclass
@@ -269,7 +276,8 @@ def _generate_study(
         meta={"scanner": acq.scanner.name, "dose": acq.dose, "noise_sd": acq.noise_sd},
     )
     nodules = _nodule_table(patient, study, center, seriesuid)
-    readers = _reader_table(patient, study, center, seriesuid, rng)
+    lidc, geometry = _reader_marks(patient, study, center, scan, rng)
+    readers = readers_table(lidc, geometry)
     candidates = _candidate_table(patient, study, center, seriesuid, readers, rng, spec)
     lesions = _lesion_table(patient, study, center, scan)
     return StudyCase(
@@ -287,6 +295,7 @@ def _generate_study(
         lesions=lesions,
         radiograph=radiograph,
         cxr_id=f"{patient.patient_id}-S{study + 1}-PA",
+        lidc=lidc,
     )
 
 
@@ -329,45 +338,89 @@ def _nodule_table(patient: PatientCase, study: int, center: np.ndarray, uid: str
     return pd.DataFrame(rows, columns=cols)
 
 
-def _reader_table(
-    patient: PatientCase, study: int, center: np.ndarray, uid: str, rng: np.random.Generator
-) -> pd.DataFrame:
+def _outline(centre: np.ndarray, diameter: float, geometry: SeriesGeometry) -> tuple[LidcRoi, ...]:
+    """A reader's outline of a sphere: one circle per slice it crosses (pixel column/row).
+
+    Slices cut the sphere of ``diameter`` (world mm) centred at ``centre`` (world mm, x-y-z);
+    when none does (a small sphere between thick slices) the nearest slice gets the circle
+    of the sphere's own radius, as a reader outlines it where it shows best.
+    """
+    slice_z = np.asarray(geometry.slice_z, dtype=np.float64)  # from_scan always fills it
+    radius = diameter / 2.0
+    gaps = slice_z - centre[2]
+    crossing = np.flatnonzero(np.abs(gaps) < radius)
+    if len(crossing) == 0:
+        crossing = np.array([int(np.argmin(np.abs(gaps)))])
+    angles = np.linspace(0.0, 2.0 * np.pi, OUTLINE_POINTS, endpoint=False)
+    circle = np.column_stack([np.cos(angles), np.sin(angles)])
+    rois = []
+    for k in crossing:
+        rho = np.sqrt(max(radius**2 - gaps[k] ** 2, 0.0)) or radius
+        world = centre[:2] + rho * circle
+        pixels = np.round(geometry.world_xy_to_pixels(world), 2)
+        rois.append(LidcRoi(float(slice_z[k]), pixels))
+    return tuple(rois)
+
+
+def _reader_marks(
+    patient: PatientCase,
+    study: int,
+    center: np.ndarray,
+    scan: Scan,
+    rng: np.random.Generator,
+) -> tuple[LidcScan, SeriesGeometry]:
+    """The readers' marks of one study as LIDC marks (outlines in the scan's pixels)."""
     marks = read_nodules(patient.nodules, rng, study=study)
     by_id = {n.nodule_id: n for n in patient.nodules}
     # A reader's centre is the true centre give or take a millimetre (contour centroids).
     pos = np.array([by_id[i].center + center for i in marks["nodule_id"]]).reshape(-1, 3)
     pos = pos + rng.normal(0.0, 0.6, pos.shape)
-    marks.insert(0, "seriesuid", uid)
-    marks["nodule_id"] = [f"n{i}" for i in marks["nodule_id"]]
-    marks["reader"] = [f"reader{r + 1}" for r in marks["reader"]]
-    for k, c in enumerate(("coordX", "coordY", "coordZ")):
-        marks.insert(3 + k, c, np.round(pos[:, k], 3) if len(pos) else [])
-    return marks
+    geometry = SeriesGeometry.from_scan(scan)
+    slice_z = np.asarray(geometry.slice_z, dtype=np.float64)
+    lidc_marks = []
+    for row, centre in zip(marks.itertuples(index=False), pos, strict=True):
+        if row.mark == "small":
+            k = int(np.argmin(np.abs(slice_z - centre[2])))
+            point = np.round(geometry.world_xy_to_pixels(centre[None, :2]), 2)
+            rois: tuple[LidcRoi, ...] = (LidcRoi(float(slice_z[k]), point),)
+            ratings = {}
+        else:
+            rois = _outline(centre, float(row.diameter_mm), geometry)
+            ratings = {key: int(getattr(row, key)) for key in RATINGS}
+        lidc_marks.append(
+            LidcMark(f"reader{row.reader + 1}", f"n{row.nodule_id}", row.mark, rois, ratings)
+        )
+    study_uid = make_uid(f"activecad-phantom-study:{scan.seriesuid}")
+    lidc = LidcScan(
+        seriesuid=scan.seriesuid,
+        marks=lidc_marks,
+        study_uid=study_uid,
+        patient_id=scan.patient_id,
+        pixel_spacing=float(scan.spacing[0]),
+        slice_thickness=float(scan.spacing[2]),
+        slice_z=geometry.slice_z,
+    )
+    return lidc, geometry
 
 
 def consensus(readers: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split reader marks into LUNA16 annotations and excluded findings.
+    """Split clustered reader marks into LUNA16 annotations and excluded findings.
 
-    A nodule is annotated when at least 3 of the 4 readers marked it and the mean of their
-    diameters is at least 3 mm (the LUNA16 rule); every other marked nodule is excluded.
+    The shared rule of :func:`activecad.consensus.select_luna16` (>= 3 readers outlined
+    it, mean diameter >= 3 mm); every phantom series is thin and evenly spaced, so none
+    is left out.
 
     Args:
-        readers: one row per mark (``seriesuid, nodule_id, coord*, diameter_mm``).
+        readers: one row per mark (``seriesuid, nodule_id, reader, coord*, diameter_mm``;
+            ``mark`` and ``malignancy`` when known).
 
     Returns:
         (annotations, excluded): ``seriesuid, coordX, coordY, coordZ, diameter_mm`` plus
-        ``nodule_id`` and ``readers`` (how many marked it); world mm.
+        ``nodule_id``, ``readers`` (how many outlined it) and ``malignancy`` (mean); world mm.
     """
-    cols = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm", "nodule_id", "readers"]
-    if readers.empty:
-        empty = pd.DataFrame(columns=cols)
-        return empty, empty.copy()
-    grouped = readers.groupby(["seriesuid", "nodule_id"], sort=False)
-    table = grouped[["coordX", "coordY", "coordZ", "diameter_mm"]].mean().round(3)
-    table["readers"] = grouped.size()
-    table = table.reset_index()[cols]
-    keep = (table["readers"] >= 3) & (table["diameter_mm"] >= 3.0)
-    return table[keep].reset_index(drop=True), table[~keep].reset_index(drop=True)
+    series = pd.DataFrame({"seriesuid": readers["seriesuid"].unique(), "luna16": True})
+    _, annotations, excluded = select_luna16(readers, series)
+    return annotations, excluded
 
 
 def _candidate_table(
@@ -564,7 +617,7 @@ def _check_args(out_dir: Path, patients: int, seed: int, formats: Sequence[str])
 
 def _clear_previous(out_dir: Path) -> None:
     """Remove what an earlier cohort wrote here, so no stale file survives."""
-    for name in ("ct", "ct_dicom", "ct_nifti", "cxr", "preview"):
+    for name in ("ct", "ct_dicom", "ct_nifti", "cxr", "preview", "lidc_xml"):
         shutil.rmtree(out_dir / name, ignore_errors=True)
     for f in out_dir.glob("*.csv"):
         f.unlink()
@@ -579,6 +632,7 @@ def _write_study(out_dir: Path, case: StudyCase, formats: tuple[str, ...]) -> No
         write_scan(case.scan, out_dir / "ct_nifti" / f"{uid}.nii.gz")
     if "dicom" in formats:
         write_dicom_series(case.scan, out_dir / "ct_dicom" / uid)
+    write_lidc_xml(case.lidc, out_dir / "lidc_xml" / f"{uid}.xml")
     cxr = case.radiograph
     write_png(cxr.image, out_dir / "cxr" / "images" / f"{case.cxr_id}.png", bits=16)
     write_png(cxr.mask, out_dir / "cxr" / "masks" / f"{case.cxr_id}.png", bits=8)
@@ -678,7 +732,8 @@ def generate_cohort(
 
     Layout: ``manifest.json``, ``ct/<seriesuid>.mhd`` (+ ``.raw``; ``ct_dicom/<seriesuid>/``
     and ``ct_nifti/<seriesuid>.nii.gz`` when asked), ``annotations.csv``,
-    ``annotations_excluded.csv``, ``candidates.csv``, ``readers.csv``, ``patients.csv``,
+    ``annotations_excluded.csv``, ``candidates.csv``, ``readers.csv`` (and the same marks
+    as LIDC-IDRI XML, ``lidc_xml/<seriesuid>.xml``), ``patients.csv``,
     ``lesions.csv`` (partial key-slice labels), ``lesions_full.csv`` (full truth),
     ``cxr/images|masks|lungs/<id>.png``, ``cxr/boxes.csv``, ``cxr/labels.csv``; with
     ``preview`` also ``preview/*.png``.

@@ -15,6 +15,19 @@ import pandas as pd
 from activecad.phantom.nodules import Nodule
 
 N_READERS = 4
+# LIDC readers outline nodules >= 3 mm and mark smaller ones with a point, unrated.
+SMALL_NODULE_MM = 3.0
+_RATING_KEYS = (
+    "malignancy",
+    "subtlety",
+    "calcification",
+    "sphericity",
+    "margin",
+    "lobulation",
+    "spiculation",
+    "texture",
+    "internal_structure",
+)
 P_MARK_CONSPICUOUS = 0.89
 P_MARK_DOUBTFUL = 0.19
 # Fit to readers_marking_by_diameter, lidc_stats.json (bin centres in mm, log scale).
@@ -48,8 +61,10 @@ def read_nodules(
     Returns:
         One row per mark: ``nodule_id, reader, diameter_mm, malignancy, subtlety,
         calcification, sphericity, margin, lobulation, spiculation, texture,
-        internal_structure`` (LIDC rating scales). ``diameter_mm`` is the reader's
-        measurement: the true size with ~12 % reader-to-reader noise.
+        internal_structure`` (LIDC rating scales) and ``mark``. ``diameter_mm`` is the
+        reader's measurement: the true size with ~12 % reader-to-reader noise. As in the
+        LIDC protocol, a reader who measures under 3 mm marks a ``"small"`` nodule (a point,
+        no ratings: NaN); the others mark a ``"nodule"`` (outlined and rated).
     """
     rows = []
     for nod in nodules:
@@ -83,6 +98,11 @@ def read_nodules(
                     "internal_structure": 1,
                 }
             )
+    for row in rows:
+        small = row["diameter_mm"] < SMALL_NODULE_MM
+        row["mark"] = "small" if small else "nodule"
+        if small:
+            row.update({key: np.nan for key in _RATING_KEYS})
     columns = [
         "nodule_id",
         "reader",
@@ -96,5 +116,6 @@ def read_nodules(
         "spiculation",
         "texture",
         "internal_structure",
+        "mark",
     ]
     return pd.DataFrame(rows, columns=columns)
