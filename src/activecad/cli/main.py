@@ -27,7 +27,7 @@ from typer._click import exceptions as click_exceptions
 from typer.core import TyperArgument, TyperGroup, TyperOption
 
 import activecad
-from activecad.cli import demo, detect, detector, eval, info, phantom
+from activecad.cli import demo, detect, detector, eval, importer, info, phantom
 from activecad.cli._common import setup_logging
 from activecad.errors import ActivecadError
 
@@ -205,6 +205,7 @@ eval.register(app)
 detector.register(app)
 detect.register(app)
 demo.register(app)
+importer.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

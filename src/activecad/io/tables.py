@@ -10,7 +10,9 @@ Kinds and the frame of each column (``TABLE_SCHEMAS`` holds them):
   optional ``diameter_mm`` and ``label``.
 - ``readers``: LIDC-style one row per reader per nodule; world mm, ``diameter_mm`` mm and
   the LIDC ratings (malignancy, subtlety, spiculation, lobulation, texture 1-5;
-  calcification 1-6), empty where a reader gave none (nodules < 3 mm).
+  calcification 1-6), empty where a reader gave none (nodules < 3 mm). From LIDC files
+  without images (:mod:`activecad.io.lidc`) ``coordX, coordY`` are empty and the optional
+  ``pixel_x, pixel_y`` give the pixel column/row; ``diameter_mm`` is -1 for point marks.
 - ``lesions``: DeepLesion ``DL_info.csv``-style. ``File_name`` is
   ``<patient>_<study>_<series>_<slice>.png``; ``Key_slice_index`` the key slice's index
   in the series, as in the file name (activecad's phantom counts from 0 along the array's
@@ -119,10 +121,47 @@ TABLE_SCHEMAS: dict[str, TableSchema] = {
             *_LIDC_RATINGS,
             "calcification",
         ),
-        text=("seriesuid", "nodule_id", "reader"),
-        numeric=(*_WORLD, "diameter_mm", *_LIDC_RATINGS, "calcification"),
-        nullable=(*_LIDC_RATINGS, "calcification"),
-        ranges={**{r: (1, 5) for r in _LIDC_RATINGS}, "calcification": (1, 6)},
+        # LIDC files without images give pixel centres, world z and no world x/y (empty).
+        optional=(
+            "sphericity",
+            "margin",
+            "internal_structure",
+            "mark",
+            "reader_mark_id",
+            "pixel_x",
+            "pixel_y",
+        ),
+        text=("seriesuid", "nodule_id", "reader", "mark", "reader_mark_id"),
+        numeric=(
+            *_WORLD,
+            "diameter_mm",
+            *_LIDC_RATINGS,
+            "calcification",
+            "sphericity",
+            "margin",
+            "internal_structure",
+            "pixel_x",
+            "pixel_y",
+        ),
+        nullable=(
+            "coordX",
+            "coordY",
+            "diameter_mm",
+            *_LIDC_RATINGS,
+            "calcification",
+            "sphericity",
+            "margin",
+            "internal_structure",
+            "pixel_x",
+            "pixel_y",
+        ),
+        ranges={
+            **{r: (1, 5) for r in _LIDC_RATINGS},
+            "calcification": (1, 6),
+            "sphericity": (1, 5),
+            "margin": (1, 5),
+            "internal_structure": (1, 4),
+        },
     ),
     "lesions": TableSchema(
         required=(
