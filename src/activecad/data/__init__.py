@@ -3,16 +3,21 @@
 from activecad.data.augment import AugmentConfig, augment_patch
 from activecad.data.patches import LabelledScan, PatchSampler, crop_patch
 from activecad.data.preprocess import (
+    CACHE_ENV,
+    CacheInfo,
     PreparedScan,
     PreprocessCache,
     PreprocessConfig,
+    default_cache_dir,
     file_digest,
     lung_box,
     preprocess_scan,
 )
 
 __all__ = [
+    "CACHE_ENV",
     "AugmentConfig",
+    "CacheInfo",
     "LabelledScan",
     "PatchSampler",
     "PreparedScan",
@@ -20,6 +25,7 @@ __all__ = [
     "PreprocessConfig",
     "augment_patch",
     "crop_patch",
+    "default_cache_dir",
     "file_digest",
     "lung_box",
     "preprocess_scan",

@@ -1,5 +1,9 @@
 """CT preprocessing for the detector: resample, HU window, lung crop, memory-mapped cache.
 
+The cache lives in the user's cache folder (:func:`default_cache_dir`, moved by
+``$ACTIVECAD_CACHE`` or a command's ``--cache``) and is keyed cheaply (see
+:class:`PreprocessCache`).
+
 Frames: arrays are (z, y, x); spacing and origin are x-y-z mm. A :class:`PreparedScan`
 carries its own origin/spacing/direction, so a voxel of the preprocessed array maps to
 world mm with :func:`activecad.io.geometry.voxel_to_world` exactly like a raw scan's.
@@ -13,6 +17,7 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -21,20 +26,30 @@ from scipy import ndimage
 from torch import nn
 
 from activecad.config import StrictConfig
+from activecad.errors import InputError
 from activecad.io.geometry import voxel_to_world, world_to_voxel
 from activecad.io.scan import Scan
 
 __all__ = [
+    "CACHE_ENV",
+    "CacheInfo",
     "PreparedScan",
     "PreprocessCache",
     "PreprocessConfig",
+    "default_cache_dir",
     "file_digest",
     "preprocess_scan",
+    "scan_files",
 ]
 
 # Part of every cache key: bump it when preprocess_scan changes what it computes, so old
 # cache entries are not returned for new code.
 PREPROCESS_VERSION = 4
+
+# The environment variable that moves the default preprocessing cache.
+CACHE_ENV = "ACTIVECAD_CACHE"
+# Marks files being written; they become entries only when renamed.
+_TMP = ".tmp"
 
 # Air outside the body and the lungs are both below this; soft tissue is well above.
 _LUNG_HU = -400.0
@@ -219,39 +234,137 @@ def preprocess_scan(
     )
 
 
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of a scan's files: the file itself, a MetaImage's data file, or a folder's files."""
+def scan_files(path: str | Path) -> list[Path]:
+    """The files a scan is read from: the file itself (+ a MetaImage's data file) or a folder's."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-    else:
-        files = [path]
-        for suffix in (".raw", ".zraw"):
-            sibling = path.with_suffix(suffix)
-            if path.suffix.lower() == ".mhd" and sibling.is_file():
-                files.append(sibling)
+        return sorted(p for p in path.rglob("*") if p.is_file())
+    files = [path]
+    if path.suffix.lower() == ".mhd":
+        files += [path.with_suffix(s) for s in (".raw", ".zraw") if path.with_suffix(s).is_file()]
+    return files
+
+
+def _sha256_file(file: Path) -> str:
     digest = hashlib.sha256()
-    for file in files:
-        digest.update(file.name.encode())
-        with file.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(chunk)
+    with file.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
     return digest.hexdigest()
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a scan's files: the file itself, a MetaImage's data file, or a folder's files."""
+    digest = hashlib.sha256()
+    for file in scan_files(path):
+        digest.update(file.name.encode())
+        digest.update(_sha256_file(file).encode())
+    return digest.hexdigest()
+
+
+HashMode = Literal["stat", "full"]
+
+
+def default_cache_dir() -> Path:
+    """Where preprocessed scans are cached unless a command is given ``--cache``.
+
+    ``$ACTIVECAD_CACHE`` when set, else the user's cache folder from platformdirs
+    (``~/.cache/activecad/preprocess`` on Linux, ``~/Library/Caches/activecad/preprocess``
+    on macOS, ``%LOCALAPPDATA%\\activecad\\Cache\\preprocess`` on Windows).
+    """
+    env = os.environ.get(CACHE_ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("activecad", appauthor=False)) / "preprocess"
+
+
+@dataclass
+class CacheInfo:
+    """What a cache folder holds.
+
+    Attributes:
+        root: the folder.
+        entries: complete entries (array + geometry).
+        bytes: size of every file in the folder, bytes.
+        partial: leftovers of interrupted writes (temporary files, an array without its
+            geometry); never read, removed by :meth:`PreprocessCache.clear`.
+    """
+
+    root: Path
+    entries: int
+    bytes: int
+    partial: int
 
 
 class PreprocessCache:
     """Preprocessed scans stored as ``.npy`` files and read back memory-mapped.
 
-    The key is the hash of the scan's files plus the preprocessing parameters, so a
-    changed file or a changed parameter never returns a stale array, and several training
-    workers share one copy through the page cache.
+    The key combines a fingerprint of the scan's files with the preprocessing parameters,
+    so a changed file or a changed parameter never returns a stale array, and several
+    training workers share one copy through the page cache. The fingerprint is cheap by
+    default, so a cached scan is found without reading it:
+
+    * where a phantom cohort's ``manifest.json`` (in the scan's folder or up to two levels
+      above) lists the file with its SHA-256 and the file is not newer than the manifest,
+      that SHA-256 (copies of one cohort share entries);
+    * otherwise the resolved path, size and modification time (``hash="stat"``);
+    * ``hash="full"`` reads and hashes every file instead (content-addressed; slow for
+      large scans, for folders whose files may change without a new modification time).
+
+    An entry is an array ``KEY.npy`` and its geometry ``KEY.json``; both are written under
+    temporary names and renamed, the geometry last, so an interrupted run leaves no entry
+    that could be read (only leftovers that :meth:`info` counts and :meth:`clear` removes).
 
     Args:
-        root: folder of the cache (created when needed).
+        root: folder of the cache (created when needed); default :func:`default_cache_dir`.
+        hash: ``stat`` (cheap, default) or ``full`` (hash every file's content).
     """
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
+    def __init__(self, root: str | Path | None = None, *, hash: HashMode = "stat"):
+        if hash not in ("stat", "full"):
+            raise ValueError(f"hash must be 'stat' or 'full', got {hash!r}")
+        self.root = Path(root) if root is not None else default_cache_dir()
+        self.hash = hash
+        self._manifests: dict[Path, tuple[int, dict[str, str]]] = {}
+
+    def _manifest_sha(self, file: Path) -> str | None:
+        """The SHA-256 a cohort manifest lists for ``file``, if the file is not newer."""
+        for folder in list(file.parents)[:3]:
+            manifest = folder / "manifest.json"
+            try:
+                stat = manifest.stat()
+            except OSError:
+                continue
+            cached = self._manifests.get(manifest)
+            if cached is None or cached[0] != stat.st_mtime_ns:
+                try:
+                    files = json.loads(manifest.read_text()).get("files", {})
+                except (OSError, ValueError, AttributeError):
+                    files = {}
+                cached = (stat.st_mtime_ns, files if isinstance(files, dict) else {})
+                self._manifests[manifest] = cached
+            sha = cached[1].get(file.relative_to(folder).as_posix())
+            if sha is not None and file.stat().st_mtime_ns <= stat.st_mtime_ns:
+                return str(sha)
+            return None
+        return None
+
+    def fingerprint(self, path: str | Path) -> str:
+        """Identity of the scan's files: manifest SHA-256, path/size/mtime, or content hash."""
+        parts = []
+        for file in scan_files(path):
+            if self.hash == "full":
+                parts.append(f"sha256:{file.name}:{_sha256_file(file)}")
+                continue
+            sha = self._manifest_sha(file.resolve())
+            if sha is not None:
+                parts.append(f"sha256:{file.name}:{sha}")
+            else:
+                stat = file.stat()
+                parts.append(f"stat:{file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
+        return "\n".join(parts)
 
     def key(
         self,
@@ -259,7 +372,7 @@ class PreprocessCache:
         config: PreprocessConfig,
         min_shape_zyx: tuple[int, int, int] | None,
     ) -> str:
-        """The cache key of ``path`` preprocessed with ``config`` (file hash + parameters)."""
+        """The cache key of ``path`` preprocessed with ``config`` (fingerprint + parameters)."""
         params = json.dumps(
             {
                 "config": config.model_dump(mode="json"),
@@ -268,7 +381,7 @@ class PreprocessCache:
             },
             sort_keys=True,
         )
-        return hashlib.sha256((file_digest(path) + params).encode()).hexdigest()[:32]
+        return hashlib.sha256((self.fingerprint(path) + params).encode()).hexdigest()[:32]
 
     def load(
         self,
@@ -280,7 +393,8 @@ class PreprocessCache:
         """The preprocessed scan at ``path``, computed once and then read from the cache.
 
         Raises:
-            InputError: the scan cannot be read (from :func:`activecad.io.ct.read_scan`).
+            InputError: the scan cannot be read (from :func:`activecad.io.ct.read_scan`),
+                or the cache folder cannot be written.
         """
         from activecad.io.ct import read_scan
 
@@ -288,23 +402,7 @@ class PreprocessCache:
         data, meta = self.root / f"{key}.npy", self.root / f"{key}.json"
         if not (data.is_file() and meta.is_file()):
             prepared = preprocess_scan(read_scan(path), config, min_shape_zyx=min_shape_zyx)
-            self.root.mkdir(parents=True, exist_ok=True)
-            # Write under names unique to this process and rename, so neither a crash nor
-            # two workers preprocessing the same scan at once leaves a torn entry.
-            unique = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            tmp = self.root / f"{key}.{unique}.tmp.npy"
-            np.save(tmp, prepared.array)
-            tmp.replace(data)
-            info = {
-                "spacing": prepared.spacing.tolist(),
-                "origin": prepared.origin.tolist(),
-                "direction": prepared.direction.tolist(),
-                "seriesuid": prepared.seriesuid,
-                "patient_id": prepared.patient_id,
-            }
-            tmp_meta = self.root / f"{key}.{unique}.tmp.json"
-            tmp_meta.write_text(json.dumps(info))
-            tmp_meta.replace(meta)
+            self._write(key, prepared)
         info = json.loads(meta.read_text())
         return PreparedScan(
             array=np.load(data, mmap_mode="r"),
@@ -314,3 +412,72 @@ class PreprocessCache:
             seriesuid=info["seriesuid"],
             patient_id=info.get("patient_id", ""),
         )
+
+    def _write(self, key: str, prepared: PreparedScan) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(
+                f"cannot create the preprocessing cache folder ({exc.strerror or exc})",
+                path=self.root,
+                fix=f"pass a writable --cache folder or set {CACHE_ENV}",
+            ) from exc
+        # Written under names unique to this process and renamed, the geometry last: neither
+        # a crash nor two workers preprocessing the same scan at once leaves a readable torn
+        # entry, and an exception removes what was written.
+        unique = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp_data = self.root / f"{key}.{unique}{_TMP}.npy"
+        tmp_meta = self.root / f"{key}.{unique}{_TMP}.json"
+        info = {
+            "spacing": prepared.spacing.tolist(),
+            "origin": prepared.origin.tolist(),
+            "direction": prepared.direction.tolist(),
+            "seriesuid": prepared.seriesuid,
+            "patient_id": prepared.patient_id,
+            "shape_zyx": list(prepared.array.shape),
+        }
+        data, meta = self.root / f"{key}.npy", self.root / f"{key}.json"
+        try:
+            np.save(tmp_data, prepared.array)
+            tmp_meta.write_text(json.dumps(info))
+            tmp_data.replace(data)
+            tmp_meta.replace(meta)
+        except BaseException:
+            tmp_data.unlink(missing_ok=True)
+            tmp_meta.unlink(missing_ok=True)
+            if not meta.exists():  # an array without its geometry is no entry
+                data.unlink(missing_ok=True)
+            raise
+
+    def info(self) -> CacheInfo:
+        """Entries, size and leftovers of interrupted writes in :attr:`root`."""
+        if not self.root.is_dir():
+            return CacheInfo(self.root, 0, 0, 0)
+        files = [p for p in self.root.iterdir() if p.is_file()]
+        names = {p.name for p in files}
+        entries = sum(
+            1
+            for p in files
+            if p.suffix == ".json" and _TMP not in p.name and f"{p.stem}.npy" in names
+        )
+        complete = 2 * entries
+        owned = [p for p in files if p.suffix in (".npy", ".json")]
+        return CacheInfo(
+            self.root,
+            entries,
+            sum(p.stat().st_size for p in files),
+            len(owned) - complete,
+        )
+
+    def clear(self) -> CacheInfo:
+        """Remove every cached entry and leftover (``.npy``/``.json``) from :attr:`root`.
+
+        Returns:
+            what was there before.
+        """
+        before = self.info()
+        if self.root.is_dir():
+            for p in self.root.iterdir():
+                if p.is_file() and p.suffix in (".npy", ".json"):
+                    p.unlink(missing_ok=True)
+        return before
