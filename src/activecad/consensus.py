@@ -361,7 +361,10 @@ def _nodules(readers: pd.DataFrame) -> pd.DataFrame:
     table["readers"] = grouped["_nodule_reader"].nunique()
     table["small_marks"] = grouped["_small"].sum().astype(int)
     table["non_nodule_marks"] = grouped["_non"].sum().astype(int)
-    table["malignancy"] = grouped["malignancy"].mean()
+    # The readers' mean (papers use "the mean of the readers"): a reader who marked the
+    # nodule twice counts once, with the mean of their two ratings.
+    per_reader = marked.groupby(["seriesuid", "nodule_id", "reader"], sort=False)["malignancy"]
+    table["malignancy"] = per_reader.mean().groupby(level=[0, 1], sort=False).mean()
     table = table.reset_index()
     table["diameter_mm"] = table["diameter_mm"].fillna(-1.0)
     return table.round(3)

