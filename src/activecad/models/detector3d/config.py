@@ -95,6 +95,10 @@ class DetectorConfig(StrictConfig):
     margin: float = Field(default=1.0, ge=0)
     stop_grad_epoch: int = Field(default=0, ge=0)
     roi_tau: float = Field(default=0.5, ge=0, le=1)
+    # Which reading of Eq. 2 is L_RoI (see loss_prediction.ROI_VARIANTS; ENGINE-B's field).
+    roi_variant: Literal["loss_of_confident", "loss_above_tau", "score_above_tau"] = (
+        "loss_of_confident"
+    )
     score_thresh: float = Field(default=0.05, ge=0, le=1)
     nms_thresh: float = Field(default=0.1, ge=0, le=1)
     detections_per_scan: int = Field(default=100, ge=1)

@@ -4,13 +4,15 @@ Scan level (Eq. 1): each pyramid map P2..P5 is globally average-pooled and passe
 an FC layer; one scalar is predicted from each level and one from the concatenation of the
 four, and l_scan is their sum. RoI level (Eq. 2): a small convolutional head predicts, at
 each anchor, the loss that candidate box will incur; L_RoI sums the predictions over
-candidates whose detection score exceeds tau. Both are trained with the pairwise margin
+candidates whose detection score exceeds tau (two other readings of the paper are
+available, see :data:`ROI_VARIANTS`). Both are trained with the pairwise margin
 ranking loss against the real losses (Eq. 3).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -127,22 +129,59 @@ def ranking_loss(
     return torch.clamp(-sign * (p_i - p_j) + margin, min=0).mean()
 
 
+RoIVariant = Literal["loss_of_confident", "loss_above_tau", "score_above_tau"]
+
+#: The three readings of Eq. 2 of Liu, Cao & Tian, "Deep Active Learning for Effective
+#: Pulmonary Nodule Detection" (MICCAI 2020), over a scan's detections i with score s_i and
+#: predicted loss l_i:
+#:
+#: * ``loss_of_confident`` (the default): sum of l_i over detections with s_i > tau. §3.1
+#:   says "the RoIs with the prediction score greater than 0.5 are applied to obtain the
+#:   RoI-level loss", and Eq. 3 trains l_i as a loss (ranked against real losses), so tau
+#:   thresholds the detection score and the sum is over predicted losses.
+#: * ``loss_above_tau``: sum of l_i over detections with l_i > tau, Eq. 2 as typeset
+#:   ("l_i if l_i > tau"). It mixes a loss with a probability threshold, so its meaning
+#:   depends on the scale the RoI head learned.
+#: * ``score_above_tau``: sum of s_i over detections with s_i > tau, as the caption of the
+#:   paper's Fig. 2 puts it ("summing predicted scores greater than the threshold tau").
+#:   It uses no loss prediction at all: a count of confident detections, weighted by score.
+ROI_VARIANTS: tuple[RoIVariant, ...] = ("loss_of_confident", "loss_above_tau", "score_above_tau")
+
+
 def roi_uncertainty(
-    roi_losses: torch.Tensor, scores: torch.Tensor, tau: float = 0.5
+    roi_losses: torch.Tensor,
+    scores: torch.Tensor,
+    tau: float = 0.5,
+    variant: RoIVariant = "loss_of_confident",
 ) -> torch.Tensor:
-    """L_RoI of Eq. 2: the sum of predicted candidate losses over candidates scored above tau.
+    """L_RoI of Eq. 2 in one of its three readings (see :data:`ROI_VARIANTS`).
 
     Args:
-        roi_losses: (N,) predicted loss of each candidate.
-        scores: (N,) detection probability of each candidate.
-        tau: score threshold (papers/000 §3.1: 0.5); a score equal to tau does not count.
+        roi_losses: (N,) predicted loss l_i of each detection.
+        scores: (N,) detection probability s_i of each detection.
+        tau: the threshold (Liu et al. §3.1: 0.5); a value equal to tau does not count.
+        variant: ``loss_of_confident`` (sum of l_i where s_i > tau), ``loss_above_tau``
+            (sum of l_i where l_i > tau) or ``score_above_tau`` (sum of s_i where s_i > tau).
 
     Returns:
-        scalar L_RoI (0 when no candidate passes).
+        scalar L_RoI (0 when no detection passes).
     """
     if roi_losses.shape != scores.shape:
         raise ValueError(
             f"roi_losses and scores must have equal shapes, got {tuple(roi_losses.shape)} "
             f"and {tuple(scores.shape)}"
         )
-    return roi_losses[scores > tau].sum()
+    if variant == "loss_of_confident":
+        return roi_losses[scores > tau].sum()
+    if variant == "loss_above_tau":
+        return roi_losses[roi_losses > tau].sum()
+    if variant == "score_above_tau":
+        return scores[scores > tau].sum()
+    raise ValueError(f"unknown L_RoI variant {variant!r}; use one of {', '.join(ROI_VARIANTS)}")
+
+
+def roi_uncertainties(
+    roi_losses: torch.Tensor, scores: torch.Tensor, tau: float = 0.5
+) -> dict[str, float]:
+    """L_RoI in every reading of :data:`ROI_VARIANTS`, as ``{variant: value}``."""
+    return {v: float(roi_uncertainty(roi_losses, scores, tau, v)) for v in ROI_VARIANTS}
