@@ -40,6 +40,25 @@ FEATURE_KEYS = ("p2", "p3", "p4", "p5")
 IGNORED = -2
 
 
+def anchors_in_spheres(anchors: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Which anchors have their centre inside the sphere of any of ``boxes``.
+
+    Args:
+        anchors: (N, 6) anchor boxes, xmin, ymin, zmin, xmax, ymax, zmax voxels.
+        boxes: (K, 6) boxes of spherical findings in the same voxels; the sphere is the
+            ellipsoid inscribed in the box (a sphere in mm on an anisotropic grid).
+
+    Returns:
+        (N,) bool; all False when K is 0.
+    """
+    if len(boxes) == 0:
+        return torch.zeros(len(anchors), dtype=torch.bool, device=anchors.device)
+    centres = (anchors[:, None, :3] + anchors[:, None, 3:]) / 2
+    middle = (boxes[None, :, :3] + boxes[None, :, 3:]) / 2
+    half = ((boxes[None, :, 3:] - boxes[None, :, :3]) / 2).clamp(min=1e-6)
+    return (((centres - middle) / half) ** 2).sum(dim=2).le(1.0).any(dim=1)
+
+
 class DetectorNetwork(nn.Module):
     """Pyramid features, detection heads and loss-prediction heads in one module.
 
@@ -206,10 +225,13 @@ class NoduleDetector(nn.Module):
     ) -> list[torch.Tensor]:
         """Per image, the index of the box each anchor detects, -1 for background.
 
-        MONAI's ATSS matcher assigns the nodules. Anchors it would assign to an ignored
-        finding (``ignore_boxes``: LUNA16's excluded annotations) and not to a nodule are
-        marked :data:`IGNORED` and left out of the classification loss, so the detector is
-        never taught that a small or disputed nodule is background.
+        MONAI's ATSS matcher assigns the nodules. An anchor not assigned to a nodule is
+        marked :data:`IGNORED` (left out of the classification loss and never drawn as a
+        hard negative) when it lies on an ignored finding (``ignore_boxes``: LUNA16's
+        excluded annotations), i.e. when its box centre lies inside the finding's sphere
+        (the ellipsoid inscribed in its box, in voxels), or when the matcher would make it
+        positive for the finding. So the detector is never taught that a small or disputed
+        nodule, or the voxels right around it, are background.
         """
         retina = self._retina
         matched = retina.compute_anchor_matched_idxs(anchors, targets, num_locs)
@@ -224,10 +246,13 @@ class NoduleDetector(nn.Module):
             for boxes in ignore_boxes
         ]
         covered = retina.compute_anchor_matched_idxs(anchors, ignore_targets, num_locs)
-        return [
-            torch.where((m < 0) & (c >= 0), torch.full_like(m, IGNORED), m)
-            for m, c in zip(matched, covered, strict=True)
-        ]
+        result = []
+        for m, c, image_anchors, boxes in zip(
+            matched, covered, anchors, ignore_boxes, strict=True
+        ):
+            on_finding = (c >= 0) | anchors_in_spheres(image_anchors, boxes.to(image_anchors))
+            result.append(torch.where((m < 0) & on_finding, torch.full_like(m, IGNORED), m))
+        return result
 
     def compute_losses(
         self,
