@@ -269,3 +269,35 @@ def test_acquisitions_vary_like_real_scanners() -> None:
     assert len({a.scanner.hu_offset for a in acqs}) > 1
     assert {a.dose for a in acqs} == {"standard", "low"}
     assert np.ptp([a.grid.origin for a in acqs], axis=0).min() > 10.0
+
+
+def test_phantom_lidc_xml_reads_back_to_the_same_readers_table(
+    patients: list, tmp_path: Path
+) -> None:
+    from activecad.consensus import SeriesGeometry, readers_table
+    from activecad.io import read_lidc_xml, write_lidc_xml
+
+    checked = 0
+    for patient in patients:
+        for case in patient.studies:
+            if case.readers.empty:
+                continue
+            back = read_lidc_xml(write_lidc_xml(case.lidc, tmp_path / f"{case.seriesuid}.xml"))
+            table = readers_table(back, SeriesGeometry.from_scan(case.scan))
+            # Equal up to the last written decimal (means are rounded to 0.001).
+            pd.testing.assert_frame_equal(
+                table, case.readers, check_dtype=False, check_exact=False, atol=1.5e-3
+            )
+            checked += 1
+    assert checked > 0
+
+
+def test_cohort_writes_one_lidc_xml_per_series(tiny_cohort: Path) -> None:
+    from activecad.io import read_lidc_xml
+
+    series = pd.read_csv(tiny_cohort / "patients.csv")["seriesuid"].astype(str)
+    readers = read_table(tiny_cohort / "readers.csv", "readers")
+    for uid in series:
+        scan = read_lidc_xml(tiny_cohort / "lidc_xml" / f"{uid}.xml")
+        assert scan.seriesuid == uid
+        assert len(scan.marks) == int((readers["seriesuid"] == uid).sum())

@@ -375,6 +375,9 @@ def _reader_marks(
     # A reader's centre is the true centre give or take a millimetre (contour centroids).
     pos = np.array([by_id[i].center + center for i in marks["nodule_id"]]).reshape(-1, 3)
     pos = pos + rng.normal(0.0, 0.6, pos.shape)
+    # One reading session per reader, as in an LIDC file (and so in readers.csv).
+    order = np.argsort(marks["reader"].to_numpy(), kind="stable")
+    marks, pos = marks.iloc[order].reset_index(drop=True), pos[order]
     geometry = SeriesGeometry.from_scan(scan)
     slice_z = np.asarray(geometry.slice_z, dtype=np.float64)
     lidc_marks = []
@@ -407,8 +410,10 @@ def consensus(readers: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split clustered reader marks into LUNA16 annotations and excluded findings.
 
     The shared rule of :func:`activecad.consensus.select_luna16` (>= 3 readers outlined
-    it, mean diameter >= 3 mm); every phantom series is thin and evenly spaced, so none
-    is left out.
+    it, mean diameter >= 3 mm). Every phantom series counts: the full preset draws LIDC's
+    thin-slice thicknesses, and the small preset's 2.5-3.5 mm slices stand in for them to
+    keep it fast (``activecad import lidc`` on its XML applies the 2.5 mm rule and keeps
+    only the 2.5 mm series).
 
     Args:
         readers: one row per mark (``seriesuid, nodule_id, reader, coord*, diameter_mm``;
