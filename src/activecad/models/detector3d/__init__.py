@@ -15,12 +15,15 @@ from activecad.models.detector3d.inference import (
     detect_prepared,
     detect_scan,
     detections_to_world,
+    min_shape_zyx,
     network_input,
 )
 from activecad.models.detector3d.loss_prediction import (
+    ROI_VARIANTS,
     RoILossHead,
     ScanLossPredictor,
     ranking_loss,
+    roi_uncertainties,
     roi_uncertainty,
 )
 from activecad.models.detector3d.network import (
@@ -29,6 +32,7 @@ from activecad.models.detector3d.network import (
     NoduleDetector,
     StepLosses,
 )
+from activecad.models.detector3d.scoring import PoolScore, pool_table, resolve_series, score_pool
 from activecad.models.detector3d.train import (
     LunaFolder,
     TrainResult,
@@ -39,6 +43,7 @@ from activecad.models.detector3d.train import (
 
 __all__ = [
     "PRESETS",
+    "ROI_VARIANTS",
     "SUBMISSION_COLUMNS",
     "UNCERTAINTY_COLUMNS",
     "Detections",
@@ -46,6 +51,7 @@ __all__ = [
     "DetectorNetwork",
     "LunaFolder",
     "NoduleDetector",
+    "PoolScore",
     "RoILossHead",
     "ScanLossPredictor",
     "ScanResult",
@@ -56,13 +62,18 @@ __all__ = [
     "detect_scan",
     "detections_to_world",
     "load_bundle",
+    "min_shape_zyx",
     "network_input",
+    "pool_table",
     "preset_config",
     "ranking_loss",
     "read_bundle_info",
     "read_luna_folder",
+    "resolve_series",
+    "roi_uncertainties",
     "roi_uncertainty",
     "save_bundle",
+    "score_pool",
     "split_series",
     "train_detector",
 ]

@@ -7,35 +7,46 @@ Frames: detections come out as world mm x-y-z centres (LUNA16 ``coordX, coordY, 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from activecad.data.preprocess import PreparedScan, preprocess_scan
+from activecad.data.preprocess import PreparedScan, PreprocessCache, preprocess_scan
 from activecad.errors import InputError
 from activecad.io.scan import Scan
+from activecad.models.detector3d.loss_prediction import ROI_VARIANTS
 from activecad.models.detector3d.network import Detections, NoduleDetector
 
 SUBMISSION_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "probability", "diameter_mm"]
-UNCERTAINTY_COLUMNS = ["seriesuid", "l_scan", "L_roi"]
+# L_roi is the configured reading of Eq. 2; the other columns give every reading.
+UNCERTAINTY_COLUMNS = ["seriesuid", "l_scan", "L_roi", *(f"L_roi_{v}" for v in ROI_VARIANTS)]
 
 
 @dataclass
 class ScanResult:
-    """Detections of one scan in world coordinates, and its uncertainties.
+    """Detections of one scan in world coordinates, its uncertainties and embedding.
 
     Attributes:
         detections: rows with :data:`SUBMISSION_COLUMNS` (world mm, x-y-z).
-        l_scan: predicted scan-level loss (Eq. 1).
-        l_roi: L_RoI (Eq. 2).
+        l_scan: predicted scan-level loss (Eq. 1), pooled over the scan, not the padding.
+        l_roi: L_RoI (Eq. 2) in the detector's configured reading.
+        l_roi_variants: L_RoI in every reading (:data:`.loss_prediction.ROI_VARIANTS`).
+        embedding: (4C,) float32, P2..P5 averaged over the scan's valid region.
     """
 
     detections: pd.DataFrame
     l_scan: float
     l_roi: float
+    l_roi_variants: dict[str, float] = field(default_factory=dict)
+    embedding: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+
+    def uncertainty_row(self, seriesuid: str) -> tuple[object, ...]:
+        """The scan's row of :data:`UNCERTAINTY_COLUMNS`."""
+        variants = tuple(self.l_roi_variants.get(v, float("nan")) for v in ROI_VARIANTS)
+        return (seriesuid, self.l_scan, self.l_roi, *variants)
 
 
 def network_input(prepared: PreparedScan, patch_size: Sequence[int]) -> torch.Tensor:
@@ -95,7 +106,24 @@ def detect_prepared(detector: NoduleDetector, prepared: PreparedScan) -> ScanRes
     detector.eval()
     z, y, x = prepared.array.shape
     found = detector.detect(image, valid_shape=(x, y, z))
-    return ScanResult(detections_to_world(found, prepared), found.l_scan, found.l_roi)
+    embedding = (
+        found.embedding.detach().cpu().numpy().astype(np.float32)
+        if found.embedding is not None
+        else np.zeros(0, np.float32)
+    )
+    return ScanResult(
+        detections_to_world(found, prepared),
+        found.l_scan,
+        found.l_roi,
+        dict(found.l_roi_variants),
+        embedding,
+    )
+
+
+def min_shape_zyx(detector: NoduleDetector) -> tuple[int, int, int]:
+    """The smallest preprocessed array (z, y, x) the detector takes: its patch."""
+    px, py, pz = detector.config.patch_size
+    return pz, py, px
 
 
 def detect_scan(detector: NoduleDetector, scan: Scan) -> ScanResult:
@@ -104,32 +132,43 @@ def detect_scan(detector: NoduleDetector, scan: Scan) -> ScanResult:
     Raises:
         InputError: the scan is smaller than the model's patch.
     """
-    px, py, pz = detector.config.patch_size
-    prepared = preprocess_scan(scan, detector.config.preprocess, min_shape_zyx=(pz, py, px))
+    prepared = preprocess_scan(
+        scan, detector.config.preprocess, min_shape_zyx=min_shape_zyx(detector)
+    )
     return detect_prepared(detector, prepared)
 
 
 def detect_files(
-    detector: NoduleDetector, paths: Sequence[str | Path], *, progress: bool = True
+    detector: NoduleDetector,
+    paths: Sequence[str | Path],
+    *,
+    progress: bool = True,
+    cache: PreprocessCache | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Detect nodules in scan files; returns (detections, uncertainties) tables.
+
+    Args:
+        detector: a trained detector.
+        paths: CT scans (.mhd, .nii.gz, DICOM folders).
+        progress: show a progress bar on stderr.
+        cache: read preprocessed scans from (and add them to) this cache; None to
+            preprocess every scan in memory.
+
+    Returns:
+        detections (:data:`SUBMISSION_COLUMNS`, world mm) and one row per scan of
+        :data:`UNCERTAINTY_COLUMNS`.
 
     Raises:
         InputError: a file cannot be read or is smaller than the model's patch.
     """
-    from rich.progress import Progress
-
-    from activecad.io.ct import read_scan
+    from activecad.models.detector3d.scoring import score_pool
 
     tables, rows = [], []
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("detecting", total=len(paths))
-        for path in paths:
-            scan = read_scan(path)
-            result = detect_scan(detector, scan)
-            tables.append(result.detections)
-            rows.append((scan.seriesuid, result.l_scan, result.l_roi))
-            bar.advance(task)
+    for result in score_pool(
+        detector, list(paths), cache=cache, use_cache=cache is not None, progress=progress
+    ):
+        tables.append(result.detections)
+        rows.append(result.uncertainty_row(result.seriesuid))
     detections = (
         pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=SUBMISSION_COLUMNS)
     )

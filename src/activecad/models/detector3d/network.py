@@ -8,7 +8,9 @@ voxels of that input.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
@@ -29,11 +31,12 @@ from activecad.models.detector3d.loss_prediction import (
     RoILossHead,
     ScanLossPredictor,
     ranking_loss,
-    roi_uncertainty,
+    roi_uncertainties,
 )
 
 CLS, BOX, ROI = "classification", "box_regression", "roi_loss"
 FEATURE_KEYS = ("p2", "p3", "p4", "p5")
+FEATURE_STRIDES = (4, 8, 16, 32)
 # Matched index of anchors left out of the classification loss. MONAI's matchers use -1
 # (background) and -2 (between thresholds); the hard-negative sampler, which sees index + 1,
 # samples neither -2 nor anything below.
@@ -163,7 +166,12 @@ class Detections:
         scores: (N,) probabilities.
         roi_losses: (N,) predicted per-detection losses (Eq. 2's l_i).
         l_scan: predicted scan-level loss (Eq. 1).
-        l_roi: L_RoI, the sum of roi_losses over detections scored above tau (Eq. 2).
+        l_roi: L_RoI (Eq. 2) in the configured reading (``config.roi_variant``; default
+            the sum of roi_losses over detections scored above tau).
+        embedding: (4C,) P2..P5 each averaged over the scan's valid region, concatenated
+            (for diversity heuristics); None when not computed.
+        l_roi_variants: L_RoI in every reading of
+            :data:`~activecad.models.detector3d.loss_prediction.ROI_VARIANTS`.
     """
 
     boxes: torch.Tensor
@@ -171,6 +179,8 @@ class Detections:
     roi_losses: torch.Tensor
     l_scan: float
     l_roi: float
+    embedding: torch.Tensor | None = None
+    l_roi_variants: dict[str, float] = field(default_factory=dict)
 
 
 class NoduleDetector(nn.Module):
@@ -247,9 +257,7 @@ class NoduleDetector(nn.Module):
         ]
         covered = retina.compute_anchor_matched_idxs(anchors, ignore_targets, num_locs)
         result = []
-        for m, c, image_anchors, boxes in zip(
-            matched, covered, anchors, ignore_boxes, strict=True
-        ):
+        for m, c, image_anchors, boxes in zip(matched, covered, anchors, ignore_boxes, strict=True):
             on_finding = (c >= 0) | anchors_in_spheres(image_anchors, boxes.to(image_anchors))
             result.append(torch.where((m < 0) & on_finding, torch.full_like(m, IGNORED), m))
         return result
@@ -334,20 +342,27 @@ class NoduleDetector(nn.Module):
     ) -> Detections:
         """Detect nodules in one volume, in windows of at most ``config.sw_roi_size``.
 
+        A volume that fits the largest window is run in one pass; a larger one is split
+        into windows of equal size along each axis that needs it (see
+        :func:`window_size`), so a scan a few voxels over the limit costs about the same
+        as one under it instead of several full-size windows.
+
         Args:
             image: (1, 1, X, Y, Z) preprocessed volume, each size a multiple of 32 and at
                 least the patch size.
             valid_shape: (X, Y, Z) part of ``image`` that holds the scan (the rest is
-                padding); boxes are clipped to it. Default: the whole image.
+                padding); boxes are clipped to it, and l_scan and the embedding pool over
+                it only. Default: the whole image.
 
         Returns:
-            the detections in voxels of ``image`` and the scan's uncertainties.
+            the detections in voxels of ``image``, the scan's uncertainties and embedding.
         """
         cfg = self.config
         keys = (CLS, BOX, ROI, *FEATURE_KEYS)
-        window = [min(int(n), r) for n, r in zip(image.shape[2:], cfg.sw_roi_size, strict=True)]
+        shape = tuple(int(n) for n in image.shape[2:])
+        valid = tuple(int(v) for v in (valid_shape or shape))
         inferer = SlidingWindowInferer(
-            roi_size=window,
+            roi_size=window_size(shape, cfg.sw_roi_size, cfg.sw_overlap),
             sw_batch_size=1,
             overlap=cfg.sw_overlap,
             mode="constant",
@@ -378,13 +393,74 @@ class NoduleDetector(nn.Module):
         if keep.numel() > 5000:
             keep = keep[torch.topk(scores[keep], 5000).indices]
         boxes, scores, roi = boxes[keep], scores[keep], roi[keep]
-        clipped, inside = clip_boxes_to_image(
-            boxes, valid_shape or tuple(image.shape[2:]), remove_empty=True
-        )
+        clipped, inside = clip_boxes_to_image(boxes, valid, remove_empty=True)
         boxes, scores, roi = torch.as_tensor(clipped), scores[inside], roi[inside]
         kept = non_max_suppression(boxes, scores, cfg.nms_thresh, cfg.detections_per_scan)
         boxes, scores, roi = boxes[kept], scores[kept], roi[kept]
-        pooled = [out[key][0].float().mean(dim=(2, 3, 4)) for key in FEATURE_KEYS]
+        pooled = [
+            valid_mean(out[key][0].float(), valid, stride)
+            for key, stride in zip(FEATURE_KEYS, FEATURE_STRIDES, strict=True)
+        ]
         l_scan = float(self.network.scan_loss.forward_pooled(pooled)[0])
-        l_roi = float(roi_uncertainty(roi, scores, cfg.roi_tau))
-        return Detections(boxes, scores, roi, l_scan, l_roi)
+        variants = roi_uncertainties(roi, scores, cfg.roi_tau)
+        return Detections(
+            boxes,
+            scores,
+            roi,
+            l_scan,
+            variants[cfg.roi_variant],
+            embedding=torch.cat(pooled, dim=1)[0],
+            l_roi_variants=variants,
+        )
+
+
+def valid_mean(feature: torch.Tensor, valid_xyz: Sequence[int], stride: int) -> torch.Tensor:
+    """Global average of a pyramid map over the part that covers the scan, not the padding.
+
+    Args:
+        feature: (B, C, X/s, Y/s, Z/s) map of an input whose first ``valid_xyz`` voxels
+            hold the scan.
+        valid_xyz: (X, Y, Z) valid extent of the input, voxels.
+        stride: the map's stride s (4 for P2 ... 32 for P5); a map voxel that covers any
+            valid input voxel counts.
+
+    Returns:
+        (B, C) mean over the valid map voxels.
+    """
+    ends = [max(1, -(-int(v) // stride)) for v in valid_xyz]
+    return feature[:, :, : ends[0], : ends[1], : ends[2]].mean(dim=(2, 3, 4))
+
+
+def window_size(
+    shape_xyz: Sequence[int], max_window: Sequence[int], overlap: float
+) -> tuple[int, int, int]:
+    """The sliding-window size for a volume: whole axes where they fit, even splits elsewhere.
+
+    Along an axis no longer than ``max_window`` the window is the whole axis (one pass).
+    Along a longer axis the fewest windows of at most ``max_window`` that cover it with
+    the given overlap are used, all of one size (a multiple of 32): a 352-voxel axis with a
+    320 limit and 25 % overlap gets two 224-voxel windows (448 voxels computed), not two
+    320-voxel ones (640).
+
+    Args:
+        shape_xyz: (X, Y, Z) volume size, multiples of 32.
+        max_window: (X, Y, Z) largest window, multiples of 32.
+        overlap: fraction of a window shared with its neighbour (MONAI's ``overlap``).
+
+    Returns:
+        (X, Y, Z) window size.
+    """
+    sizes = []
+    for length, cap in zip(shape_xyz, max_window, strict=True):
+        length, cap = int(length), int(cap)
+        if length <= cap:
+            sizes.append(length)
+            continue
+        count = 2
+        while True:
+            size = -(-math.ceil(length / (count - (count - 1) * overlap)) // 32) * 32
+            if size <= cap:
+                break
+            count += 1
+        sizes.append(max(32, size))
+    return sizes[0], sizes[1], sizes[2]
