@@ -1,36 +1,160 @@
-"""``activecad detect``: run a trained 3D nodule detector on CT scans."""
+"""``activecad detect``: run a trained 3D nodule detector on CT scans.
+
+Every input is checked before the first scan is processed (the scans exist and their
+headers read, the model folder loads, ``--out`` is a writable file); the tables are written
+atomically, so a failed run leaves neither a half-written CSV nor a half-written cache entry.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from activecad.cli._common import atomic_output, output_file
+from activecad.errors import InputError
+
+_CT_SUFFIXES = (".mhd", ".mha", ".nii", ".nii.gz", ".dcm", ".dicom", ".ima")
+
+
+def check_scan(path: Path) -> None:
+    """Check that ``path`` is a CT scan whose header can be read, without reading its voxels.
+
+    Raises:
+        InputError: the path does not exist, is not a CT format, its header cannot be read,
+            a MetaImage's data file is missing, or a folder holds no DICOM series.
+    """
+    from activecad.io.ct import list_dicom_series
+
+    if not path.exists():
+        raise InputError("no such scan file or folder", path=path, fix="check the path")
+    if path.is_dir():
+        try:
+            series = list_dicom_series(path)
+        except InputError:
+            raise
+        except Exception as exc:  # pydicom raises many kinds on foreign files
+            raise InputError(
+                f"cannot read the DICOM folder ({exc})", path=path, fix="give a DICOM series folder"
+            ) from None
+        if not series:
+            raise InputError(
+                "the folder holds no DICOM series",
+                path=path,
+                fix="give a DICOM series folder or a .mhd/.nii.gz file",
+            )
+        return
+    name = path.name.lower()
+    if not name.endswith(_CT_SUFFIXES) and "." in name:
+        raise InputError(
+            f"not a CT scan file ({path.suffix})",
+            path=path,
+            fix="give .mhd, .mha, .nii, .nii.gz or .dcm files, or DICOM folders",
+        )
+    if name.endswith(".mhd"):
+        _check_metaimage(path)
+    import SimpleITK
+
+    reader = SimpleITK.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise InputError(
+            "cannot read the scan's header (corrupt or not a CT file)",
+            path=path,
+            fix="check the file, e.g. with 'activecad info'",
+        ) from None
+
+
+def _check_metaimage(path: Path) -> None:
+    try:
+        header = dict(
+            line.split("=", 1)
+            for line in path.read_text(errors="replace").splitlines()
+            if "=" in line
+        )
+    except OSError as exc:
+        raise InputError(
+            f"cannot read ({exc.strerror})", path=path, fix="check permissions"
+        ) from None
+    data = {k.strip(): v.strip() for k, v in header.items()}.get("ElementDataFile", "")
+    listed = data and data.upper() not in ("LOCAL", "LIST") and "%" not in data
+    if listed and not (path.parent / data).is_file():
+        raise InputError(
+            f"its data file {data} is missing", path=path, fix=f"copy {data} next to {path.name}"
+        )
+
 
 def detect_command(
-    scans: list[Path] = typer.Argument(..., help="CT scans (.mhd, .nii.gz, DICOM folder)."),
-    model: Path = typer.Option(..., "--model", help="Model folder from 'train detector'."),
-    out: Path = typer.Option(
-        ..., "--out", help="Detections CSV (LUNA16 submission + diameter_mm)."
-    ),
-    uncertainty: Path | None = typer.Option(
-        None, "--uncertainty", help="CSV of l_scan and L_roi per scan."
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print a summary as JSON."),
+    scans: Annotated[
+        list[Path],
+        typer.Argument(help="CT scans (.mhd, .nii.gz, DICOM folder).", show_default=False),
+    ],
+    model: Annotated[Path, typer.Option("--model", help="Model folder from 'train detector'.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Detections CSV to write (LUNA16 columns + diameter_mm).")
+    ],
+    uncertainty: Annotated[
+        Path | None,
+        typer.Option(
+            "--uncertainty", help="CSV to write: l_scan and L_RoI (every reading) per scan."
+        ),
+    ] = None,
+    cache: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache",
+            help="Preprocessing cache folder (default: $ACTIVECAD_CACHE, else the user's "
+            "cache folder; see 'activecad cache info').",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a summary as JSON.")] = False,
 ) -> None:
-    """Detect nodules in CT scans with a trained detector."""
-    from activecad.io.tables import write_table
-    from activecad.models.detector3d import detect_files, load_bundle
+    """Detect nodules in CT scans with a trained detector.
 
-    detector = load_bundle(model)
-    detections, uncertainties = detect_files(detector, scans, progress=not as_json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_table(detections, out, "submission")
+    Writes one row per detection (world mm) to --out; with --uncertainty also each scan's
+    predicted loss l_scan and RoI uncertainty L_RoI. Preprocessed scans are cached, so a
+    second run on the same scans skips preprocessing.
+    """
+    from activecad.data.preprocess import PreprocessCache, default_cache_dir
+    from activecad.io.tables import write_table
+    from activecad.models.detector3d import load_bundle
+    from activecad.models.detector3d.inference import detect_files
+
+    # Everything is checked before the first scan is processed.
+    out = output_file(out)
     if uncertainty is not None:
-        uncertainty.parent.mkdir(parents=True, exist_ok=True)
-        uncertainties.to_csv(uncertainty, index=False)
+        uncertainty = output_file(uncertainty, option="--uncertainty")
+        if uncertainty.resolve() == out.resolve():
+            raise InputError(
+                "--uncertainty and --out name the same file",
+                path=out,
+                fix="give --uncertainty another name, e.g. uncertainty.csv",
+            )
+    cache_dir = cache if cache is not None else default_cache_dir()
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise InputError(
+            "the preprocessing cache must be a folder, but this is a file",
+            path=cache_dir,
+            fix="pass another --cache folder",
+        )
+    for scan in scans:
+        check_scan(scan)
+    detector = load_bundle(model)
+
+    detections, uncertainties = detect_files(
+        detector, scans, progress=not as_json, cache=PreprocessCache(cache_dir)
+    )
+    with atomic_output(out, folder=False) as tmp:
+        write_table(detections, tmp, "submission")
+    if uncertainty is not None:
+        with atomic_output(uncertainty, folder=False) as tmp:
+            uncertainties.to_csv(tmp, index=False)
     if as_json:
         typer.echo(
             json.dumps(
@@ -38,11 +162,15 @@ def detect_command(
                     "detections": len(detections),
                     "scans": uncertainties.to_dict(orient="records"),
                     "out": str(out),
+                    "uncertainty": str(uncertainty) if uncertainty is not None else None,
+                    "cache": str(cache_dir),
                 }
             )
         )
     else:
-        Console(stderr=True).print(f"{len(detections)} detections in {len(scans)} scans -> {out}")
+        Console(stderr=True).print(
+            f"{len(detections)} detections in {len(scans)} scans -> {out}", highlight=False
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -27,7 +27,7 @@ from typer._click import exceptions as click_exceptions
 from typer.core import TyperArgument, TyperGroup, TyperOption
 
 import activecad
-from activecad.cli import demo, detect, detector, eval, importer, info, phantom
+from activecad.cli import cache, demo, detect, detector, eval, importer, info, phantom
 from activecad.cli._common import setup_logging
 from activecad.errors import ActivecadError
 
@@ -204,6 +204,7 @@ phantom.register(app)
 eval.register(app)
 detector.register(app)
 detect.register(app)
+cache.register(app)
 demo.register(app)
 importer.register(app)
 
