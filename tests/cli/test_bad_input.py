@@ -111,7 +111,8 @@ CASES = [
     (_truncated_png, "corrupt or truncated PNG"),
     (_csv_missing_column, "annotations table is missing column 'coordZ'"),
     (_csv_non_numeric, "column 'coordX' is not numeric: 'x1' at line 3"),
-    (_csv_nan_coordinate, "column 'coordY' is empty at line 2"),
+    # A literal NaN is a value, not an empty cell (it used to be reported as "is empty").
+    (_csv_nan_coordinate, "column 'coordY' is not numeric: 'NaN' at line 2"),
 ]
 
 

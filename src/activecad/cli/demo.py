@@ -20,7 +20,7 @@ import pandas as pd
 import typer
 from rich.console import Console
 
-from activecad.errors import InputError
+from activecad.cli._common import output_folder
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ FULL = DemoSize(patients=30, epochs=12, steps_per_epoch=40, bootstrap=1000)
 
 # Sub-folders the demo owns inside OUT; only these are ever deleted on a re-run.
 _OWNED = ("cohort", "model", "detections.csv", "uncertainty.csv", "heldout.csv", "froc")
+_WRITES = "cohort/, model/, detections.csv, uncertainty.csv, heldout.csv and froc/"
 
 
 def demo_command(
@@ -48,6 +49,7 @@ def demo_command(
 ) -> None:
     """Generate a phantom cohort, train a detector, detect on held-out scans and score FROC."""
     size = QUICK if quick else FULL
+    out = output_folder(out, writes=_WRITES)
     console = Console(stderr=True)
     # The steps print their own tables; with --json only the final summary goes to stdout.
     with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
@@ -72,8 +74,7 @@ def _run_demo(size: DemoSize, out: Path, seed: int, console: Console) -> dict[st
     from activecad.models.detector3d import preset_config, split_series, train_detector
     from activecad.phantom import generate_cohort
 
-    if out.exists() and not out.is_dir():
-        raise InputError("exists and is not a folder", path=out, fix="choose another --out")
+    out = output_folder(out, writes=_WRITES)
     out.mkdir(parents=True, exist_ok=True)
     for name in _OWNED:
         target = out / name

@@ -11,6 +11,7 @@ import pydicom
 import typer
 from pydicom.errors import InvalidDicomError
 
+from activecad.cli._common import usage_error
 from activecad.errors import InputError
 from activecad.io import TABLE_SCHEMAS, guess_table_kind, read_radiograph, read_scan, read_table
 from activecad.io.scan import Radiograph, Scan
@@ -235,6 +236,15 @@ def _print_human(image: Scan | Radiograph) -> None:
     _print_rows(rows)
 
 
+def _check_kind(value: str | None) -> str | None:
+    if value is not None and value not in TABLE_SCHEMAS:
+        raise usage_error(
+            f"unknown table kind {value!r}; choose one of {', '.join(TABLE_SCHEMAS)}",
+            option="--kind",
+        )
+    return value
+
+
 def register(app: typer.Typer) -> None:
     """Add ``activecad info`` to ``app``."""
 
@@ -252,6 +262,7 @@ def register(app: typer.Typer) -> None:
         kind: str | None = typer.Option(
             None,
             "--kind",
+            callback=_check_kind,
             help=f"Table kind of a .csv ({', '.join(TABLE_SCHEMAS)}); guessed when left out.",
         ),
     ) -> None:

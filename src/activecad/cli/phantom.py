@@ -1,4 +1,4 @@
-"""``activecad phantom OUT_DIR``: generate a seeded virtual patient cohort in the real formats."""
+"""``activecad phantom --out DIR``: generate a seeded virtual patient cohort in the real formats."""
 
 from __future__ import annotations
 
@@ -10,45 +10,110 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from activecad.cli._common import atomic_output, output_folder, usage_error
+from activecad.errors import InputError
+
+_WRITES = "ct/, annotations.csv, readers.csv, cxr/ and the other cohort files"
+
+
+def _check_preset(value: str) -> str:
+    from activecad.phantom.config import PRESETS
+
+    if value not in PRESETS:
+        raise usage_error(f"choose {' or '.join(PRESETS)}, got {value!r}", option="--preset")
+    return value
+
+
+def _check_formats(value: str) -> str:
+    from activecad.phantom.cohort import FORMATS
+
+    chosen = [f.strip().lower() for f in value.split(",") if f.strip()]
+    unknown = [f for f in chosen if f not in FORMATS]
+    if unknown or not chosen:
+        raise usage_error(
+            f"unknown CT format {', '.join(unknown) or repr(value)}; choose from "
+            f"{', '.join(FORMATS)} (comma-separated)",
+            option="--formats",
+        )
+    return ",".join(chosen)
+
 
 def register(app: typer.Typer) -> None:
     """Add the ``phantom`` command to ``app``."""
 
     @app.command("phantom")
     def phantom(
-        out_dir: Path = typer.Argument(..., help="Folder to write the cohort into."),
-        patients: int = typer.Option(10, "--patients", "-n", help="Number of patients."),
-        seed: int = typer.Option(0, "--seed", "-s", help="Seed; the same seed, the same bytes."),
-        preset: str = typer.Option("small", "--preset", help="small (128^2 CT) or full (512^2)."),
+        out_arg: Path | None = typer.Argument(
+            None, metavar="OUT", help="Same as --out (kept for older scripts)."
+        ),
+        out: Path | None = typer.Option(
+            None,
+            "--out",
+            help="Folder to write the cohort into (created; an earlier cohort there is "
+            "replaced, any other non-empty folder refused).",
+        ),
+        patients: int = typer.Option(10, "--patients", "-n", min=1, help="Number of patients."),
+        seed: int = typer.Option(
+            0, "--seed", "-s", min=0, help="Seed; the same seed, the same bytes."
+        ),
+        preset: str = typer.Option(
+            "small", "--preset", callback=_check_preset, help="small (128^2 CT) or full (512^2)."
+        ),
         formats: str = typer.Option(
-            "mhd", "--formats", help="CT formats, comma-separated: mhd, dicom, nifti."
+            "mhd",
+            "--formats",
+            callback=_check_formats,
+            help="CT formats, comma-separated: mhd, dicom, nifti.",
         ),
         preview: bool = typer.Option(False, "--preview", help="Also write preview PNGs."),
         as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
     ) -> None:
-        """Generate virtual chest-CT patients with nodules, reader marks, lesions and
-        radiographs, written as LUNA16/LIDC/DeepLesion-style files."""
+        """Generate virtual chest-CT patients with nodules, reader marks, lesions and radiographs.
+
+        The files are LUNA16-, LIDC- and DeepLesion-style, so every other command reads them
+        as it reads real data.
+        """
+        if out is not None and out_arg is not None and out != out_arg:
+            raise usage_error(f"given twice ({out_arg} and {out}); pass only --out", option="--out")
+        target = out if out is not None else out_arg
+        if target is None:
+            raise usage_error(
+                "missing; pass the folder to write, e.g. --out cohort", option="--out"
+            )
+        target = output_folder(target, writes=_WRITES)
+        if target.is_dir() and any(target.iterdir()) and not (target / "manifest.json").is_file():
+            raise InputError(
+                "folder is not empty and holds no phantom cohort",
+                path=target,
+                fix="Choose an empty or new folder (a previous cohort is replaced)",
+            )
         # Imported here so that `activecad --help` does not pay for numpy/scipy set-up.
         from activecad.phantom import generate_cohort
+        from activecad.phantom.cohort import _clear_previous
 
-        manifest = generate_cohort(
-            out_dir,
-            patients=patients,
-            seed=seed,
-            preset=preset,
-            formats=formats.split(","),
-            preview=preview,
-            progress=not as_json,
-        )
+        # Generated beside the target and moved in at the end: an interrupted run leaves
+        # the earlier cohort (or nothing) in place, never half a cohort.
+        with atomic_output(target, folder=True) as tmp:
+            manifest = generate_cohort(
+                tmp,
+                patients=patients,
+                seed=seed,
+                preset=preset,
+                formats=formats.split(","),
+                preview=preview,
+                progress=not as_json,
+            )
+            if target.is_dir():
+                _clear_previous(target)
         counts = cast(dict[str, int], manifest["counts"])
         if as_json:
             typer.echo(
                 json.dumps(
-                    {"out_dir": str(out_dir), "seed": seed, "preset": preset, "counts": counts}
+                    {"out_dir": str(target), "seed": seed, "preset": preset, "counts": counts}
                 )
             )
             return
-        table = Table(title=f"phantom cohort in {out_dir}")
+        table = Table(title=f"phantom cohort in {target}")
         table.add_column("what")
         table.add_column("count", justify="right")
         for key, value in counts.items():
