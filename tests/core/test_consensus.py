@@ -91,23 +91,27 @@ def test_three_readers_make_an_annotation_with_world_centre_and_mean_diameter() 
     (row,) = tables.annotations.itertuples()
     # Centre: mean of pixel x 50, 51, 52 -> 51 px -> -100 + 51 mm; y -50 + 50.
     assert (row.coordX, row.coordY, row.coordZ) == (-49.0, 0.0, 10.0)
-    # One slice (1 mm) of a square of side 10, 12, 14 mm: volume-equivalent diameters
-    # (6 V / pi)^(1/3) with V = side^2 * 1 mm, averaged over the three readers.
-    want = np.mean([(6 * s**2 / np.pi) ** (1 / 3) for s in (10.0, 12.0, 14.0)])
+    # One slice (1 mm) of a square outline of side 10, 12, 14 px (1 mm pixels); the area
+    # inside it, outline pixels left out, is s^2 - 2 s + pi / 4 (half a pixel in, Steiner);
+    # volume-equivalent diameters (6 V / pi)^(1/3), averaged over the three readers.
+    want = np.mean(
+        [(6 * (s**2 - 2 * s + np.pi / 4) / np.pi) ** (1 / 3) for s in (10.0, 12.0, 14.0)]
+    )
     assert row.diameter_mm == pytest.approx(want, abs=1e-3)
     assert row.readers == 3
 
 
 def test_equivalent_diameter_subtracts_exclusion_outlines() -> None:
-    # 10 x 10 mm outline on two slices 1 mm apart, a 4 x 4 mm cavity cut from one of them:
-    # V = (100 + 100 - 16) mm^2 * 1 mm = 184 mm^3.
+    # 10 x 10 px outline (1 mm pixels) on two slices 1 mm apart, a 4 x 4 px cavity outline
+    # in one: inside the outline 100 - 20 + pi/4, the cavity grows by half a pixel to
+    # 16 + 8 + pi/4; V = 2 (80 + pi/4) - (24 + pi/4) = 136 + pi/4 mm^3.
     rois = (
         LidcRoi(0.0, _square(20, 20, 5)),
         LidcRoi(1.0, _square(20, 20, 5)),
         LidcRoi(1.0, _square(20, 20, 2), inclusion=False),
     )
     summary = summarize_mark(LidcMark("a", "1", "nodule", rois), GEOMETRY)
-    assert summary["diameter_mm"] == pytest.approx((6 * 184 / np.pi) ** (1 / 3))
+    assert summary["diameter_mm"] == pytest.approx((6 * (136 + np.pi / 4) / np.pi) ** (1 / 3))
     assert summary["coordZ"] == 0.5  # the cavity's points do not move the centre
 
 

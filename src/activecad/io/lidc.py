@@ -252,8 +252,8 @@ def _read_session(
         where = f"reader {reader} non-nodule '{mark_id}'"
         z = _number(_text(finding, "imageZposition"), f"{where} imageZposition", path)
         points = _points(finding, "locus", where, path)
-        roi = LidcRoi(z, points[:1], True, _text(finding, "imageSOP_UID"))
-        marks.append(LidcMark(reader, mark_id, "non-nodule", (roi,)))
+        locus = LidcRoi(z, points[:1], True, _text(finding, "imageSOP_UID"))
+        marks.append(LidcMark(reader, mark_id, "non-nodule", (locus,)))
     return marks
 
 

@@ -343,7 +343,8 @@ def _outline(centre: np.ndarray, diameter: float, geometry: SeriesGeometry) -> t
 
     Slices cut the sphere of ``diameter`` (world mm) centred at ``centre`` (world mm, x-y-z);
     when none does (a small sphere between thick slices) the nearest slice gets the circle
-    of the sphere's own radius, as a reader outlines it where it shows best.
+    of the sphere's own radius, as a reader outlines it where it shows best. As LIDC readers
+    do, the outline runs through the first pixels outside the nodule: half a pixel out.
     """
     slice_z = np.asarray(geometry.slice_z, dtype=np.float64)  # from_scan always fills it
     radius = diameter / 2.0
@@ -351,12 +352,13 @@ def _outline(centre: np.ndarray, diameter: float, geometry: SeriesGeometry) -> t
     crossing = np.flatnonzero(np.abs(gaps) < radius)
     if len(crossing) == 0:
         crossing = np.array([int(np.argmin(np.abs(gaps)))])
+    half_pixel = 0.5 * float(np.mean(geometry.pixel_spacing or (0.0, 0.0)))
     angles = np.linspace(0.0, 2.0 * np.pi, OUTLINE_POINTS, endpoint=False)
     circle = np.column_stack([np.cos(angles), np.sin(angles)])
     rois = []
     for k in crossing:
         rho = np.sqrt(max(radius**2 - gaps[k] ** 2, 0.0)) or radius
-        world = centre[:2] + rho * circle
+        world = centre[:2] + (rho + half_pixel) * circle
         pixels = np.round(geometry.world_xy_to_pixels(world), 2)
         rois.append(LidcRoi(float(slice_z[k]), pixels))
     return tuple(rois)

@@ -44,7 +44,9 @@ def write_previews(case: StudyCase, folder: str | Path, *, dpi: int = 80) -> lis
     grid = case.acquisition.grid
     volume = _canonical(case)
     nod = case.nodules
-    marks = case.readers.groupby("nodule_id").size() if not case.readers.empty else {}
+    # reader_mark_id is the true nodule a reader marked; count the readers who outlined it.
+    outlined = case.readers[case.readers["mark"] == "nodule"]
+    marks = outlined.groupby("reader_mark_id")["reader"].nunique() if len(outlined) else {}
     colour = []
     for nid, d in zip(nod["nodule_id"], nod["diameter_mm"], strict=True):
         k = int(marks.get(nid, 0)) if len(marks) else 0

@@ -9,6 +9,8 @@ low-contrast nodules look smaller to the model, so they are missed more, as in L
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -66,7 +68,7 @@ def read_nodules(
         LIDC protocol, a reader who measures under 3 mm marks a ``"small"`` nodule (a point,
         no ratings: NaN); the others mark a ``"nodule"`` (outlined and rated).
     """
-    rows = []
+    rows: list[dict[str, Any]] = []
     for nod in nodules:
         d = nod.diameter_at(study)
         doubtful = rng.random() < float(doubtful_share(d, nod.kind))
