@@ -5,16 +5,23 @@ BIN := $(VENV)/bin
 
 .PHONY: install demo test lint bench clean
 
+# pip prints what it collects and downloads, so a first install (about 6 GB, mostly torch
+# and its CUDA libraries, several minutes) is never minutes of silence.
 $(BIN)/activecad: pyproject.toml
+	@echo "==> [1/3] creating the virtual environment $(VENV) with $(PYTHON)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@echo "==> [2/3] upgrading pip"
+	$(BIN)/python -m pip install --upgrade pip
+	@echo "==> [3/3] installing activecad and its dependencies (about 6 GB on disk; first time: several minutes)"
+	$(BIN)/python -m pip install -e ".[dev]"
 	touch $(BIN)/activecad
+	@echo "==> installed: run $(BIN)/activecad --help (or 'source $(BIN)/activate', then activecad --help)"
 
 install: $(BIN)/activecad
 
 demo: install
 	$(BIN)/activecad demo --quick
+	@echo "==> results in demo_out/; run more commands with $(BIN)/activecad (or 'source $(BIN)/activate')"
 
 test: install
 	$(BIN)/ruff check .

@@ -333,3 +333,15 @@ def test_writing_under_a_file_is_an_input_error(tmp_path: Path) -> None:
         write_scan(make_scan(), tmp_path / "taken" / "vol.mhd")
     with pytest.raises(InputError, match="cannot write"):
         write_dicom_series(make_scan(), tmp_path / "taken" / "series")
+
+
+def test_a_folder_of_mhd_files_suggests_the_files(tmp_path: Path) -> None:
+    # `activecad detect data/ct/` on LUNA16's layout used to say "no DICOM image files found".
+    write_scan(make_scan(), tmp_path / "1.2.3.mhd")
+    write_scan(make_scan(), tmp_path / "1.2.4.mhd")
+    with pytest.raises(InputError) as error:
+        read_scan(tmp_path)
+    message = str(error.value)
+    assert "holds 2 scan file(s) such as 1.2.3.mhd" in message
+    assert f"Pass the files themselves, e.g. {tmp_path / '1.2.3.mhd'}" in message
+    assert f"{tmp_path}/*.mhd" in message

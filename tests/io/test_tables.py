@@ -199,3 +199,25 @@ def test_guess_uses_the_file_name_for_luna16_excluded_and_gives_up_on_strangers(
     # Three of five annotation columns: close enough to report the missing ones.
     assert guess_table_kind(["seriesuid", "coordX", "coordY"]) == "annotations"
     assert guess_table_kind(["patient", "study", "date"]) is None
+
+
+@pytest.mark.parametrize("literal", ["nan", "NaN", "NA", "null"])
+def test_a_literal_nan_is_a_wrong_value_not_an_empty_cell(tmp_path: Path, literal: str) -> None:
+    # pandas reads these as missing; they used to be reported as "is empty", a wrong hint.
+    path = tmp_path / "annotations.csv"
+    path.write_text(f"seriesuid,coordX,coordY,coordZ,diameter_mm\n1.2.3,1,{literal},3,4\n")
+    with pytest.raises(InputError, match=f"column 'coordY' is not numeric: '{literal}' at line 2"):
+        read_table(path, "annotations")
+
+
+def test_an_id_that_reads_like_nan_is_kept_as_text(tmp_path: Path) -> None:
+    path = tmp_path / "annotations.csv"
+    path.write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\nNA,1,2,3,4\n")
+    assert read_table(path, "annotations")["seriesuid"].tolist() == ["NA"]
+
+
+def test_an_empty_cell_is_still_reported_as_empty(tmp_path: Path) -> None:
+    path = tmp_path / "annotations.csv"
+    path.write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\n1.2.3,1,,3,4\n")
+    with pytest.raises(InputError, match="column 'coordY' is empty at line 2"):
+        read_table(path, "annotations")
