@@ -97,6 +97,12 @@ def _csv_nan_coordinate(tmp_path: Path) -> Path:
     return path
 
 
+def _empty_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "table.csv"
+    path.write_text("")
+    return path
+
+
 CASES = [
     (_nonexistent, "no such file or folder"),
     (_random_bytes_dcm, "not a DICOM file"),
@@ -113,6 +119,7 @@ CASES = [
     (_csv_non_numeric, "column 'coordX' is not numeric: 'x1' at line 3"),
     # A literal NaN is a value, not an empty cell (it used to be reported as "is empty").
     (_csv_nan_coordinate, "column 'coordY' is not numeric: 'NaN' at line 2"),
+    (_empty_csv, "the file is empty"),
 ]
 
 
@@ -129,6 +136,9 @@ def test_bad_input_is_one_line_and_exit_1(run_cli, tmp_path: Path, make, message
     # The message names the file (or, for a slice, the file inside the folder).
     assert str(path) in error
     assert "Traceback" not in error
+    # ... and names the fix: a second sentence after the problem.
+    problem, _, fix = error.removeprefix(f"error: {path}").partition(". ")
+    assert fix.strip(), f"no fix in: {error}"
 
 
 def test_unknown_series_lists_the_ones_there(run_cli, tmp_path: Path) -> None:

@@ -358,7 +358,9 @@ def _read_id_table(path: Path, column: str) -> pd.DataFrame:
             )
     if df["id"].isna().any():
         first = int(np.flatnonzero(df["id"].isna().to_numpy())[0])
-        raise InputError(f"column 'id' is empty at line {first + 2}", path=path)
+        raise InputError(
+            f"column 'id' is empty at line {first + 2}", path=path, fix="Give every row an id"
+        )
     duplicated = df["id"][df["id"].duplicated()]
     if len(duplicated):
         raise InputError(

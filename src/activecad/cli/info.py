@@ -111,7 +111,11 @@ def read_image(path: Path, *, series: str | None = None) -> Scan | Radiograph:
         raise InputError("no such file or folder", path=path, fix="Check the path")
     if _is_radiograph(path):
         if series is not None:
-            raise InputError("--series applies to DICOM folders, not radiographs", path=path)
+            raise InputError(
+                "--series applies to DICOM folders, not radiographs",
+                path=path,
+                fix="Leave --series out",
+            )
         return read_radiograph(path)
     return read_scan(path, series=series, progress=True)
 
@@ -164,7 +168,9 @@ def _read_any_csv(path: Path) -> pd.DataFrame:
     try:
         return pd.read_csv(path, dtype=str)
     except pd.errors.EmptyDataError as exc:
-        raise InputError("the file is empty", path=path) from exc
+        raise InputError(
+            "the file is empty", path=path, fix="Write a header line and one row per item"
+        ) from exc
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise InputError(
             "not a readable CSV", path=path, fix="Check quoting and delimiters"

@@ -74,7 +74,11 @@ def read_mhd_header(path: Path) -> dict[str, str]:
         with path.open("rb") as fh:
             raw = fh.read(1 << 16)
     except OSError as exc:
-        raise InputError(f"cannot read the header ({exc.strerror})", path=path) from exc
+        raise InputError(
+            f"cannot read the header ({exc.strerror})",
+            path=path,
+            fix="Check that the file is readable (permissions, a complete copy)",
+        ) from exc
     fields: dict[str, str] = {}
     for line in raw.decode("latin-1").splitlines():
         key, sep, value = line.partition("=")

@@ -205,6 +205,7 @@ def _read_sitk(path: Path, *, fmt: str) -> Scan:
         raise InputError(
             f"expected one value per voxel, got {image.GetNumberOfComponentsPerPixel()}",
             path=path,
+            fix="Give a grayscale CT volume (not an RGB or vector image)",
         )
     array = sitk.GetArrayFromImage(image)
     _check_finite(array, path)
@@ -442,6 +443,7 @@ def _stack_slices(
             raise InputError(
                 "slices have no ImageOrientationPatient, their order cannot be known",
                 path=source,
+                fix="Export the series again with its geometry tags, or convert it to .mhd",
             )
     else:
         row_dir, col_dir = orientation[:3], orientation[3:]
@@ -454,6 +456,7 @@ def _stack_slices(
             raise InputError(
                 "some slices have no ImagePositionPatient, their order cannot be known",
                 path=source,
+                fix="Export the series again with its geometry tags, or convert it to .mhd",
             )
         # Order along the slice normal: file names and InstanceNumber are unreliable.
         ordered.sort(key=lambda item: (float(np.dot(_xyz(item[0]), normal)), item[0].instance))

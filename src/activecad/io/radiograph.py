@@ -53,7 +53,11 @@ def read_radiograph(path: str | Path) -> Radiograph:
     if not path.exists():
         raise InputError("no such file", path=path, fix="Check the path")
     if path.is_dir():
-        raise InputError("expected a radiograph file, got a folder", path=path)
+        raise InputError(
+            "expected a radiograph file, got a folder",
+            path=path,
+            fix="Pass one .png or .dcm file of the folder",
+        )
     if path.suffix.lower() == ".png":
         return _read_png(path)
     return _read_dicom(path)
@@ -112,7 +116,11 @@ def _read_dicom(path: Path) -> Radiograph:
     try:
         stored = ds.pixel_array
     except (AttributeError, KeyError) as exc:
-        raise InputError("DICOM file holds no image", path=path) from exc
+        raise InputError(
+            "DICOM file holds no image",
+            path=path,
+            fix="Pass the DICOM file of the radiograph itself (not a report or a structured set)",
+        ) from exc
     except (ValueError, EOFError, OSError, NotImplementedError, RuntimeError) as exc:
         raise InputError(
             f"cannot decode the pixel data ({exc})".replace("\n", " "),
@@ -127,7 +135,11 @@ def _read_dicom(path: Path) -> Radiograph:
         )
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise InputError(f"expected grayscale, got {photometric}", path=path)
+        raise InputError(
+            f"expected grayscale, got {photometric}",
+            path=path,
+            fix="Export the radiograph as MONOCHROME1/2 (grayscale)",
+        )
     bits_stored = int(ds.get("BitsStored", 16))
     values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
     low, high = _output_range(ds, bits_stored)

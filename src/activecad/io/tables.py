@@ -405,7 +405,11 @@ def read_table(path: str | Path, kind: str) -> pd.DataFrame:
     if not path.exists():
         raise InputError("no such file", path=path, fix="Check the path")
     if path.is_dir():
-        raise InputError("expected a CSV file, got a folder", path=path)
+        raise InputError(
+            "expected a CSV file, got a folder",
+            path=path,
+            fix="Pass the .csv file inside it",
+        )
     try:
         # Ids as text: LUNA16 UIDs would lose digits as floats, patient ids their zeros.
         # Only an empty cell is missing: a literal "nan" or "NA" is a value, and a wrong one
