@@ -137,7 +137,7 @@ def test_bad_input_is_one_line_and_exit_1(run_cli, tmp_path: Path, make, message
     assert str(path) in error
     assert "Traceback" not in error
     # ... and names the fix: a second sentence after the problem.
-    problem, _, fix = error.removeprefix(f"error: {path}").partition(". ")
+    _, _, fix = error.removeprefix(f"error: {path}").partition(". ")
     assert fix.strip(), f"no fix in: {error}"
 
 
