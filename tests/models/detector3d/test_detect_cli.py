@@ -1,0 +1,106 @@
+"""``activecad detect``: inputs checked before any work, --out a file, the user cache folder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK
+import torch
+
+from activecad.data import PreprocessCache
+from activecad.models.detector3d import DetectorConfig, NoduleDetector, save_bundle
+
+
+@pytest.fixture
+def model_dir(tiny_config: DetectorConfig, tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    return save_bundle(tmp_path / "model", NoduleDetector(tiny_config))
+
+
+def _scan(folder: Path, name: str) -> Path:
+    array = np.random.default_rng(0).normal(-700, 100, size=(34, 36, 33)).astype(np.float32)
+    image = SimpleITK.GetImageFromArray(array)
+    image.SetSpacing((1.0, 1.0, 1.0))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.mhd"
+    SimpleITK.WriteImage(image, str(path))
+    return path
+
+
+def test_detect_writes_tables_and_caches_in_the_user_folder(
+    run_cli: Callable[..., object],
+    model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ACTIVECAD_CACHE", str(tmp_path / "user_cache"))
+    scan = _scan(tmp_path / "ct", "1.2.3")
+    out, unc = tmp_path / "res" / "det.csv", tmp_path / "res" / "unc.csv"
+    result = run_cli("detect", scan, "--model", model_dir, "--out", out, "--uncertainty", unc)
+    assert result.exit_code == 0, result.stderr  # type: ignore[attr-defined]
+    assert list(pd.read_csv(out).columns)[:5] == [
+        "seriesuid", "coordX", "coordY", "coordZ", "probability"
+    ]  # fmt: skip
+    table = pd.read_csv(unc)
+    assert list(table.columns) == [
+        "seriesuid", "l_scan", "L_roi",
+        "L_roi_loss_of_confident", "L_roi_loss_above_tau", "L_roi_score_above_tau",
+    ]  # fmt: skip
+    assert table.seriesuid.tolist() == ["1.2.3"]
+    assert PreprocessCache(tmp_path / "user_cache").info().entries == 1
+    assert not (model_dir / "cache").exists()
+    # --cache moves it.
+    again = run_cli("detect", scan, "--model", model_dir, "--out", out, "--cache", tmp_path / "c")
+    assert again.exit_code == 0  # type: ignore[attr-defined]
+    assert PreprocessCache(tmp_path / "c").info().entries == 1
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing_scan", "no such scan file"),
+        ("not_a_scan", "not a CT scan file"),
+        ("raw_missing", "data file b.raw is missing"),
+        ("out_is_folder", "--out must be a file, but this is a folder"),
+        ("bad_model", "bundle"),
+    ],
+)
+def test_bad_input_fails_before_the_first_scan_with_one_line(
+    run_cli: Callable[..., object],
+    model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    case: str,
+    message: str,
+) -> None:
+    monkeypatch.setenv("ACTIVECAD_CACHE", str(tmp_path / "user_cache"))
+    good = _scan(tmp_path / "ct", "a")
+    scans: list[Path] = [good]
+    out, model = tmp_path / "det.csv", model_dir
+    if case == "missing_scan":
+        scans.append(tmp_path / "ct" / "nope.mhd")
+    elif case == "not_a_scan":
+        (tmp_path / "notes.txt").write_text("x")
+        scans.append(tmp_path / "notes.txt")
+    elif case == "raw_missing":
+        broken = _scan(tmp_path / "ct", "b")
+        broken.with_suffix(".raw").unlink()
+        scans.append(broken)
+    elif case == "out_is_folder":
+        out = tmp_path / "res"
+        out.mkdir()
+    elif case == "bad_model":
+        model = tmp_path / "empty_model"
+        model.mkdir()
+    result = run_cli("detect", *scans, "--model", model, "--out", out)
+    assert result.exit_code == 1  # type: ignore[attr-defined]
+    stderr = result.stderr  # type: ignore[attr-defined]
+    assert message in stderr
+    assert stderr.count("\n") == 1 and "Traceback" not in stderr
+    # Nothing was processed: the good first scan was not preprocessed, nothing written.
+    assert PreprocessCache(tmp_path / "user_cache").info().entries == 0
+    assert not (tmp_path / "det.csv").exists()
