@@ -249,3 +249,27 @@ def test_warnings_are_warning_lines_on_stderr(run_cli, tmp_path) -> None:
         f"warning: 1 of 5 identifiers of the labels ({labels}) are not in the scores "
         f"({scores}) and are ignored (e.g. 'c')"
     ]
+
+
+@pytest.mark.parametrize("name", ["", *sorted(COMMANDS)])
+def test_help_cites_papers_by_name_not_by_path(run_cli, name) -> None:
+    # Users have no papers/ folder and no DESIGN.md: help cites authors, title and venue.
+    res = run_cli(*name.split(), "--help")
+    assert res.exit_code == 0
+    assert "papers/" not in res.stdout and "DESIGN.md" not in res.stdout, res.stdout
+
+
+def test_the_modules_of_this_contract_cite_no_paths() -> None:
+    import activecad
+
+    root = Path(activecad.__file__).parent
+    mine = [
+        *root.glob("metrics/*.py"),
+        *root.glob("io/*.py"),
+        *(root / "cli" / f"{n}.py" for n in ("main", "_common", "eval", "info", "phantom")),
+        root / "cli" / "demo.py",
+        root / "errors.py",
+        root / "identifiers.py",
+    ]
+    cited = [p.name for p in mine if "papers/" in p.read_text() or "DESIGN.md" in p.read_text()]
+    assert cited == []

@@ -25,7 +25,7 @@ from activecad.metrics._validation import (
 )
 
 KEY_SLICE_FP_RATES: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
-"""FPs per key slice of DeepLesion's key-slice FROC (papers/003, Table 3)."""
+"""FPs per key slice of DeepLesion's key-slice FROC (Yan et al. 2020, Table 3)."""
 
 
 def check_boxes(boxes: ArrayLike, name: str) -> NDArray[np.float64]:
@@ -107,10 +107,10 @@ def match_boxes(
     """Match predicted boxes to ground-truth boxes by IoU, counting as LUNA16 does.
 
     A prediction hits a ground truth when their IoU is strictly above ``iou_threshold``
-    (papers/003: "IoU > 0.5"); a box over two ground truths detects both; a ground truth
+    (Yan et al. 2020: "IoU > 0.5"); a box over two ground truths detects both; a ground truth
     counts once at its best-scoring hit; predictions overlapping only an ignore box are
-    neither TP nor FP. Read sensitivity at any FP rate (papers/000 reports 4 FPs per
-    scan) with :func:`froc_curve` and :func:`sensitivity_at_fp_rates`.
+    neither TP nor FP. Read sensitivity at any FP rate (Liu, Cao & Tian, MICCAI 2020,
+    report 4 FPs per scan) with :func:`froc_curve` and :func:`sensitivity_at_fp_rates`.
 
     Args:
         pred_ids: (M,) image (scan, slice, sub-volume) id of each prediction.

@@ -1,4 +1,4 @@
-"""Dice between heat maps and masks (papers/004: localisation of nodules on radiographs)."""
+"""Dice between heat maps and masks (Kim et al. 2023: nodule localisation on radiographs)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""Learning-curve summaries for active learning (papers/002): ALC and annotation saved."""
+"""Learning-curve summaries for active learning: ALC and annotation saved.
+
+After Zhou et al., "Active, continual fine tuning of convolutional neural networks for
+reducing annotation efforts", Medical Image Analysis 2021.
+"""
 
 from __future__ import annotations
 
@@ -33,7 +37,8 @@ def area_under_learning_curve(
     """Area under the learning curve (trapezoids), by default divided by the x-range.
 
     Normalised, a curve that is constant at c gives c, so ALCs of runs with different
-    label budgets compare on the performance scale (papers/002, Table 4).
+    label budgets compare on the performance scale (Zhou et al., Medical Image Analysis
+    2021, Table 4).
 
     Args:
         n_labels: (P,) strictly increasing numbers of labels queried.
@@ -83,7 +88,7 @@ def annotation_saved(
     *,
     target: float | None = None,
 ) -> AnnotationSaved:
-    """Annotation saved by method A against method B (papers/002, section 4).
+    """Annotation saved by method A against method B (Zhou et al. 2021, section 4).
 
     Example from the paper: ACFT reaches RFT's AUC with 2,906 labels where RFT needs
     4,452, so 1,546 labels (34.7%) are saved.

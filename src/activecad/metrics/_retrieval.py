@@ -1,4 +1,4 @@
-"""Recall@K for similar-nodule search (papers/001, Table 1)."""
+"""Recall@K for similar-nodule search (Park et al. 2017, Table 1)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def recall_at_k(
     Args:
         embeddings: (N, D) feature vectors.
         labels: (N,) labels (e.g. malignancy groups; map "1,2 vs 4,5" before calling and
-            drop the items to leave out, as papers/001 drops score 3).
+            drop the items to leave out, as Park et al. 2017 drops score 3).
         k: the K values.
         metric: ``"euclidean"`` or ``"cosine"``.
         chunk_size: queries processed at once (memory ~ chunk_size x N).

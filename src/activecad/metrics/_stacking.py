@@ -1,4 +1,4 @@
-"""2D-to-3D box stacking for slice-wise detectors and its FROC (papers/003, section 4.3).
+"""2D-to-3D box stacking for slice-wise detectors and its FROC (Yan et al. 2020, section 4.3).
 
 A 2.5D detector outputs 2D boxes per slice. Boxes on consecutive slices whose IoU is above
 0.5 are chained into one 3D box; a 3D box is a TP when any of its 2D cross-sections has
@@ -86,7 +86,7 @@ def stack_slice_boxes(
         slice_indices: (N,) integer slice index (z) of each box within its sub-volume.
         boxes: (N, 4) ``(xmin, ymin, xmax, ymax)`` pixels of the slice.
         scores: (N,) detection scores.
-        iou_threshold: overlap needed to continue a chain (papers/003: 0.5).
+        iou_threshold: overlap needed to continue a chain (Yan et al. 2020: 0.5).
     """
     vol = as_ids(volume_ids, "volume_ids")
     z_float = check_1d(slice_indices, "slice_indices")
@@ -154,7 +154,7 @@ def match_stacked_boxes(
         gt_volume_ids: (G,) sub-volume id of each lesion.
         gt_slice_indices: (G,) slice of each lesion's 2D box (one box per lesion).
         gt_boxes: (G, 4) ``(xmin, ymin, xmax, ymax)`` pixels.
-        iou_threshold: a cross-section must exceed it (papers/003: 0.5).
+        iou_threshold: a cross-section must exceed it (Yan et al. 2020: 0.5).
         volumes: the evaluated sub-volumes (FPs per sub-volume); default every id seen.
 
     Returns:
