@@ -209,7 +209,8 @@ def froc(
     ),
     seriesuids: Path | None = typer.Option(
         None,
-        help="Scans to evaluate, one seriesuid per line; default: every UID in the "
+        help="Scans to evaluate: a CSV with one seriesuid per line, or MODEL/split.json:val "
+        "(a part of the split 'train detector' wrote); default: every UID in the "
         "annotations and predictions.",
     ),
     max_marks: int = typer.Option(100, min=0, help="Marks kept per scan (0: no cap)."),
