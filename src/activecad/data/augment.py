@@ -1,4 +1,7 @@
-"""Augmentation of a detection patch together with its boxes (papers/000: flip, crop, rotate).
+"""Augmentation of a detection patch together with its boxes (flip, crop, rotate).
+
+The augmentations Liu, Cao & Tian, "Deep Active Learning for Effective Pulmonary Nodule
+Detection" (MICCAI 2020) name in §3.1.
 
 Frames: a patch is (X, Y, Z) (the network's order, see
 :mod:`activecad.models.detector3d.network`) and boxes are (N, 6)

@@ -1,4 +1,7 @@
-"""The 3D nodule detector with loss prediction (papers/000 §2).
+"""The 3D nodule detector with loss prediction.
+
+After Liu, Cao & Tian, "Deep Active Learning for Effective Pulmonary Nodule Detection"
+(MICCAI 2020), §2.
 
 ResNet-18 + FPN (P2..P5) with MONAI RetinaNet heads, anchors, ATSS matching, hard-negative
 sampling and sliding-window inference; the scan-level loss predictor of Eq. 1, the RoI-level

@@ -1,4 +1,8 @@
-"""Loss prediction for active learning (papers/000 Eq. 1-3, after Yoo & Kweon 2019).
+"""Loss prediction for active learning, after Yoo & Kweon, "Learning Loss for Active Learning"
+(CVPR 2019).
+
+Eq. 1-3 of Liu, Cao & Tian, "Deep Active Learning for Effective Pulmonary Nodule Detection"
+(MICCAI 2020).
 
 Scan level (Eq. 1): each pyramid map P2..P5 is globally average-pooled and passed through
 an FC layer; one scalar is predicted from each level and one from the concatenation of the

@@ -184,7 +184,7 @@ class Detections:
 
 
 class NoduleDetector(nn.Module):
-    """The detector of papers/000 §2.1 with the loss prediction of §2.2.
+    """The detector of Liu, Cao & Tian (MICCAI 2020) §2.1 with the loss prediction of §2.2.
 
     MONAI's ``RetinaNetDetector`` supplies the anchors, the ATSS matcher, the hard-negative
     sampler, the box coder and the box loss; this class adds per-sample and per-anchor
