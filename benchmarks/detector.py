@@ -3,7 +3,8 @@
 Subcommands (results are merged into ``benchmarks/results/detector.json``)::
 
     python benchmarks/detector.py step        # training step on a 96^3 patch (median)
-    python benchmarks/detector.py inference   # one full-size phantom scan: time, peak RSS
+    python benchmarks/detector.py inference --model M  # full-size scan: 1 and several windows
+    python benchmarks/detector.py cache       # cache key: path/size/mtime vs full SHA-256
     python benchmarks/detector.py quality --time-budget 2700   # 80/20 split of 100 patients
     python benchmarks/detector.py export      # TorchScript / ONNX export attempts
 
@@ -104,55 +105,152 @@ def step(
     )
 
 
+INFERENCE_VARIANTS = ("lung_crop", "under_window", "no_crop")
+
+
 @app.command()
 def inference(
-    model: Path | None = typer.Option(None, help="Model folder; default an untrained cpu preset."),
+    model: Path = typer.Option(
+        ..., help="Trained model folder (e.g. 300 steps of 'train detector' on a phantom)."
+    ),
+    score_thresh: float | None = typer.Option(
+        None, help="Override the model's score threshold (0 guarantees detections)."
+    ),
     threads: int = 2,
     seed: int = 0,
 ) -> None:
-    """Time and peak memory of ``detect`` on one full-size (512 x 512 x ~300) phantom scan."""
+    """Time and peak memory of detection (network, NMS, world mapping) on a full-size scan.
+
+    One full-size (512 x 512 x ~265, 0.7 x 0.7 x 1.25 mm) phantom scan, three ways, each in
+    a fresh process: ``lung_crop`` as ``detect`` runs it (the lung-cropped scan, just over
+    the 320-voxel single-pass window along two axes: split evenly), ``under_window`` (the
+    same cropped to 320 voxels per axis: one pass) and ``no_crop`` (the whole resampled
+    scan: several windows along every axis).
+    """
     from activecad.phantom import generate_cohort
 
     folder = WORK / f"full_{seed}"
     if not (folder / "annotations.csv").is_file():
         generate_cohort(folder, patients=1, seed=seed, preset="full")
     scan = sorted((folder / "ct").glob("*.mhd"))[0]
-    # A fresh process, so the peak resident memory is the detector's alone.
-    worker = [sys.executable, __file__, "inference-worker", str(scan), "--threads", str(threads)]
-    if model is not None:
-        worker += ["--model", str(model)]
-    out = subprocess.run(worker, check=True, capture_output=True, text=True)
-    _record("inference_full_scan_cpu", json.loads(out.stdout.strip().splitlines()[-1]))
+    results = {}
+    for variant in INFERENCE_VARIANTS:
+        # A fresh process, so the peak resident memory is the detector's alone.
+        worker = [
+            sys.executable, __file__, "inference-worker", str(scan),
+            "--model", str(model), "--threads", str(threads), "--variant", variant,
+        ]  # fmt: skip
+        if score_thresh is not None:
+            worker += ["--score-thresh", str(score_thresh)]
+        out = subprocess.run(worker, check=True, capture_output=True, text=True)
+        results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+        typer.echo(json.dumps({variant: results[variant]}), err=True)
+    _record("inference_full_scan_cpu", {"model": str(model), **results})
 
 
 @app.command("inference-worker", hidden=True)
-def inference_worker(scan: Path, model: Path | None = None, threads: int = 2) -> None:
+def inference_worker(
+    scan: Path,
+    model: Path = typer.Option(...),
+    threads: int = 2,
+    variant: str = "lung_crop",
+    score_thresh: float | None = None,
+) -> None:
+    from monai.data.utils import dense_patch_slices
+
+    from activecad.data.preprocess import preprocess_scan
     from activecad.io.ct import read_scan
-    from activecad.models.detector3d import NoduleDetector, detect_scan, load_bundle, preset_config
+    from activecad.models.detector3d import detect_prepared, load_bundle, min_shape_zyx
+    from activecad.models.detector3d.network import window_size
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    detector = load_bundle(model) if model is not None else NoduleDetector(preset_config("cpu"))
+    detector = load_bundle(model)
+    if score_thresh is not None:
+        detector.config = detector.config.model_copy(update={"score_thresh": score_thresh})
+    cfg = detector.config
     detector.eval()
     read_start = time.perf_counter()
     ct = read_scan(scan)
+    read_s = time.perf_counter() - read_start
     start = time.perf_counter()
-    result = detect_scan(detector, ct)
+    preprocess = cfg.preprocess.model_copy(update={"lung_crop": variant != "no_crop"})
+    prepared = preprocess_scan(ct, preprocess, min_shape_zyx=min_shape_zyx(detector))
+    if variant == "under_window":
+        limit = list(cfg.sw_roi_size[::-1])  # z-y-x; pads to at most sw_roi_size
+        prepared.array = np.ascontiguousarray(prepared.array[: limit[0], : limit[1], : limit[2]])
+    preprocess_s = time.perf_counter() - start
+    start = time.perf_counter()
+    result = detect_prepared(detector, prepared)
     seconds = time.perf_counter() - start
+    padded = [-(-n // 32) * 32 for n in prepared.array.shape[::-1]]
+    window = window_size(padded, cfg.sw_roi_size, cfg.sw_overlap)
+    scan_interval = [max(1, int(w * (1 - cfg.sw_overlap))) for w in window]
+    windows = len(dense_patch_slices(padded, window, scan_interval))
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     print(
         json.dumps(
             {
                 "scan_shape_zyx": list(ct.shape),
                 "spacing_xyz_mm": ct.spacing.tolist(),
-                "read_s": start - read_start,
+                "network_input_xyz": padded,
+                "valid_xyz": list(prepared.array.shape[::-1]),
+                "window_xyz": list(window),
+                "windows": windows,
+                "read_s": read_s,
+                "preprocess_s": preprocess_s,
                 "detect_s": seconds,
                 "peak_rss_gb": peak_gb,
                 "detections": len(result.detections),
-                "trained_model": model is not None,
+                "max_probability": float(result.detections["probability"].max())
+                if len(result.detections)
+                else None,
+                "score_thresh": cfg.score_thresh,
+                "l_scan": result.l_scan,
+                "l_roi": result.l_roi_variants,
             }
         )
     )
+
+
+@app.command()
+def cache(seed: int = 0, repeats: int = 5) -> None:
+    """Cache key and lookup times on a full-size scan: path/size/mtime against full SHA-256."""
+    from activecad.data.preprocess import PreprocessCache, PreprocessConfig, scan_files
+    from activecad.phantom import generate_cohort
+
+    folder = WORK / f"full_{seed}"
+    if not (folder / "annotations.csv").is_file():
+        generate_cohort(folder, patients=1, seed=seed, preset="full")
+    scan = sorted((folder / "ct").glob("*.mhd"))[0]
+    config = PreprocessConfig()
+    root = WORK / "cache_bench"
+    timings: dict[str, object] = {
+        "scan_bytes": sum(f.stat().st_size for f in scan_files(scan)),
+    }
+    # The phantom's manifest would give the SHA-256 for free; hide it to time the stat key.
+    for name, store in (
+        ("stat", PreprocessCache(root, hash="stat")),
+        ("full", PreprocessCache(root, hash="full")),
+    ):
+        store._manifest_sha = lambda file: None  # type: ignore[method-assign]
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            store.key(scan, config, None)
+            times.append(time.perf_counter() - start)
+        timings[f"key_{name}_median_s"] = statistics.median(times)
+    store = PreprocessCache(root)
+    store.clear()
+    start = time.perf_counter()
+    store.load(scan, config)
+    timings["first_load_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    store.load(scan, config)
+    timings["second_load_s"] = time.perf_counter() - start
+    timings["entry_bytes"] = store.info().bytes
+    store.clear()
+    _record("preprocess_cache_full_scan", timings)
 
 
 @app.command()
