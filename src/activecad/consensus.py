@@ -3,7 +3,7 @@
 One implementation for the real data (``activecad import lidc``) and for the phantom's
 simulated readers. It lives outside :mod:`activecad.io` (which only knows file formats)
 and outside :mod:`activecad.data` (whose package imports torch, which the phantom must not
-pay for); it needs only numpy and pandas.
+pay for); it needs only numpy, pandas and scipy.
 
 Steps, each a function:
 
