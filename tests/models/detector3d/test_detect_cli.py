@@ -16,9 +16,15 @@ from activecad.models.detector3d import DetectorConfig, NoduleDetector, save_bun
 
 
 @pytest.fixture
-def model_dir(tiny_config: DetectorConfig, tmp_path: Path) -> Path:
+def model_dir(one_pass: DetectorConfig, tmp_path: Path) -> Path:
     torch.manual_seed(0)
-    return save_bundle(tmp_path / "model", NoduleDetector(tiny_config))
+    return save_bundle(tmp_path / "model", NoduleDetector(one_pass))
+
+
+@pytest.fixture
+def one_pass(tiny_config: DetectorConfig) -> DetectorConfig:
+    """The tiny detector with a window that takes these small scans in one pass (fast)."""
+    return tiny_config.model_copy(update={"sw_roi_size": (64, 64, 64)})
 
 
 def _scan(folder: Path, name: str) -> Path:

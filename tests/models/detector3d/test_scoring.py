@@ -23,6 +23,12 @@ from activecad.models.detector3d import (
 from activecad.models.detector3d.network import valid_mean, window_size
 
 
+@pytest.fixture
+def one_pass(tiny_config: DetectorConfig) -> DetectorConfig:
+    """The tiny detector with a window that takes these small scans in one pass (fast)."""
+    return tiny_config.model_copy(update={"sw_roi_size": (64, 64, 64)})
+
+
 def _write(folder: Path, uid: str, shape_zyx: tuple[int, int, int]) -> Path:
     rng = np.random.default_rng(len(uid))
     array = rng.normal(-700, 100, size=shape_zyx).astype(np.float32)
@@ -59,11 +65,11 @@ def test_window_splits_evenly_and_keeps_one_pass_where_it_fits() -> None:
 
 
 def test_score_pool_streams_scans_by_path_and_uid(
-    tiny_config: DetectorConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    one_pass: DetectorConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ACTIVECAD_CACHE", str(tmp_path / "user_cache"))
     torch.manual_seed(0)
-    detector = NoduleDetector(tiny_config).eval()
+    detector = NoduleDetector(one_pass).eval()
     first = _write(tmp_path / "pool" / "ct", "1.2.3", (40, 36, 33))
     _write(tmp_path / "pool" / "ct", "4.5.6", (34, 40, 45))
     scores = list(score_pool(detector, [first, "4.5.6"], folder=tmp_path / "pool"))
@@ -72,19 +78,19 @@ def test_score_pool_streams_scans_by_path_and_uid(
         assert set(s.l_roi_variants) == set(ROI_VARIANTS)
         assert s.l_roi == s.l_roi_variants["loss_of_confident"]
         assert np.isfinite(s.l_scan)
-        assert s.embedding.shape == (4 * tiny_config.fpn_channels,)
+        assert s.embedding.shape == (4 * one_pass.fpn_channels,)
         assert (s.detections.seriesuid == s.seriesuid).all()
     table, embeddings = pool_table(scores)
     assert list(table.columns) == [*UNCERTAINTY_COLUMNS, "path"]
-    assert embeddings.shape == (2, 4 * tiny_config.fpn_channels)
+    assert embeddings.shape == (2, 4 * one_pass.fpn_channels)
     # The default cache is the user's cache folder, not a model folder.
     assert PreprocessCache().info().entries == 2
 
 
 def test_a_second_scoring_reads_the_cache_without_hashing(
-    tiny_config: DetectorConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    one_pass: DetectorConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    detector = NoduleDetector(tiny_config).eval()
+    detector = NoduleDetector(one_pass).eval()
     path = _write(tmp_path / "pool", "7.7", (40, 36, 33))
     cache = PreprocessCache(tmp_path / "cache")
     once = next(score_pool(detector, [path], cache=cache, progress=False))
@@ -98,9 +104,9 @@ def test_a_second_scoring_reads_the_cache_without_hashing(
 
 
 def test_a_missing_series_fails_before_any_scan_is_scored(
-    tiny_config: DetectorConfig, tmp_path: Path
+    one_pass: DetectorConfig, tmp_path: Path
 ) -> None:
-    detector = NoduleDetector(tiny_config).eval()
+    detector = NoduleDetector(one_pass).eval()
     path = _write(tmp_path / "pool", "8.8", (40, 36, 33))
     cache = PreprocessCache(tmp_path / "cache")
     with pytest.raises(InputError, match=r"9\.9\.9 is not a scan file"):
