@@ -5,6 +5,7 @@ Subcommands (results are merged into ``benchmarks/results/detector.json``)::
     python benchmarks/detector.py step        # training step on a 96^3 patch (median)
     python benchmarks/detector.py inference --model M  # full-size scan: 1 and several windows
     python benchmarks/detector.py cache       # cache key: path/size/mtime vs full SHA-256
+    python benchmarks/detector.py pool --model M --cohort C  # pool scoring, L_RoI zeros
     python benchmarks/detector.py quality --time-budget 2700   # 80/20 split of 100 patients
     python benchmarks/detector.py export      # TorchScript / ONNX export attempts
 
@@ -210,6 +211,57 @@ def inference_worker(
                 "l_roi": result.l_roi_variants,
             }
         )
+    )
+
+
+@app.command()
+def pool(
+    model: Path = typer.Option(..., help="Trained model folder."),
+    cohort: Path = typer.Option(..., help="Phantom cohort folder (ct/*.mhd)."),
+    split: Path | None = typer.Option(
+        None, help="JSON with a 'pool' list of series UIDs (default: every scan)."
+    ),
+    tau: float = 0.5,
+    threads: int = 2,
+) -> None:
+    """Score a phantom pool: seconds per scan, and how often each L_RoI reading is 0 at tau."""
+    from activecad.data import PreprocessCache
+    from activecad.models.detector3d import ROI_VARIANTS, load_bundle, pool_table, score_pool
+
+    torch.set_num_threads(threads)
+    detector = load_bundle(model)
+    detector.config = detector.config.model_copy(update={"roi_tau": tau})
+    if split is not None:
+        series: list[str | Path] = list(json.loads(split.read_text())["pool"])
+    else:
+        series = sorted((cohort / "ct").glob("*.mhd"))
+    cache = PreprocessCache(WORK / "cache_pool")
+    start = time.perf_counter()
+    scores = list(score_pool(detector, series, folder=cohort, cache=cache, progress=False))
+    first_s = time.perf_counter() - start
+    start = time.perf_counter()
+    list(score_pool(detector, series, folder=cohort, cache=cache, progress=False))
+    cached_s = time.perf_counter() - start
+    table, embeddings = pool_table(scores)
+    zeros = {v: float((table[f"L_roi_{v}"] == 0).mean()) for v in ROI_VARIANTS}
+    distinct = {v: int(table[f"L_roi_{v}"].nunique()) for v in ROI_VARIANTS}
+    detections = [len(s.detections) for s in scores]
+    above = [int((s.detections["probability"] > tau).sum()) for s in scores]
+    _record(
+        "pool_scoring_small_phantom_cpu",
+        {
+            "model": str(model),
+            "scans": len(scores),
+            "tau": tau,
+            "share_of_zero_L_roi": zeros,
+            "distinct_L_roi_values": distinct,
+            "distinct_l_scan_values": int(table["l_scan"].nunique()),
+            "detections_per_scan_median": float(np.median(detections)),
+            "detections_above_tau_per_scan": above,
+            "embedding_width": int(embeddings.shape[1]),
+            "seconds_per_scan_first": first_s / max(len(scores), 1),
+            "seconds_per_scan_cached": cached_s / max(len(scores), 1),
+        },
     )
 
 
