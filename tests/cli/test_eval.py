@@ -244,12 +244,15 @@ def test_froc_predictions_matching_no_scan_is_an_error(run_cli, luna, with_list)
     assert "Traceback" not in res.stderr
 
 
-def test_froc_annotations_matching_no_listed_scan_is_an_error(run_cli, luna):
+def test_froc_listed_scans_without_any_annotation_warn(run_cli, luna):
+    # A small held-out part may hold no nodule: not an error, but never silent.
     luna["seriesuids"].write_text("X\nY\n")
-    luna["predictions"].write_text("seriesuid,coordX,coordY,coordZ,probability\n")
-    res = run_cli(*_froc_args(luna, "--bootstrap", "0"))
-    assert res.exit_code == 1
-    assert "no identifier of the annotations matches" in res.stderr
+    luna["predictions"].write_text("seriesuid,coordX,coordY,coordZ,probability\nX,0,0,0,0.5\n")
+    res = run_cli(*_froc_args(luna, "--bootstrap", "0", "--json"))
+    assert res.exit_code == 0, res.stderr
+    assert res.stderr.startswith("warning: none of the 2 scans listed in")
+    assert "(e.g. 'X' listed vs 'A' annotated)" in res.stderr
+    assert json.loads(res.stdout)["counts"]["fp"] == 1
 
 
 def test_froc_without_list_warns_about_unannotated_scans(run_cli, luna):

@@ -156,10 +156,12 @@ def _check_froc_ids(
 ) -> None:
     """Predictions, annotations and the list of scans must name the same series.
 
-    Zero overlap is an error (a ``.mhd`` suffix left on the predictions' seriesuids used to
-    give CPM 0 over twice the scans). Predictions outside the list are a warning (the
-    LUNA16 script ignores them). Annotations outside the list are normal (annotations.csv
-    covers the whole data set, the list one part of it) and only logged.
+    Predictions that match no listed (or, without a list, no annotated) scan are an error
+    (a ``.mhd`` suffix left on the predictions' seriesuids used to give CPM 0 over twice
+    the scans); predictions outside the list are a warning (the LUNA16 script ignores
+    them). Listed scans none of which is annotated are a warning, not an error: a small
+    held-out part may hold no nodule. Annotations outside the list are normal
+    (annotations.csv covers the whole data set, the list one part of it) and only logged.
     """
     if scans is not None:
         listed = f"the scans listed in {seriesuids}"
@@ -168,8 +170,16 @@ def _check_froc_ids(
         )
         gt_set, scan_set = set(gt_ids), set(scans)
         if gt_set and not gt_set & scan_set:
-            check_overlap(
-                gt_ids, scans, ours_name="the annotations", theirs_name=listed, path=annotations
+            # Not an error: the listed scans may all be free of nodules (a small held-out
+            # part of a split). But the sensitivity is then undefined, so say it.
+            warn(
+                "none of the %d scans listed in %s has an annotation in %s (e.g. %r listed vs "
+                "%r annotated); check that both name the same series",
+                len(scan_set),
+                seriesuids,
+                annotations,
+                str(min(scan_set)),
+                str(min(gt_set)),
             )
         outside = gt_set - scan_set
         if outside:
