@@ -8,6 +8,7 @@ line on stderr and no traceback (README, "Command line").
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -273,3 +274,19 @@ def test_the_modules_of_this_contract_cite_no_paths() -> None:
     ]
     cited = [p.name for p in mine if "papers/" in p.read_text() or "DESIGN.md" in p.read_text()]
     assert cited == []
+
+
+@pytest.mark.parametrize("name", ["detect", "info"])
+def test_a_folder_of_mhd_files_suggests_the_files(run_cli, tmp_path, valid, name) -> None:
+    # `activecad detect data/ct/` used to say "no DICOM image files found".
+    ct = tmp_path / "ct"
+    ct.mkdir()
+    shutil.copy(valid["scans"], ct / "a.mhd")
+    shutil.copy(valid["scans"].with_suffix(".raw"), ct / "tiny.raw")
+    args = [name, ct]
+    if name == "detect":
+        args += ["--model", valid["model"], "--out", tmp_path / "d.csv"]
+    res = run_cli(*args)
+    line = _assert_one_error_line(res, expected_codes=(1,))
+    assert "holds 1 scan file(s) such as a.mhd" in line
+    assert f"{ct / 'a.mhd'}" in line and f"{ct}/*.mhd" in line

@@ -41,11 +41,9 @@ def check_scan(path: Path) -> None:
                 f"cannot read the DICOM folder ({exc})", path=path, fix="give a DICOM series folder"
             ) from None
         if not series:
-            raise InputError(
-                "the folder holds no DICOM series",
-                path=path,
-                fix="give a DICOM series folder or a .mhd/.nii.gz file",
-            )
+            from activecad.io.ct import no_dicom_error
+
+            raise no_dicom_error(path)  # names the .mhd/.nii files to pass instead, if any
         return
     name = path.name.lower()
     if not name.endswith(_CT_SUFFIXES) and "." in name:

@@ -36,6 +36,7 @@ __all__ = [
     "is_valid_uid",
     "list_dicom_series",
     "make_uid",
+    "no_dicom_error",
     "read_scan",
     "write_dicom_series",
     "write_scan",
@@ -319,28 +320,43 @@ def _rank_series(headers: dict[str, list[tuple[_SliceHeader, Dataset]]]) -> list
     return sorted(headers, key=lambda uid: (-len(headers[uid]), uid))
 
 
+def no_dicom_error(folder: str | Path) -> InputError:
+    """The error for a folder that holds no DICOM image: suggests the scan files it holds.
+
+    ``activecad detect data/ct/`` on LUNA16's folder of ``.mhd`` files is the usual case;
+    the message then names the files to pass instead.
+
+    Args:
+        folder: the folder that was searched.
+
+    Returns:
+        the error to raise.
+    """
+    folder = Path(folder)
+    volumes = sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.is_file() and p.name.lower().endswith((".mhd", ".mha", ".nii", ".nii.gz"))
+    )
+    if volumes:
+        return InputError(
+            f"this folder holds {len(volumes)} scan file(s) such as {volumes[0]}, "
+            "not the DICOM slices of one series",
+            path=folder,
+            fix=f"Pass the files themselves, e.g. {folder / volumes[0]} "
+            f"(or {folder}/*{_suffix(Path(volumes[0]))} for all)",
+        )
+    return InputError(
+        "no DICOM image files found in this folder",
+        path=folder,
+        fix="Point at the folder that holds the .dcm slices of one series",
+    )
+
+
 def _read_dicom_folder(folder: Path, *, series: str | None, progress: bool) -> Scan:
     headers = _collect_headers(folder, progress=progress)
     if not headers:
-        volumes = sorted(
-            p.name
-            for p in folder.iterdir()
-            if p.is_file() and p.name.lower().endswith((".mhd", ".mha", ".nii", ".nii.gz"))
-        )
-        if volumes:
-            # e.g. `activecad detect data/ct/` on LUNA16's folder of .mhd scans.
-            raise InputError(
-                f"this folder holds {len(volumes)} scan file(s) such as {volumes[0]}, "
-                "not the DICOM slices of one series",
-                path=folder,
-                fix=f"Pass the files themselves, e.g. {folder / volumes[0]} "
-                f"(or {folder}/*{_suffix(Path(volumes[0]))} for all)",
-            )
-        raise InputError(
-            "no DICOM image files found in this folder",
-            path=folder,
-            fix="Point at the folder that holds the .dcm slices of one series",
-        )
+        raise no_dicom_error(folder)
     warnings: list[str] = []
     ranked = _rank_series(headers)
     if series is not None:
