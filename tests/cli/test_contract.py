@@ -290,3 +290,25 @@ def test_a_folder_of_mhd_files_suggests_the_files(run_cli, tmp_path, valid, name
     line = _assert_one_error_line(res, expected_codes=(1,))
     assert "holds 1 scan file(s) such as a.mhd" in line
     assert f"{ct / 'a.mhd'}" in line and f"{ct}/*.mhd" in line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["phantom", "--out", "x", "--patients", "0"],  # exited 1 before
+        ["phantom", "--out", "x", "--seed", "-1"],
+        ["phantom", "--out", "x", "--preset", "huge"],
+        ["phantom", "--out", "x", "--formats", "png"],
+        ["phantom"],  # no folder at all
+        ["info", "x.csv", "--kind", "nonsense"],
+        ["eval", "auc", "--labels", "l.csv", "--scores", "s.csv", "--confidence", "1.5"],
+        ["eval", "froc", "--annotations", "a.csv", "--predictions", "p.csv", "--max-marks", "-1"],
+        ["demo", "--seed", "abc"],
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_wrong_values_exit_2(run_cli, tmp_path, monkeypatch, args) -> None:
+    monkeypatch.chdir(tmp_path)
+    res = run_cli(*args)
+    _assert_one_error_line(res, expected_codes=(2,))
+    assert list(tmp_path.iterdir()) == []
