@@ -78,7 +78,7 @@ class _ActivecadGroup(TyperGroup):
         except click_exceptions.ClickException as exc:
             ctx = getattr(exc, "ctx", None)
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-            _error(_one_line(exc.format_message()) + hint)
+            _error(_one_line(exc.format_message()).rstrip(".") + hint + ".")
             sys.exit(exc.exit_code)
         except typer.Abort:
             _error("aborted")
@@ -128,6 +128,10 @@ def _argument_name(self: TyperArgument) -> str:
     return name + "..." if self.nargs != 1 else name
 
 
+def _argument_hint(self: TyperArgument) -> str:
+    return f"'{_argument_name(self)}'"
+
+
 def _argument_type(self: TyperArgument, ctx: Any) -> str | None:
     return None
 
@@ -165,7 +169,8 @@ rich_utils._make_command_help = _command_help
 rich_utils._fix_linebreaks = _paragraphs
 TyperArgument._usage_display_name = _argument_usage  # type: ignore[method-assign]
 TyperArgument._rich_display_name = _argument_name  # type: ignore[method-assign]
-TyperArgument.display_type_rich = _argument_type  # type: ignore[method-assign]
+TyperArgument.display_type_rich = _argument_type
+TyperArgument.get_error_hint = _argument_hint  # type: ignore[method-assign]  # type: ignore[method-assign]
 TyperOption.display_type_rich = _option_type  # type: ignore[method-assign]
 
 
