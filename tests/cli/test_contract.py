@@ -312,3 +312,13 @@ def test_wrong_values_exit_2(run_cli, tmp_path, monkeypatch, args) -> None:
     res = run_cli(*args)
     _assert_one_error_line(res, expected_codes=(2,))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", sorted(n for n, c in COMMANDS.items() if _has_out(c)))
+def test_out_help_says_file_or_folder(name) -> None:
+    out = next(p for p in COMMANDS[name].params if _option(p) == "--out")  # type: ignore[attr-defined]
+    text = (out.help or "").lower()
+    if name in FILE_OUT:
+        assert "csv" in text or "file" in text, text
+    else:
+        assert "folder" in text, text
