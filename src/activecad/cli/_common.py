@@ -173,6 +173,7 @@ def atomic_output(path: Path, *, folder: bool | None = None) -> Iterator[Path]:
     path = Path(path)
     if folder is None:
         folder = path.is_dir() or not path.suffix
+    created = [p for p in path.parents if not p.exists()]  # deepest first
     _make_parent(path, "--out")
     prefix = f".{path.name}.tmp-"
     if folder:
@@ -186,6 +187,9 @@ def atomic_output(path: Path, *, folder: bool | None = None) -> Iterator[Path]:
         yield tmp
     except BaseException:
         _remove(tmp)
+        for parent in created:  # folders made only for this output, if still empty
+            with contextlib.suppress(OSError):
+                parent.rmdir()
         raise
     try:
         if folder and path.is_dir():
