@@ -142,12 +142,14 @@ def test_uncertainty_then_diversity_spreads_the_batch():
     rows = {"a1": (0.9, [0, 0]), "a2": (0.8, [0, 0.1]), "b1": (0.7, [5, 5]), "b2": (0.6, [5, 5.1])}
     rows["c"] = (0.1, [100, 100])
     items = [ItemScores(k, l_scan=s, embedding=e) for k, (s, e) in rows.items()]
-    labelled = [ItemScores("l", embedding=[0, 0.05])]
     h = get_heuristic("uncertainty_then_diversity", uncertainty="learning_loss", omega=2)
-    sel = h.select(items, 2, labelled=labelled)
+    sel = h.select(items, 2)
     assert "c" not in sel.items
     assert {sel.items[0][0], sel.items[1][0]} == {"a", "b"}
-    assert sel.items[0] == "b2"  # farthest from the labelled point at (0, 0.05): 7.11 vs 7.04
+    # With a labelled item beside pair b, k-center starts in pair a, farthest from it.
+    sel = h.select(items, 1, labelled=[ItemScores("l", embedding=[5, 5.05])])
+    assert sel.items == ("a1",)  # top 2 by l_scan: a1, a2; a1 at (0, 0) is the farther
+    assert sel.scores == (0.9,)
     km = get_heuristic(
         "uncertainty_then_diversity", uncertainty="learning_loss", omega=2, diversity="kmeans++"
     )
