@@ -342,3 +342,11 @@ def test_auc_partial_overlap_warns_and_uses_the_common_ids(run_cli, roc):
     assert len(warnings) == 2
     assert "1 of 6 identifiers of the scores" in warnings[0]
     assert "1 of 6 identifiers of the labels" in warnings[1]
+
+
+def test_auc_with_one_case_of_a_kind_is_an_input_error(run_cli, roc):
+    # DeLong's variance needs two cases of each kind; one gave NaN and a RuntimeWarning.
+    roc["labels"].write_text("id,label\nc1,0\nc2,0\nc3,1\n")
+    res = run_cli("eval", "auc", "--labels", roc["labels"], "--scores", roc["scores"])
+    assert res.exit_code == 1
+    assert "1 positive and 2 negative scored case(s)" in res.stderr

@@ -456,6 +456,15 @@ def auc(
             path=labels,
             fix="Label (and score) cases of both kinds",
         )
+    n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
+    if min(n_pos, n_neg) < 2:
+        # DeLong's variance divides by (m - 1) and (n - 1): one case of a kind gives NaN.
+        raise InputError(
+            f"{n_pos} positive and {n_neg} negative scored case(s); DeLong's interval needs "
+            "at least 2 of each",
+            path=labels,
+            fix="Label and score more cases",
+        )
     s = score_tables[0][1].loc[lab["id"]].to_numpy(np.float64)
     ci = delong_interval(y, s, confidence)
     if threshold is None:
