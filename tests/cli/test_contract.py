@@ -322,3 +322,22 @@ def test_out_help_says_file_or_folder(name) -> None:
         assert "csv" in text or "file" in text, text
     else:
         assert "folder" in text, text
+
+
+def test_library_warnings_are_one_warning_line(run_cli, monkeypatch, tmp_path) -> None:
+    import warnings
+
+    import activecad.cli.info as info
+    from activecad.errors import InputError
+
+    def noisy(*args, **kwargs):
+        warnings.warn("Degrees of freedom <= 0\nfor slice", RuntimeWarning, stacklevel=1)
+        raise InputError("stop here", path=tmp_path, fix="Nothing to fix")
+
+    monkeypatch.setattr(info, "read_image", noisy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # the suite turns warnings into errors
+        res = run_cli("info", tmp_path)
+    lines = res.stderr.splitlines()
+    assert lines[0] == "warning: RuntimeWarning: Degrees of freedom <= 0 for slice"
+    assert lines[1].startswith("error:") and len(lines) == 2

@@ -31,6 +31,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -251,6 +252,21 @@ def setup_logging(verbose: bool) -> None:
     if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
         logger.addHandler(_StderrHandler())
     logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    # Python warnings of the libraries underneath (numpy, torch, ...) as one line too.
+    warnings.showwarning = _show_warning
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    text = " ".join(str(message).split())
+    where = f" ({filename}:{lineno})" if logger.isEnabledFor(logging.INFO) else ""
+    logger.warning("%s: %s%s", category.__name__, text, where)
 
 
 def warn(message: str, *args: object) -> None:
