@@ -37,9 +37,12 @@ from activecad.models.detector3d.network import (
 )
 from activecad.models.detector3d.scoring import PoolScore, pool_table, resolve_series, score_pool
 from activecad.models.detector3d.train import (
+    DetectorTask,
     LunaFolder,
     TrainResult,
+    fit_detector,
     read_luna_folder,
+    resolve_config,
     split_series,
     train_detector,
 )
@@ -52,6 +55,7 @@ __all__ = [
     "Detections",
     "DetectorConfig",
     "DetectorNetwork",
+    "DetectorTask",
     "LunaFolder",
     "NoduleDetector",
     "PoolScore",
@@ -64,6 +68,7 @@ __all__ = [
     "detect_prepared",
     "detect_scan",
     "detections_to_world",
+    "fit_detector",
     "load_bundle",
     "min_shape_zyx",
     "network_input",
@@ -72,6 +77,7 @@ __all__ = [
     "ranking_loss",
     "read_bundle_info",
     "read_luna_folder",
+    "resolve_config",
     "resolve_series",
     "roi_uncertainties",
     "roi_uncertainty",

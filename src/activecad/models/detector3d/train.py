@@ -1,202 +1,96 @@
-"""Training of the nodule detector on a LUNA16-style folder, resumable, with validation.
+"""Training of the nodule detector: the detector task for the engine, and the folder run.
 
-A data folder holds ``ct/`` (one ``.mhd``/``.mha``/``.nii[.gz]`` file or DICOM folder per
-series) and ``annotations.csv`` (world mm, x-y-z, ``diameter_mm``), optionally
-``annotations_excluded.csv``. The model folder receives the bundle (see :mod:`.bundle`),
-``checkpoint.pt`` (weights, optimiser and random states after each epoch),
-``metrics.jsonl`` (one line per epoch) and ``split.json`` (the train/validation series).
+:func:`fit_detector` fine-tunes or trains a detector in memory on labelled scans (what the
+active-learning loop calls each cycle); :func:`train_detector` is ``activecad train
+detector``: it reads a LUNA16-style folder (see :mod:`activecad.data.folders`), splits it
+by patient, preprocesses, fits and writes the model folder. Both run on
+:func:`activecad.training.fit`.
+
+The model folder receives the bundle (see :mod:`.bundle`) holding the weights of the best
+validation epoch by CPM (the LUNA16 competition performance metric on the validation
+split; the latest weights until the first validation, and when there is no validation
+split), ``checkpoint.pt`` (the last epoch's weights, optimiser state and history, for
+``--resume``), ``metrics.jsonl`` (one line per epoch) and ``split.json`` (the
+train/validation series).
 """
 
 from __future__ import annotations
 
 import json
-import math
-import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
 
+from activecad.data.folders import (
+    LunaFolder,
+    froc_summary,
+    labelled,
+    read_luna_folder,
+    split_by_patient,
+    split_series,
+)
 from activecad.data.patches import LabelledScan, PatchSampler
 from activecad.data.preprocess import PreparedScan, PreprocessCache
 from activecad.errors import InputError
-from activecad.models.detector3d.bundle import save_bundle
-from activecad.models.detector3d.config import DetectorConfig
+from activecad.models.detector3d.bundle import load_bundle, save_bundle
+from activecad.models.detector3d.config import DetectorConfig, preset_config
 from activecad.models.detector3d.inference import SUBMISSION_COLUMNS, detect_prepared
 from activecad.models.detector3d.network import NoduleDetector
+from activecad.training import distributed
+from activecad.training.engine import Callback, FitPlan, FitResult, FitState, fit
 
-CT_SUFFIXES = (".mhd", ".mha", ".nii", ".nii.gz")
+__all__ = [
+    "ARCHITECTURE_KEYS",
+    "RESUMABLE_KEYS",
+    "DetectorTask",
+    "LunaFolder",
+    "TrainResult",
+    "fit_detector",
+    "froc_summary",
+    "labelled",
+    "read_luna_folder",
+    "resolve_config",
+    "split_by_patient",
+    "split_series",
+    "train_detector",
+    "validate",
+]
 
-
-@dataclass
-class LunaFolder:
-    """The scans and tables of a LUNA16-style data folder.
-
-    Attributes:
-        scans: paths of the scans, sorted.
-        annotations: ``seriesuid, coordX, coordY, coordZ, diameter_mm`` (world mm).
-        excluded: findings that count neither as hits nor as false positives.
-    """
-
-    scans: list[Path]
-    annotations: pd.DataFrame
-    excluded: pd.DataFrame | None = None
-
-
-def read_luna_folder(data_dir: str | Path) -> LunaFolder:
-    """List the scans of ``data_dir/ct`` and read its annotation tables.
-
-    Raises:
-        InputError: the folder, ``ct/`` or ``annotations.csv`` is missing or holds no scan.
-    """
-    from activecad.io.tables import read_table
-
-    data_dir = Path(data_dir)
-    ct = data_dir / "ct"
-    if not ct.is_dir():
-        raise InputError(
-            "not a LUNA16-style data folder (no ct/ subfolder)",
-            path=data_dir,
-            fix="give a folder with ct/ and annotations.csv, e.g. one from 'activecad phantom'",
-        )
-    scans = sorted(p for p in ct.iterdir() if p.is_dir() or p.name.lower().endswith(CT_SUFFIXES))
-    if not scans:
-        raise InputError("ct/ holds no scan (.mhd, .mha, .nii, .nii.gz or DICOM folder)", path=ct)
-    annotations_path = data_dir / "annotations.csv"
-    if not annotations_path.is_file():
-        raise InputError("annotations.csv is missing", path=data_dir)
-    excluded_path = data_dir / "annotations_excluded.csv"
-    excluded = read_table(excluded_path, "excluded") if excluded_path.is_file() else None
-    return LunaFolder(scans, read_table(annotations_path, "annotations"), excluded)
-
-
-def split_series(
-    uids: Sequence[str],
-    val_fraction: float,
-    seed: int,
-    *,
-    groups: dict[str, str] | None = None,
-) -> tuple[list[str], list[str]]:
-    """A seeded train/validation split of series ids, whole groups (patients) at a time.
-
-    Args:
-        uids: series ids.
-        val_fraction: share of the groups held out; none are held out below 5 groups.
-        seed: seed of the permutation.
-        groups: series id -> patient id; a series without one is its own group.
-
-    Returns:
-        (train, validation) series ids, each sorted.
-    """
-    groups = groups or {}
-    keys = sorted({groups.get(u) or u for u in uids})
-    count = round(len(keys) * val_fraction) if len(keys) >= 5 else 0
-    order = np.random.default_rng(seed).permutation(len(keys))
-    held = {keys[i] for i in order[:count]}
-    val = sorted(u for u in uids if (groups.get(u) or u) in held)
-    return sorted(u for u in uids if (groups.get(u) or u) not in held), val
-
-
-def labelled(
-    prepared: PreparedScan, annotations: pd.DataFrame, excluded: pd.DataFrame | None = None
-) -> LabelledScan:
-    """Attach the nodules of ``prepared``'s series, and its excluded findings as ignored."""
-    xyz = ["coordX", "coordY", "coordZ"]
-    rows = annotations[annotations["seriesuid"] == prepared.seriesuid]
-    if excluded is None:
-        excluded = pd.DataFrame(columns=["seriesuid", *xyz, "diameter_mm"])
-    ignored = excluded[excluded["seriesuid"] == prepared.seriesuid]
-    return LabelledScan.from_world(
-        prepared,
-        rows[xyz].to_numpy(dtype=np.float64),
-        rows["diameter_mm"].to_numpy(dtype=np.float64),
-        ignored_world=ignored[xyz].to_numpy(dtype=np.float64),
-        ignored_diameters_mm=ignored["diameter_mm"].to_numpy(dtype=np.float64),
-    )
-
-
-@dataclass
-class TrainResult:
-    """What a training run produced.
-
-    Attributes:
-        model_dir: the model folder.
-        epochs_done: epochs completed (fewer than asked when the time budget ran out).
-        history: the metrics.jsonl records of this run.
-        stopped_early: True when the time budget ended training.
-    """
-
-    model_dir: Path
-    epochs_done: int
-    history: list[dict[str, float]] = field(default_factory=list)
-    stopped_early: bool = False
-
-
-def _make_optimizer(config: DetectorConfig, params: object) -> torch.optim.Optimizer:
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(
-            params,  # type: ignore[arg-type]
-            lr=config.lr,
-            momentum=0.9,
-            weight_decay=config.weight_decay,
-        )
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)  # type: ignore[arg-type]
-
-
-def _lr_at(config: DetectorConfig, epoch: int) -> float:
-    # papers/000 §3.1: the rate drops tenfold for the last tenth of training.
-    return config.lr * (0.1 if epoch >= math.ceil(0.9 * config.epochs) else 1.0)
-
-
-def froc_summary(
-    detections: pd.DataFrame,
-    annotations: pd.DataFrame,
-    excluded: pd.DataFrame | None,
-    seriesuids: Sequence[str],
-    *,
-    n_bootstrap: int = 0,
-) -> tuple[dict[str, object], tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """LUNA16 FROC of world-mm detections on ``seriesuids`` through :mod:`activecad.metrics`.
-
-    Args:
-        detections: LUNA16 submission rows (world mm).
-        annotations: the nodules.
-        excluded: findings that count neither as hits nor as false positives.
-        seriesuids: the scans evaluated (scans without detections count too).
-        n_bootstrap: scan-bootstrap resamples for 95% intervals (0: none).
-
-    Returns:
-        the summary (``cpm``, ``sensitivities`` at 1/8..8 FPs per scan, ``counts`` and,
-        with ``n_bootstrap``, the intervals) and the curve (fps_per_scan, sensitivity,
-        thresholds).
-    """
-    from activecad.metrics import luna16_summary, match_luna16
-
-    xyz = ["coordX", "coordY", "coordZ"]
-    extra: dict[str, object] = {}
-    if excluded is not None:
-        extra = {
-            "excluded_ids": excluded["seriesuid"].to_numpy(str),
-            "excluded_centers": excluded[xyz].to_numpy(np.float64).reshape(-1, 3),
-            "excluded_diameters": excluded["diameter_mm"].to_numpy(np.float64),
-        }
-    match = match_luna16(
-        detections["seriesuid"].to_numpy(str),
-        detections[xyz].to_numpy(np.float64).reshape(-1, 3),
-        detections["probability"].to_numpy(np.float64),
-        annotations["seriesuid"].to_numpy(str),
-        annotations[xyz].to_numpy(np.float64).reshape(-1, 3),
-        annotations["diameter_mm"].to_numpy(np.float64),
-        scans=np.asarray(list(seriesuids), dtype=str),
-        **extra,  # type: ignore[arg-type]
-    )
-    summary, curve, _ = luna16_summary(match, n_bootstrap=n_bootstrap)
-    return summary, curve
+# Settings that shape the weights or the data they were trained on: a fine-tuned model
+# (--init-from) keeps them from the model it starts from, a resumed run from its start.
+ARCHITECTURE_KEYS = frozenset(
+    {
+        "preset",
+        "preprocess",
+        "backbone_widths",
+        "fpn_channels",
+        "head_levels",
+        "head_convs",
+        "base_anchor_shapes",
+        "loss_hidden",
+    }
+)
+# What --resume may change on a half-trained run: the budget and what happens after it.
+RESUMABLE_KEYS = frozenset(
+    {
+        "epochs",
+        "steps_per_epoch",
+        "val_every",
+        "score_thresh",
+        "nms_thresh",
+        "detections_per_scan",
+        "sw_overlap",
+        "sw_roi_size",
+        "amp",
+    }
+)
 
 
 def validate(
@@ -218,12 +112,343 @@ def validate(
     }
 
 
+class _LossModule(nn.Module):
+    """``forward(batch)`` -> the detector's loss terms (the module DDP wraps)."""
+
+    def __init__(self, detector: NoduleDetector):
+        super().__init__()
+        self.detector = detector
+        self.generator = torch.Generator()
+
+    def forward(self, batch: tuple[torch.Tensor, list[dict[str, torch.Tensor]]]) -> dict:
+        images, targets = batch
+        losses = self.detector.compute_losses(images, targets, generator=self.generator)
+        return {
+            "total": losses.total,
+            "target": losses.target,
+            "scan": losses.scan,
+            "roi": losses.roi,
+        }
+
+
+class DetectorTask:
+    """The detector as a :class:`activecad.training.FitTask`.
+
+    Args:
+        detector: the detector to train (on the training device).
+        train: the labelled training scans (preprocessed; voxel boxes).
+        val: preprocessed validation scans.
+        annotations: nodules of the validation scans (world mm), for the FROC.
+        excluded: excluded findings (world mm), neither hits nor false positives.
+    """
+
+    def __init__(
+        self,
+        detector: NoduleDetector,
+        train: Sequence[LabelledScan],
+        val: Sequence[PreparedScan] = (),
+        annotations: pd.DataFrame | None = None,
+        excluded: pd.DataFrame | None = None,
+    ):
+        config = detector.config
+        self.detector = detector
+        self.model: nn.Module = detector.network
+        self.loss_module: nn.Module = _LossModule(detector)
+        self.sampler = PatchSampler(
+            list(train),
+            config.patch_size,
+            positive_fraction=config.positive_fraction,
+            augment=config.augment,
+            seed=config.seed,
+        )
+        self.val = list(val)
+        self.annotations = annotations
+        self.excluded = excluded
+
+    def reseed(self, seed: int) -> None:
+        """Reseed the patch draws and the ranking pairs."""
+        self.sampler.rng = np.random.default_rng(seed)
+        self.loss_module.generator.manual_seed(seed)  # type: ignore[union-attr]
+
+    def start_epoch(self, epoch: int) -> None:
+        """Stop loss-prediction gradients from ``config.stop_grad_epoch`` on."""
+        self.detector.network.detach_loss_features = epoch >= self.detector.config.stop_grad_epoch
+
+    def next_batch(self, device: str) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+        """A batch of ``config.batch_size`` patches and their boxes (x-y-z voxels)."""
+        patches, boxes, ignored = self.sampler.batch(self.detector.config.batch_size)
+        targets = [
+            {
+                "boxes": torch.from_numpy(b).float().to(device),
+                "labels": torch.zeros(len(b), dtype=torch.long, device=device),
+                "ignore_boxes": torch.from_numpy(ign).float().to(device),
+            }
+            for b, ign in zip(boxes, ignored, strict=True)
+        ]
+        return torch.from_numpy(patches).to(device), targets
+
+    def validate(self) -> dict[str, float]:
+        """LUNA16 CPM and sensitivities on the validation scans (empty without them)."""
+        if not self.val or self.annotations is None:
+            return {}
+        return validate(self.detector, self.val, self.annotations, self.excluded)
+
+
+def _initial_detector(config: DetectorConfig, init_from: object) -> NoduleDetector:
+    detector = NoduleDetector(config)
+    if init_from is None:
+        return detector
+    if isinstance(init_from, NoduleDetector):
+        state: Mapping[str, torch.Tensor] = init_from.state_dict_for_bundle()
+    elif isinstance(init_from, Mapping):
+        state = init_from  # type: ignore[assignment]
+    else:
+        state = load_bundle(init_from).state_dict_for_bundle()  # type: ignore[arg-type]
+    detector.network.load_state_dict(state)
+    return detector
+
+
+def fit_detector(
+    config: DetectorConfig,
+    train: Sequence[LabelledScan],
+    val: Sequence[PreparedScan] = (),
+    *,
+    annotations: pd.DataFrame | None = None,
+    excluded: pd.DataFrame | None = None,
+    init_from: str | Path | NoduleDetector | Mapping[str, torch.Tensor] | None = None,
+    epochs: int | None = None,
+    steps_per_epoch: int | None = None,
+    lr: float | None = None,
+    schedule: str = "step",
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+    time_budget_s: float | None = None,
+    device: str | None = None,
+) -> FitResult:
+    """Train or fine-tune a detector in memory; the active-learning loop's entry point.
+
+    The budget (``epochs`` x ``steps_per_epoch``) and the learning-rate schedule belong to
+    this fit; they default to the config's. Validation (when ``val`` and ``annotations``
+    are given) runs every ``config.val_every`` epochs and after the last; the returned
+    detector holds the weights of the best validation CPM.
+
+    Args:
+        config: the detector configuration (architecture must match ``init_from``).
+        train: labelled, preprocessed training scans (see
+            :func:`activecad.data.folders.labelled`).
+        val: preprocessed validation scans.
+        annotations: nodules (world mm) of the validation scans.
+        excluded: excluded findings (world mm) of the validation scans.
+        init_from: start weights: a model folder, a detector or a state dict; None:
+            from scratch (seeded by ``config.seed``).
+        epochs: epochs of this fit (default ``config.epochs``).
+        steps_per_epoch: steps per epoch (default ``config.steps_per_epoch``).
+        lr: peak learning rate (default ``config.lr``).
+        schedule: ``step``, ``constant`` or ``cosine`` (see :class:`FitPlan`).
+        checkpoint: file to checkpoint to after every epoch (None: none).
+        resume: continue from ``checkpoint``.
+        callbacks: progress and metric hooks.
+        time_budget_s: stop after the epoch that ends past this many seconds.
+        device: torch device (default CUDA when available; under torchrun, this rank's).
+
+    Returns:
+        the fit's result; ``result.model`` is the detector's network, and
+        ``result.model``'s weights are those of the best validation epoch. Wrap them with
+        ``NoduleDetector(config)`` / ``save_bundle`` to keep them.
+
+    Example (one active-learning cycle: fine-tune last cycle's model for 300 steps)::
+
+        from activecad.data.folders import labelled
+        from activecad.models.detector3d import fit_detector, load_bundle, save_bundle
+
+        previous = load_bundle("cycle_03/model")
+        items = [labelled(prepared[u], annotations) for u in labelled_uids]
+        result = fit_detector(
+            previous.config, items, [prepared[u] for u in val_uids],
+            annotations=annotations, init_from=previous,
+            epochs=3, steps_per_epoch=100, lr=1e-4, schedule="cosine",
+        )
+        detector = NoduleDetector(previous.config)
+        detector.network.load_state_dict(result.model.state_dict())
+        save_bundle("cycle_04/model", detector)
+    """
+    ctx = distributed.setup(device)
+    device = distributed.device_for(ctx, device)
+    torch.manual_seed(config.seed)
+    detector = _initial_detector(config, init_from).to(device)
+    task = DetectorTask(detector, train, val, annotations, excluded)
+    plan = FitPlan(
+        epochs=epochs or config.epochs,
+        steps_per_epoch=steps_per_epoch or config.steps_per_epoch,
+        lr=lr or config.lr,
+        optimizer=config.optimizer,
+        weight_decay=config.weight_decay,
+        schedule=schedule,  # type: ignore[arg-type]
+        val_every=config.val_every,
+        best_metric="cpm",
+        seed=config.seed,
+        time_budget_s=time_budget_s,
+        amp=config.amp,
+    )
+    return fit(
+        task,
+        plan,
+        device=device,
+        checkpoint=checkpoint,
+        resume=resume,
+        callbacks=callbacks,
+        extra_state={"config": config.model_dump(mode="json")},
+    )
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced.
+
+    Attributes:
+        model_dir: the model folder.
+        epochs_done: epochs completed (fewer than asked when the time budget ran out).
+        history: the metrics.jsonl records of the run (resumed epochs included).
+        stopped_early: True when the time budget ended training.
+        best_epoch: the epoch whose weights the model folder holds, when validated.
+        best_cpm: the validation CPM of that epoch.
+    """
+
+    model_dir: Path
+    epochs_done: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    stopped_early: bool = False
+    best_epoch: int | None = None
+    best_cpm: float | None = None
+
+
+def _merge(base: dict[str, object], overrides: Mapping[str, object]) -> dict[str, object]:
+    values = dict(base)
+    for key, value in overrides.items():
+        if key == "preprocess" and isinstance(value, dict):
+            merged = dict(values.get("preprocess") or {})  # type: ignore[call-overload]
+            merged.update(value)
+            values["preprocess"] = merged
+        else:
+            values[key] = value
+    return values
+
+
+def _saved_config(model_dir: Path) -> DetectorConfig:
+    from activecad.config import validate_config
+
+    path = model_dir / "config.yaml"
+    if not path.is_file():
+        raise InputError(
+            "config.yaml is missing",
+            path=model_dir,
+            fix="give a folder written by 'activecad train detector'",
+        )
+    return validate_config(DetectorConfig, yaml.safe_load(path.read_text()) or {}, source=path)
+
+
+def resolve_config(
+    preset: str | None,
+    overrides: Mapping[str, object],
+    *,
+    resume_dir: str | Path | None = None,
+    init_from: str | Path | None = None,
+) -> DetectorConfig:
+    """The configuration of a training run, checked before any data is read.
+
+    * A new run: ``preset`` (default ``cpu``) with ``overrides`` on top.
+    * ``resume_dir``: the run's saved ``config.yaml`` with ``overrides`` on top; only
+      :data:`RESUMABLE_KEYS` may change (another preset, patch size or learning rate
+      cannot apply to a half-trained run).
+    * ``init_from``: the start model's configuration with ``overrides`` on top; the
+      :data:`ARCHITECTURE_KEYS` (network shape, preprocessing, preset) must stay.
+
+    Args:
+        preset: the preset the user asked for (None: not given).
+        overrides: config values the user gave (``--config`` YAML, ``--epochs``, ...).
+        resume_dir: the model folder of the run to resume.
+        init_from: the model folder to fine-tune from.
+
+    Raises:
+        InputError: an unknown preset or key, a bad value, or a change that cannot apply.
+    """
+    if resume_dir is None and init_from is None:
+        return preset_config(preset or "cpu", **overrides)
+    base_dir = Path(resume_dir if resume_dir is not None else init_from)  # type: ignore[arg-type]
+    if init_from is not None and resume_dir is None:
+        from activecad.models.detector3d.bundle import read_bundle_info
+
+        read_bundle_info(base_dir)
+    saved = _saved_config(base_dir)
+    allowed = RESUMABLE_KEYS if resume_dir is not None else None
+    what = "a resumed run" if resume_dir is not None else "a model fine-tuned with --init-from"
+    from activecad.config import validate_config
+
+    values = saved.model_dump(mode="json")
+    if preset is not None:
+        values = _merge(values, {"preset": preset})
+    candidate = validate_config(DetectorConfig, _merge(values, overrides))
+    new, old = candidate.model_dump(mode="json"), saved.model_dump(mode="json")
+    changed = sorted(k for k in new if new[k] != old[k])
+    refused = [
+        k for k in changed if (k not in allowed if allowed is not None else k in ARCHITECTURE_KEYS)
+    ]
+    if refused:
+        shown = ", ".join(f"{k} {old[k]!r} -> {new[k]!r}" for k in refused[:3])
+        fix = (
+            "drop those settings to continue the run, or start a new one with another --out"
+            if resume_dir is not None
+            else "drop those settings (the weights fix them), or train from scratch"
+        )
+        raise InputError(f"{what} cannot change {shown}", path=base_dir / "config.yaml", fix=fix)
+    return candidate
+
+
+class _BundleWriter(Callback):
+    """Rank 0: metrics.jsonl, progress lines, and the bundle of the best weights so far."""
+
+    def __init__(self, model_dir: Path, config: DetectorConfig, console: Console):
+        self.model_dir = model_dir
+        self.detector = NoduleDetector(config)
+        self.console = console
+
+    def _save(self, state: FitState) -> None:
+        self.detector.network.load_state_dict(state.model.state_dict())
+        save_bundle(self.model_dir, self.detector)
+
+    def on_step_end(self, state: FitState, losses: dict[str, float]) -> None:
+        if state.step == 1 or state.step % 10 == 0:
+            self.console.print(
+                f"epoch {state.epoch + 1}/{state.plan.epochs} step {state.step}/"
+                f"{state.plan.steps_per_epoch} loss {losses['total']:.3f}",
+                highlight=False,
+            )
+
+    def on_epoch_end(self, state: FitState, record: dict[str, float]) -> None:
+        with (self.model_dir / "metrics.jsonl").open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        self.console.print(
+            ", ".join(
+                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
+            ),
+            highlight=False,
+        )
+        # The bundle holds the best validation weights; before any validation, the latest.
+        if state.improved or state.best_epoch is None:
+            self._save(state)
+
+    def on_fit_end(self, state: FitState) -> None:
+        self._save(state)  # the model holds the best-validation (or last) weights now
+
+
 def train_detector(
     data_dir: str | Path,
     model_dir: str | Path,
     config: DetectorConfig,
     *,
     resume: bool = False,
+    init_from: str | Path | None = None,
     cache_dir: str | Path | None = None,
     train_uids: Sequence[str] | None = None,
     val_uids: Sequence[str] | None = None,
@@ -231,24 +456,29 @@ def train_detector(
     device: str | None = None,
     console: Console | None = None,
 ) -> TrainResult:
-    """Train the detector and write the model folder.
+    """Train the detector on a LUNA16-style folder and write the model folder.
+
+    Under ``torchrun`` every rank runs this; only rank 0 writes files.
 
     Args:
         data_dir: LUNA16-style folder (``ct/``, ``annotations.csv``).
         model_dir: output folder (bundle, checkpoint, metrics).
-        config: the detector configuration.
+        config: the detector configuration (see :func:`resolve_config`).
         resume: continue from ``model_dir/checkpoint.pt``.
+        init_from: a model folder whose weights training starts from (fine-tuning).
         cache_dir: where preprocessed arrays are cached (default ``model_dir/cache``).
-        train_uids: series to train on (default: a seeded split by ``config.val_fraction``).
+        train_uids: series to train on (default: a seeded split by patient).
         val_uids: series to validate on (default: the rest of that split).
         time_budget_s: stop after the first epoch that ends past this many seconds.
         device: torch device (default CUDA when available).
         console: where progress goes (default stderr).
 
     Raises:
-        InputError: bad data folder, or a finished run in ``model_dir`` without ``resume``.
+        InputError: bad data folder, series that match no scan, or a finished run in
+            ``model_dir`` without ``resume``.
     """
-    start_time = time.monotonic()
+    from activecad.identifiers import check_overlap
+
     console = console or Console(stderr=True)
     model_dir = Path(model_dir)
     checkpoint_path = model_dir / "checkpoint.pt"
@@ -259,147 +489,75 @@ def train_detector(
             fix="pass --resume to continue it, or choose another --out",
         )
     if resume and not checkpoint_path.exists():
-        raise InputError("nothing to resume (no checkpoint.pt)", path=model_dir)
+        raise InputError(
+            "nothing to resume (no checkpoint.pt)",
+            path=model_dir,
+            fix="drop --resume to start a new run in this folder",
+        )
+    if resume and init_from is not None:
+        raise InputError(
+            "--resume and --init-from cannot be combined",
+            path=model_dir,
+            fix="a resumed run continues from its own checkpoint; drop --init-from",
+        )
     folder = read_luna_folder(data_dir)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(config.seed)
+    ctx = distributed.setup(device)
     cache = PreprocessCache(cache_dir or model_dir / "cache")
     patch_zyx = (config.patch_size[2], config.patch_size[1], config.patch_size[0])
     prepared: dict[str, PreparedScan] = {}
-    with Progress(
-        TextColumn("preprocessing"),
-        BarColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
-        for path in bar.track(folder.scans):
-            scan = cache.load(path, config.preprocess, min_shape_zyx=patch_zyx)
-            prepared[scan.seriesuid] = scan
+    for count, path in enumerate(folder.scans, 1):
+        scan = cache.load(path, config.preprocess, min_shape_zyx=patch_zyx)
+        prepared[scan.seriesuid] = scan
+        if ctx.is_main:
+            console.print(f"preprocessing {count}/{len(folder.scans)}", end="\r", highlight=False)
+    check_overlap(
+        folder.annotations["seriesuid"].astype(str),
+        prepared,
+        ours_name="annotations.csv",
+        theirs_name=f"the scans in {Path(data_dir) / 'ct'}",
+        path=folder.annotations_path,
+    )
+    if resume and (model_dir / "split.json").is_file() and train_uids is None:
+        saved_split = json.loads((model_dir / "split.json").read_text())
+        train_uids, val_uids = saved_split["train"], saved_split["val"]
     if train_uids is None:
         patients = {uid: scan.patient_id for uid, scan in prepared.items()}
-        train_uids, default_val = split_series(
-            list(prepared), config.val_fraction, config.seed, groups=patients
+        split = split_by_patient(
+            list(prepared), val_fraction=config.val_fraction, seed=config.seed, groups=patients
         )
-        val_uids = default_val if val_uids is None else val_uids
+        train_uids = split.train
+        val_uids = split.val if val_uids is None else val_uids
     missing = sorted((set(train_uids) | set(val_uids or ())) - set(prepared))
     if missing:
-        raise InputError(f"series not found in ct/: {', '.join(missing[:5])}", path=data_dir)
+        raise InputError(
+            f"series not found in ct/: {', '.join(missing[:5])}",
+            path=data_dir,
+            fix="name series that have a scan in ct/",
+        )
     val_uids = list(val_uids or [])
-    model_dir.mkdir(parents=True, exist_ok=True)
-    (model_dir / "split.json").write_text(
-        json.dumps({"train": list(train_uids), "val": val_uids}, indent=2)
-    )
-
-    detector = NoduleDetector(config).to(device)
-    optimizer = _make_optimizer(config, detector.network.parameters())
-    sampler = PatchSampler(
+    if ctx.is_main:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        (model_dir / "split.json").write_text(
+            json.dumps({"train": list(train_uids), "val": val_uids}, indent=2)
+        )
+    result = fit_detector(
+        config,
         [labelled(prepared[u], folder.annotations, folder.excluded) for u in train_uids],
-        config.patch_size,
-        positive_fraction=config.positive_fraction,
-        augment=config.augment,
-        seed=config.seed,
+        [prepared[u] for u in val_uids],
+        annotations=folder.annotations,
+        excluded=folder.excluded,
+        init_from=init_from,
+        checkpoint=checkpoint_path,
+        resume=resume,
+        callbacks=[_BundleWriter(model_dir, config, console)],
+        time_budget_s=time_budget_s,
+        device=device,
     )
-    generator = torch.Generator().manual_seed(config.seed)
-    use_amp = config.amp and device.startswith("cuda")
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    first_epoch, history = 0, []
-    if resume:
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        detector.network.load_state_dict(state["network"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        sampler.rng.bit_generator.state = state["sampler_rng"]
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        first_epoch, history = state["epoch"], state["history"]
-    metrics_path = model_dir / "metrics.jsonl"
-    stopped_early = False
-    epoch = first_epoch
-    for epoch in range(first_epoch, config.epochs):
-        detector.train()
-        detector.network.detach_loss_features = epoch >= config.stop_grad_epoch
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(config, epoch)
-        sums = {"loss": 0.0, "target": 0.0, "scan": 0.0, "roi": 0.0}
-        epoch_start = time.monotonic()
-        with Progress(
-            TextColumn(f"epoch {epoch + 1}/{config.epochs}"),
-            BarColumn(),
-            TextColumn("{task.fields[loss]}"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        ) as bar:
-            task = bar.add_task("train", total=config.steps_per_epoch, loss="")
-            for _ in range(config.steps_per_epoch):
-                patches, boxes, ignored = sampler.batch(config.batch_size)
-                images = torch.from_numpy(patches).to(device)
-                targets = [
-                    {
-                        "boxes": torch.from_numpy(b).float().to(device),
-                        "labels": torch.zeros(len(b), dtype=torch.long, device=device),
-                        "ignore_boxes": torch.from_numpy(ign).float().to(device),
-                    }
-                    for b, ign in zip(boxes, ignored, strict=True)
-                ]
-                with torch.autocast("cuda", enabled=use_amp):
-                    losses = detector.compute_losses(images, targets, generator=generator)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(losses.total).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                for key, value in (
-                    ("loss", losses.total),
-                    ("target", losses.target),
-                    ("scan", losses.scan),
-                    ("roi", losses.roi),
-                ):
-                    sums[key] += float(value.detach())
-                bar.update(task, advance=1, loss=f"loss {float(losses.total.detach()):.3f}")
-        record: dict[str, float] = {
-            "epoch": epoch + 1,
-            **{k: v / config.steps_per_epoch for k, v in sums.items()},
-            "lr": _lr_at(config, epoch),
-            "seconds": time.monotonic() - epoch_start,
-        }
-        out_of_time = time_budget_s is not None and time.monotonic() - start_time > time_budget_s
-        last = epoch + 1 == config.epochs or out_of_time
-        if val_uids and ((epoch + 1) % config.val_every == 0 or last):
-            record.update(
-                validate(
-                    detector, [prepared[u] for u in val_uids], folder.annotations, folder.excluded
-                )
-            )
-        history.append(record)
-        with metrics_path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        console.print(
-            ", ".join(
-                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
-            ),
-            highlight=False,
-        )
-        tmp = model_dir / "checkpoint.pt.tmp"
-        torch.save(
-            {
-                "network": detector.network.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "sampler_rng": sampler.rng.bit_generator.state,
-                "generator": generator.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "epoch": epoch + 1,
-                "history": history,
-            },
-            tmp,
-        )
-        tmp.replace(checkpoint_path)
-        save_bundle(model_dir, detector)
-        if out_of_time and epoch + 1 < config.epochs:
-            stopped_early = True
-            break
-    if first_epoch >= config.epochs:
-        save_bundle(model_dir, detector)
-    done = epoch + 1 if config.epochs > first_epoch else first_epoch
-    return TrainResult(model_dir, done, history, stopped_early)
+    return TrainResult(
+        model_dir,
+        result.epochs_done,
+        result.history,
+        result.stopped_early,
+        result.best_epoch,
+        result.best_value,
+    )
