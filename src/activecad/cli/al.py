@@ -1,0 +1,215 @@
+"""``activecad al next|label``: show the current query of a run, and record its answers.
+
+``al next RUN_DIR`` prints the scans the run asks to be labelled (with scores and ranks);
+``al label RUN_DIR --annotations A.csv`` records the answers (LUNA16 annotations columns,
+world mm; a queried scan without a row is a labelled negative), all or nothing. The loop
+(``al run``) continues once every queried scan is labelled.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import math
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from activecad.cli._common import warn
+
+al_app = typer.Typer(
+    help="Active learning: the current query of a run (next) and its answers (label).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+_RunDir = Annotated[
+    Path,
+    typer.Argument(metavar="RUN_DIR", help="The run folder (holds run.json).", show_default=False),
+]
+_Db = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        help="Database URL instead of the one in run.json, e.g. postgresql+psycopg://user@host/db.",
+        show_default=False,
+    ),
+]
+
+
+def _score(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+@al_app.command("next")
+def next_command(
+    run_dir: _RunDir,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the query as JSON.")] = False,
+    db: _Db = None,
+) -> None:
+    """Print the current query: the items to label, best first, with scores and ranks."""
+    from activecad.active.run import current_query, open_run
+
+    with open_run(run_dir, db_url=db) as run:
+        query = current_query(run)
+        kind = run.pool.item_kind
+    if query is None:
+        if as_json:
+            typer.echo(json.dumps({"cycle": None, "answered": None, "items": []}))
+        else:
+            typer.echo("no query yet: the run has not chosen any scans")
+        return
+    if as_json:
+        payload = {
+            "cycle": query.cycle,
+            "strategy": query.strategy,
+            "seed": query.seed,
+            "item_kind": kind,
+            "answered": query.answered,
+            "pending": len(query.pending),
+            "items": [
+                {"item": r.item, "score": _score(r.score), "rank": r.rank, "labelled": r.labelled}
+                for r in query.rows
+            ],
+        }
+        typer.echo(json.dumps(payload))
+        return
+    state = "answered" if query.answered else f"{len(query.pending)} of {len(query.rows)} to label"
+    typer.echo(f"cycle {query.cycle} ({query.strategy}, seed {query.seed}): {state}")
+    width = max((len(r.item) for r in query.rows), default=4)
+    typer.echo(f"{'rank':>4}  {kind:<{width}}  {'score':>10}  labelled")
+    for r in query.rows:
+        shown = "nan" if not math.isfinite(r.score) else f"{r.score:.4g}"
+        typer.echo(f"{r.rank:>4}  {r.item:<{width}}  {shown:>10}  {'yes' if r.labelled else 'no'}")
+    if query.answered:
+        typer.echo(
+            "every scan is labelled; continue the loop with: "
+            f"activecad al run CONFIG.yaml --out {run_dir} --resume"
+        )
+    else:
+        typer.echo(f"record the labels with: activecad al label {run_dir} --annotations A.csv")
+
+
+@al_app.command("label")
+def label_command(
+    run_dir: _RunDir,
+    annotations: Annotated[
+        Path,
+        typer.Option(
+            "--annotations",
+            help="LUNA16 annotations CSV (seriesuid, coordX, coordY, coordZ, diameter_mm; "
+            "world mm) answering the current query; a queried scan without a row is a "
+            "labelled negative.",
+            show_default=False,
+        ),
+    ],
+    annotator: Annotated[
+        str | None,
+        typer.Option(
+            "--annotator", help="Who labelled (default: the login name).", show_default=False
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print what was recorded as JSON.")
+    ] = False,
+    db: _Db = None,
+) -> None:
+    """Record the answers to the current query, all or nothing (never twice)."""
+    from activecad.active.pool import LabelRecord
+    from activecad.active.run import current_query, open_run
+    from activecad.errors import InputError
+    from activecad.identifiers import check_overlap
+    from activecad.io.tables import read_table
+
+    who = (annotator or _login()).strip()
+    if not who:
+        raise InputError("--annotator is empty", fix="pass --annotator NAME")
+    table = read_table(annotations, "annotations")
+    with open_run(run_dir, db_url=db) as run:
+        if run.pool.item_kind != "scan":
+            raise InputError(
+                "this run queries candidates; al label records scan labels only",
+                path=run_dir,
+                fix="answer candidate queries through the annotation service",
+            )
+        query = current_query(run)
+        if query is None:
+            raise InputError(
+                "the run has no query to answer yet",
+                path=run_dir,
+                fix="start the loop first: activecad al run CONFIG.yaml --out RUN_DIR",
+            )
+        queried = [r.item for r in query.rows]
+        uids = sorted(set(table["seriesuid"].astype(str)))
+        outside = sorted(set(uids) - set(queried))
+        check_overlap(
+            uids,
+            queried,
+            ours_name=annotations.name,
+            theirs_name=(f"the query of cycle {query.cycle}"),
+            path=annotations,
+        )
+        if outside:
+            shown = ", ".join(outside[:3]) + (", ..." if len(outside) > 3 else "")
+            raise InputError(
+                f"{len(outside)} scans of the table are not in the query of cycle "
+                f"{query.cycle}: {shown}",
+                path=annotations,
+                fix=f"label only the scans 'activecad al next {run_dir}' lists",
+            )
+        negatives = [k for k in queried if k not in set(uids)]
+        if uids and negatives:
+            warn(
+                "%d of %d queried scans have no row in %s and are recorded as negatives",
+                len(negatives),
+                len(queried),
+                annotations.name,
+            )
+        columns = ["coordX", "coordY", "coordZ", "diameter_mm"]
+        groups = {str(k): g[columns].to_numpy(float) for k, g in table.groupby("seriesuid")}
+        records = [LabelRecord(k, groups.get(k, np.zeros((0, 4)))) for k in queried]
+        result = run.pool.record_labels(records, annotator=who, cycle=query.cycle, source="human")
+        after = current_query(run)
+    answered = after is not None and after.answered
+    if as_json:
+        payload = {
+            "cycle": query.cycle,
+            "annotator": who,
+            "recorded": list(result.recorded),
+            "already_labelled": list(result.already),
+            "answered": answered,
+        }
+        typer.echo(json.dumps(payload))
+        return
+    if not result.recorded:
+        typer.echo(
+            f"the query of cycle {query.cycle} was already answered; nothing recorded "
+            f"({len(result.already)} scans already labelled)"
+        )
+        return
+    positives = sum(1 for k in result.recorded if len(groups.get(k, ())))
+    typer.echo(
+        f"recorded {len(result.recorded)} scans for cycle {query.cycle} by {who} "
+        f"({positives} with nodules, {len(result.recorded) - positives} negative)"
+    )
+    if result.already:
+        typer.echo(f"{len(result.already)} scans were already labelled and were left as they are")
+    if answered:
+        typer.echo(
+            "the query is answered; continue the loop with: "
+            f"activecad al run CONFIG.yaml --out {run_dir} --resume"
+        )
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``al`` command group to ``app``."""
+    app.add_typer(al_app, name="al")
