@@ -112,6 +112,10 @@ def detect_command(
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a summary as JSON.")] = False,
+    heatmaps: Annotated[
+        Path | None,
+        typer.Option("--heatmaps", help="Folder for heat-map overlay PNGs (radiograph models)."),
+    ] = None,
 ) -> None:
     """Detect nodules in CT scans with a trained detector.
 
@@ -119,6 +123,10 @@ def detect_command(
     predicted loss l_scan and RoI uncertainty L_RoI. Preprocessed scans are cached, so a
     second run on the same scans skips preprocessing.
     """
+    from activecad.cli.detect_cxr import detect_cxr, is_cxr_model
+
+    if is_cxr_model(model):  # a chest-radiograph model: SCANS are radiographs
+        return detect_cxr(scans, model, out, heatmaps, as_json)
     from activecad.data.preprocess import PreprocessCache, default_cache_dir
     from activecad.io.tables import write_table
     from activecad.models.detector3d import load_bundle

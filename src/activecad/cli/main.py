@@ -27,7 +27,8 @@ from typer._click import exceptions as click_exceptions
 from typer.core import TyperArgument, TyperGroup, TyperOption
 
 import activecad
-from activecad.cli import cache, demo, detect, detector, eval, importer, info, phantom
+from activecad.cli import al, cache, demo, detect, detector, eval, importer, info, phantom
+from activecad.cli import train_cxr as _train_cxr  # noqa: F401  (registers 'train cxr')
 from activecad.cli._common import setup_logging
 from activecad.errors import ActivecadError
 
@@ -212,6 +213,7 @@ detect.register(app)
 cache.register(app)
 demo.register(app)
 importer.register(app)
+al.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:
