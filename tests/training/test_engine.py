@@ -1,0 +1,143 @@
+"""The training engine on a one-weight regression: schedule, resume, best weights, DDP."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from activecad.training import Callback, FitPlan, FitState, fit, lr_at
+
+
+class _Loss(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x, y = batch
+        return {"total": ((self.model(x) - y) ** 2).mean()}
+
+
+class Regression:
+    """Learn y = 3 x from noisy draws; validation score = -|w - 3| (or a given sequence)."""
+
+    def __init__(self, scores: list[float] | None = None):
+        torch.manual_seed(0)
+        self.model: nn.Module = nn.Linear(1, 1, bias=False)
+        self.loss_module: nn.Module = _Loss(self.model)
+        self.rng = np.random.default_rng(0)
+        self.scores = scores
+        self.validations = 0
+        self.seeds: list[int] = []
+
+    def reseed(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.seeds.append(seed)
+
+    def start_epoch(self, epoch: int) -> None:
+        pass
+
+    def next_batch(self, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(self.rng.normal(size=(8, 1))).float()
+        return x, 3 * x + 0.1 * torch.from_numpy(self.rng.normal(size=(8, 1))).float()
+
+    def validate(self) -> dict[str, float]:
+        self.validations += 1
+        if self.scores is not None:
+            return {"cpm": self.scores[self.validations - 1]}
+        return {"cpm": -abs(float(self.model.weight.detach()) - 3.0)}
+
+
+def test_step_schedule_drops_tenfold_for_the_last_tenth() -> None:
+    # By hand: 20 epochs -> ceil(0.9 * 20) = 18, so epochs 18 and 19 (0-based) run at lr/10.
+    plan = FitPlan(epochs=20, steps_per_epoch=5, lr=0.01)
+    assert [lr_at(plan, e) for e in (0, 17, 18, 19)] == pytest.approx([0.01, 0.01, 0.001, 0.001])
+    cosine = FitPlan(epochs=2, steps_per_epoch=5, lr=1.0, schedule="cosine")
+    # Half-way through (step 5 of 10): 0.5 * (1 + cos(pi / 2)) = 0.5.
+    assert lr_at(cosine, 1, 0) == pytest.approx(0.5)
+    assert lr_at(cosine, 0, 0) == pytest.approx(1.0)
+
+
+def test_fit_learns_and_resume_equals_an_unbroken_run(tmp_path: Path) -> None:
+    plan = FitPlan(epochs=4, steps_per_epoch=20, lr=0.05, optimizer="sgd", schedule="constant")
+    whole = fit(Regression(), plan, checkpoint=tmp_path / "a.pt")
+    assert float(whole.model.weight.detach()) == pytest.approx(3.0, abs=0.1)
+
+    first = FitPlan(epochs=2, steps_per_epoch=20, lr=0.05, optimizer="sgd", schedule="constant")
+    fit(Regression(), first, checkpoint=tmp_path / "b.pt")
+    resumed = fit(Regression(), plan, checkpoint=tmp_path / "b.pt", resume=True)
+    assert resumed.epochs_done == 4 and len(resumed.history) == 4
+    # Per-epoch reseeding: the resumed run drew the same batches, so the weights agree.
+    assert torch.equal(resumed.model.weight, whole.model.weight)
+
+
+def test_the_best_validation_weights_are_kept(tmp_path: Path) -> None:
+    weights: list[float] = []
+
+    class Record(Callback):
+        def on_epoch_end(self, state: FitState, record: dict[str, float]) -> None:
+            weights.append(float(state.model.weight.detach()))
+
+    task = Regression(scores=[0.1, 0.9, 0.5])
+    plan = FitPlan(epochs=3, steps_per_epoch=3, lr=0.05, optimizer="sgd", schedule="constant")
+    result = fit(task, plan, callbacks=[Record()])
+    assert (result.best_epoch, result.best_value) == (2, pytest.approx(0.9))
+    assert float(result.model.weight.detach()) == pytest.approx(weights[1])
+    assert weights[1] != weights[2]
+
+
+def test_fine_tuning_starts_from_the_given_weights() -> None:
+    task = Regression()
+    with torch.no_grad():
+        task.model.weight.fill_(2.5)
+    seen: list[float] = []
+
+    class First(Callback):
+        def on_fit_start(self, state: FitState) -> None:
+            seen.append(float(state.model.weight.detach()))
+
+    fit(task, FitPlan(epochs=1, steps_per_epoch=1, lr=1e-3), callbacks=[First()])
+    assert seen == [2.5]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _rank(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+    )
+    from activecad.training import distributed
+
+    torch.set_num_threads(1)
+    distributed.setup("cpu")
+    task = Regression()
+    plan = FitPlan(epochs=2, steps_per_epoch=5, lr=0.05, optimizer="sgd", schedule="constant")
+    fit(task, plan, checkpoint=Path(out) / f"checkpoint-{rank}.pt")
+    torch.save({"weight": task.model.weight.detach(), "seeds": task.seeds}, f"{out}/rank{rank}.pt")
+    distributed.teardown()
+
+
+def test_two_gloo_processes_keep_identical_weights_and_only_rank_0_writes(
+    tmp_path: Path,
+) -> None:
+    mp.spawn(_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert torch.equal(r0["weight"], r1["weight"])
+    assert set(r0["seeds"]).isdisjoint(r1["seeds"])  # each rank draws its own batches
+    assert (tmp_path / "checkpoint-0.pt").is_file()
+    assert not (tmp_path / "checkpoint-1.pt").exists()
