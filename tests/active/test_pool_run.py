@@ -118,7 +118,7 @@ def test_random_first_query_and_a_reopened_run(tmp_path):
         assert current_query(again) == first
     with pytest.raises(InputError, match="already holds a run"):
         create_run(tmp_path / "r", UIDS)
-    with pytest.raises(InputError, match="no run.json"):
+    with pytest.raises(InputError, match=r"no run\.json"):
         open_run(tmp_path)
 
 

@@ -144,13 +144,15 @@ def label_command(
         queried = [r.item for r in query.rows]
         uids = sorted(set(table["seriesuid"].astype(str)))
         outside = sorted(set(uids) - set(queried))
-        check_overlap(
-            uids,
-            queried,
-            ours_name=annotations.name,
-            theirs_name=(f"the query of cycle {query.cycle}"),
-            path=annotations,
-        )
+        if uids and not set(uids) & set(queried):
+            # none in common: check_overlap's error names an example of each side
+            check_overlap(
+                uids,
+                queried,
+                ours_name=annotations.name,
+                theirs_name=f"the query of cycle {query.cycle}",
+                path=annotations,
+            )
         if outside:
             shown = ", ".join(outside[:3]) + (", ..." if len(outside) > 3 else "")
             raise InputError(
