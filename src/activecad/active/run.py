@@ -163,6 +163,12 @@ def open_run(folder: str | Path, *, db_url: str | None = None) -> Run:
     """
     folder = Path(folder)
     info_path = folder / "run.json"
+    if not folder.exists():
+        raise InputError(
+            "the run folder does not exist",
+            path=folder,
+            fix="pass the folder given to 'activecad al run --out'",
+        )
     if not info_path.is_file():
         raise InputError(
             "not an active-learning run folder (no run.json)",
