@@ -1,8 +1,8 @@
 """Active learning: the pool, the heuristics, the oracles and the run folder.
 
 Scan-level (Liu, Cao & Tian, "Deep Active Learning for Effective Pulmonary Nodule
-Detection", MICCAI 2020) and candidate-level (Zhou et al., ACFT, IEEE TPAMI 2021) items go
-through the same pool, heuristics and queries.
+Detection", MICCAI 2020) and candidate-level (Zhou et al., ACFT, Medical Image Analysis
+2021) items go through the same pool, heuristics and queries.
 """
 
 from activecad.active.heuristics import (

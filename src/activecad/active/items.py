@@ -1,8 +1,9 @@
 """What the heuristics see of one pool item: plain numbers, no model.
 
 An item is a scan (scan-level active learning, Liu, Cao & Tian, MICCAI 2020) or a candidate
-inside a scan (candidate-level, Zhou et al.'s ACFT, IEEE TPAMI 2021). Both are described by
-the same record, so one pool, one loop and one set of heuristics serve both kinds.
+inside a scan (candidate-level: Zhou et al., "Active, Continual Fine Tuning of Convolutional
+Neural Networks for Reducing Annotation Efforts", Medical Image Analysis 2021). Both are
+described by the same record, so one pool, one loop and one set of heuristics serve both kinds.
 """
 
 from __future__ import annotations
