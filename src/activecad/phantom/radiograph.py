@@ -87,6 +87,11 @@ def project_radiograph(
     densities: np.ndarray,
     size: int,
     rng: np.random.Generator,
+    *,
+    noise_sd: float = 0.02,
+    blur_px: float = 0.8,
+    window: float = WINDOW,
+    gamma: float = 0.9,
 ) -> Radiograph2D:
     """Project a CT into a PA radiograph and label the nodules that show on it.
 
@@ -99,6 +104,10 @@ def project_radiograph(
         densities: (N,) nodule HU.
         size: side of the square radiograph, pixels.
         rng: random generator for the detector noise.
+        noise_sd: detector noise (line-integral units; a lower dose is more noise).
+        blur_px: detector blur, Gaussian sigma in pixels.
+        window: line integral shown white (exposure / processing).
+        gamma: grey-level curve exponent (the site's processing).
     """
     mu = np.clip(hu, -1000.0, None)
     mu += 1000.0
@@ -107,9 +116,9 @@ def project_radiograph(
     lung_plane = (labels == Tissue.LUNG).any(axis=1).astype(np.float32)
     proj = _resample(path.astype(np.float32), grid, size, order=1)
     lungs = _resample(lung_plane, grid, size, order=0) > 0.5
-    proj = ndimage.gaussian_filter(proj, 0.8)
-    proj += rng.normal(0.0, 0.02, proj.shape).astype(np.float32)
-    image = np.clip(proj / WINDOW, 0.0, 1.0) ** 0.9 * 65535.0
+    proj = ndimage.gaussian_filter(proj, blur_px)
+    proj += rng.normal(0.0, noise_sd, proj.shape).astype(np.float32)
+    image = np.clip(proj / window, 0.0, 1.0) ** gamma * 65535.0
 
     center_px, pixel = world_to_pixel(centers.reshape(-1, 3), grid, size)
     radius_px = np.asarray(diameters, dtype=float) / 2.0 / pixel

@@ -1,0 +1,51 @@
+"""Radiograph-only phantom sets for Kim et al.'s design (balanced, disjoint, other sites)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from activecad.models.cxr.data import load_cxr_items
+from activecad.phantom import cxr_cohort as cc
+
+
+def test_balanced_set_with_ct_referenced_masks(tmp_path: Path) -> None:
+    info = cc.write_cxr_set(
+        tmp_path / "ext", 2, seed=3, site=cc.SITES["external_b"], first_patient=0
+    )
+    assert info["normal"] == 2 and info["nodule"] == 2
+    table = pd.read_csv(tmp_path / "ext" / "labels.csv")
+    assert table["label"].sum() == 2 and len(table) == 4
+    for row in table.itertuples():
+        with Image.open(tmp_path / "ext" / "masks" / f"{row.image_id}.png") as im:
+            mask = np.asarray(im)
+        with Image.open(tmp_path / "ext" / "images" / f"{row.image_id}.png") as im:
+            assert im.size == (cc.SITES["external_b"].size,) * 2
+        assert (mask.max() > 0) == bool(row.label)  # a mask exactly on the nodule images
+    boxes = pd.read_csv(tmp_path / "ext" / "boxes.csv")
+    assert set(boxes["image_id"]) == set(table.loc[table["label"] == 1, "image_id"])
+    # The folder is what 'train cxr' reads, noisy labels included.
+    assert len(load_cxr_items(tmp_path / "ext", "label_noisy", need_masks=True)) == 4
+
+
+def test_sites_differ_and_patients_are_not_shared(tmp_path: Path) -> None:
+    a = cc.generate_cxr(5, 0, cc.SITES["internal"], with_nodules=False)
+    b = cc.generate_cxr(5, 0, cc.SITES["external_a"], with_nodules=False)
+    assert a.image.shape == (256, 256) and b.image.shape == (320, 320)
+    # Same patient, other site: other noise (dose) and grey levels (exposure, curve).
+    assert not np.isclose(a.image.mean() / 65535, b.image.mean() / 65535, atol=0.01)
+    info = cc.write_cxr_set(tmp_path / "s", 1, 0, cc.SITES["internal"], first_patient=7)
+    assert info["next_patient"] >= 9
+    ids = pd.read_csv(tmp_path / "s" / "labels.csv")["patient_id"]
+    assert ids.is_unique
+
+
+def test_report_labels_follow_the_nih_vs_google_rates() -> None:
+    rng = np.random.default_rng(0)
+    d = np.array([10.0])  # the mean diameter: sensitivity REPORT_SENSITIVITY
+    se = np.mean([cc._report_label(1, d, rng) for _ in range(4000)])
+    sp = 1 - np.mean([cc._report_label(0, d, rng) for _ in range(4000)])
+    assert abs(se - 0.42) < 0.03 and abs(sp - 0.947) < 0.01
