@@ -15,7 +15,14 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["ITEM_KINDS", "Detections", "ItemKind", "ItemScores", "candidate_key"]
+__all__ = [
+    "ITEM_KINDS",
+    "Detections",
+    "ItemKind",
+    "ItemScores",
+    "candidate_key",
+    "item_scores_from_pool",
+]
 
 ItemKind = Literal["scan", "candidate"]
 ITEM_KINDS: tuple[ItemKind, ...] = ("scan", "candidate")
@@ -91,3 +98,26 @@ class ItemScores:
             object.__setattr__(
                 self, "embedding", np.asarray(self.embedding, dtype=float).reshape(-1)
             )
+
+
+def item_scores_from_pool(scored: object, *, tta: Sequence[Detections] = ()) -> ItemScores:
+    """The :class:`ItemScores` of one scan scored by the detector's pool scoring.
+
+    Args:
+        scored: a ``PoolScore`` of :mod:`activecad.models.detector3d.scoring` (read by its
+            attributes ``seriesuid``, ``l_scan``, ``l_roi_variants``, ``embedding`` and
+            ``detections``, a table with ``coordX, coordY, coordZ, probability`` in world mm),
+            so this module needs no torch.
+        tta: the plain and flipped passes, when test-time augmentation was run.
+    """
+    detections = scored.detections  # type: ignore[attr-defined]
+    probabilities = detections["probability"].to_numpy(float) if len(detections) else np.zeros(0)
+    return ItemScores(
+        item=str(scored.seriesuid),  # type: ignore[attr-defined]
+        kind="scan",
+        l_scan=float(scored.l_scan),  # type: ignore[attr-defined]
+        l_roi={k: float(v) for k, v in scored.l_roi_variants.items()},  # type: ignore[attr-defined]
+        probabilities=probabilities,
+        embedding=np.asarray(scored.embedding, dtype=float),  # type: ignore[attr-defined]
+        tta=tuple(tta),
+    )
