@@ -62,6 +62,7 @@ def test_next_label_round_trip(run_cli, run_dir, tmp_path):
     ]
     text = run_cli("al", "label", run_dir, "--annotations", labels, "--annotator", "dr_b")
     assert "already answered; nothing recorded" in text.stdout
+    assert "recorded as negatives" not in text.stderr  # nothing was recorded this time
 
     from activecad.active import open_run
 

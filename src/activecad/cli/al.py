@@ -161,7 +161,12 @@ def label_command(
                 path=annotations,
                 fix=f"label only the scans 'activecad al next {run_dir}' lists",
             )
-        negatives = [k for k in queried if k not in set(uids)]
+        columns = ["coordX", "coordY", "coordZ", "diameter_mm"]
+        groups = {str(k): g[columns].to_numpy(float) for k, g in table.groupby("seriesuid")}
+        records = [LabelRecord(k, groups.get(k, np.zeros((0, 4)))) for k in queried]
+        result = run.pool.record_labels(records, annotator=who, cycle=query.cycle, source="human")
+        after = current_query(run)
+        negatives = [k for k in result.recorded if k not in set(uids)]
         if uids and negatives:
             warn(
                 "%d of %d queried scans have no row in %s and are recorded as negatives",
@@ -169,11 +174,6 @@ def label_command(
                 len(queried),
                 annotations.name,
             )
-        columns = ["coordX", "coordY", "coordZ", "diameter_mm"]
-        groups = {str(k): g[columns].to_numpy(float) for k, g in table.groupby("seriesuid")}
-        records = [LabelRecord(k, groups.get(k, np.zeros((0, 4)))) for k in queried]
-        result = run.pool.record_labels(records, annotator=who, cycle=query.cycle, source="human")
-        after = current_query(run)
     answered = after is not None and after.answered
     if as_json:
         payload = {
