@@ -272,6 +272,9 @@ def fit(
         runner = nn.parallel.DistributedDataParallel(
             task.loss_module,
             device_ids=[ctx.local_rank] if ctx.backend == "nccl" else None,
+            # Some parameters may get no gradient in a step (the detector's unused pyramid
+            # outputs, loss-prediction layers behind a detach); DDP must not wait for them.
+            find_unused_parameters=True,
         )
     if ctx.is_main:
         for cb in callbacks:
@@ -304,6 +307,7 @@ def fit(
                 for cb in callbacks:
                     cb.on_step_end(state, values)
         means = _mean_over_ranks(sums, plan.steps_per_epoch, ctx, device)
+        _sync_buffers(model, ctx)
         record: dict[str, float] = {
             "epoch": epoch + 1,
             **means,
@@ -359,6 +363,21 @@ def fit(
         best_epoch=state.best_epoch,
         stopped_early=stopped_early,
     )
+
+
+def _sync_buffers(model: nn.Module, ctx: DistContext) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics).
+
+    DDP averages gradients, so parameters agree across ranks; BatchNorm's running
+    statistics are updated by each rank's own last forward pass and drift apart. Rank 0's
+    are what its validation and checkpoint use, so every rank takes them.
+    """
+    if not ctx.distributed:
+        return
+    import torch.distributed as dist
+
+    for buffer in model.buffers():
+        dist.broadcast(buffer.data, src=0)
 
 
 def _mean_over_ranks(

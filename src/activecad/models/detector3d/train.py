@@ -313,6 +313,8 @@ class TrainResult:
         stopped_early: True when the time budget ended training.
         best_epoch: the epoch whose weights the model folder holds, when validated.
         best_cpm: the validation CPM of that epoch.
+        network: the trained network in memory (the model folder's weights; on every
+            rank under torchrun).
     """
 
     model_dir: Path
@@ -321,6 +323,7 @@ class TrainResult:
     stopped_early: bool = False
     best_epoch: int | None = None
     best_cpm: float | None = None
+    network: nn.Module | None = None
 
 
 def _merge(base: dict[str, object], overrides: Mapping[str, object]) -> dict[str, object]:
@@ -455,6 +458,7 @@ def train_detector(
     time_budget_s: float | None = None,
     device: str | None = None,
     console: Console | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> TrainResult:
     """Train the detector on a LUNA16-style folder and write the model folder.
 
@@ -472,6 +476,7 @@ def train_detector(
         time_budget_s: stop after the first epoch that ends past this many seconds.
         device: torch device (default CUDA when available).
         console: where progress goes (default stderr).
+        callbacks: more hooks into the fit, after the one that writes the model folder.
 
     Raises:
         InputError: bad data folder, series that match no scan, or a finished run in
@@ -549,7 +554,7 @@ def train_detector(
         init_from=init_from,
         checkpoint=checkpoint_path,
         resume=resume,
-        callbacks=[_BundleWriter(model_dir, config, console)],
+        callbacks=[_BundleWriter(model_dir, config, console), *callbacks],
         time_budget_s=time_budget_s,
         device=device,
     )
@@ -560,4 +565,5 @@ def train_detector(
         result.stopped_early,
         result.best_epoch,
         result.best_value,
+        result.model,
     )

@@ -1,0 +1,222 @@
+"""``train detector``: fine-tuning from a model folder, resume semantics, data checks, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.multiprocessing as mp
+import yaml
+
+from activecad.io.ct import write_scan
+from activecad.io.scan import Scan
+from activecad.io.tables import write_table
+from activecad.models.detector3d import (
+    NoduleDetector,
+    load_bundle,
+    preset_config,
+    save_bundle,
+    train_detector,
+)
+from activecad.training import Callback, FitState
+from tests.models.detector3d.conftest import TINY
+
+
+def _folder(root: Path, *, uid_prefix: str = "1.2.826.0.1.") -> Path:
+    """Two 40^3 scans (1 mm) with one bright 6 mm sphere each, as a LUNA16-style folder."""
+    (root / "ct").mkdir(parents=True)
+    rows = []
+    zz, yy, xx = np.mgrid[:40, :40, :40]
+    for k in range(2):
+        uid = f"1.2.826.0.1.{k + 1}"
+        array = np.full((40, 40, 40), -850.0, dtype=np.float32)
+        centre = np.array([20.0, 15.0 + 5 * k, 22.0])  # z, y, x
+        array[(zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2 <= 9] = 50
+        origin = np.array([-20.0, 10.0, -100.0])
+        write_scan(
+            Scan(array=array, spacing=(1, 1, 1), origin=origin, seriesuid=uid),
+            root / "ct" / f"{uid}.mhd",
+        )
+        x, y, z = origin + centre[::-1]
+        rows.append(
+            {
+                "seriesuid": f"{uid_prefix}{k + 1}",
+                "coordX": x,
+                "coordY": y,
+                "coordZ": z,
+                "diameter_mm": 6.0,
+            }
+        )
+    write_table(pd.DataFrame(rows), root / "annotations.csv", "annotations")
+    tiny = {**TINY, "steps_per_epoch": 1}
+    (root / "tiny.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(tiny))))
+    return root
+
+
+@pytest.fixture(scope="module")
+def luna(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _folder(tmp_path_factory.mktemp("luna"))
+
+
+def test_fine_tuning_starts_from_the_model_folders_weights(luna: Path, tmp_path: Path) -> None:
+    config = preset_config("cpu", **{**TINY, "steps_per_epoch": 1, "seed": 3})
+    torch.manual_seed(11)
+    start = save_bundle(tmp_path / "start", NoduleDetector(config))
+    reference = load_bundle(start)
+    images = torch.randn(2, 1, 32, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = reference.network(images)
+    seen: list[bool] = []
+
+    class Compare(Callback):
+        def on_fit_start(self, state: FitState) -> None:
+            state.model.eval()
+            with torch.no_grad():
+                got = state.model(images)
+            seen.append(
+                all(
+                    torch.equal(a, b)
+                    for key in expected
+                    for a, b in zip(got[key], expected[key], strict=True)
+                )
+            )
+
+    # A fresh detector with the same config but another seed differs, so equality is the
+    # loaded weights, not chance.
+    torch.manual_seed(12)
+    with torch.no_grad():
+        fresh = NoduleDetector(config).eval().network(images)
+    key = next(iter(expected))
+    assert not torch.equal(fresh[key][0], expected[key][0])
+
+    train_detector(
+        luna,
+        tmp_path / "tuned",
+        config,
+        init_from=start,
+        cache_dir=tmp_path / "cache",
+        callbacks=[Compare()],
+    )
+    assert seen == [True]
+    tuned = load_bundle(tmp_path / "tuned")
+    key_weight = next(iter(tuned.network.state_dict()))
+    assert not torch.equal(
+        tuned.network.state_dict()[key_weight], reference.network.state_dict()[key_weight]
+    )  # and one step did train it
+
+
+def test_resume_keeps_the_runs_settings(
+    run_cli: Callable[..., object], luna: Path, tmp_path: Path
+) -> None:
+    model, cache = tmp_path / "m", tmp_path / "cache"
+    first = run_cli(
+        "train", "detector", luna, "--out", model, "--config", luna / "tiny.yaml",
+        "--steps", "2", "--cache", cache, "--json",
+    )  # fmt: skip
+    assert first.exit_code == 0, first.stderr
+    resumed = run_cli(
+        "train", "detector", luna, "--out", model, "--epochs", "2", "--resume", "--cache", cache,
+        "--json",
+    )  # fmt: skip
+    assert resumed.exit_code == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["epochs_done"] == 2
+    saved = yaml.safe_load((model / "config.yaml").read_text())
+    # The saved run: 32^3 patches, 2 steps (from --steps), 1 mm, no lung crop; not the
+    # cpu preset's 96^3 / 50 steps / lung crop that a fresh config would give.
+    assert saved["patch_size"] == [32, 32, 32]
+    assert saved["steps_per_epoch"] == 2 and saved["epochs"] == 2
+    assert json.loads((model / "preprocess.json").read_text())["lung_crop"] is False
+
+
+def test_resume_refuses_another_preset_before_preprocessing(
+    run_cli: Callable[..., object], luna: Path, tmp_path: Path
+) -> None:
+    model = tmp_path / "m"
+    first = run_cli(
+        "train", "detector", luna, "--out", model, "--config", luna / "tiny.yaml",
+        "--cache", tmp_path / "cache",
+    )  # fmt: skip
+    assert first.exit_code == 0, first.stderr
+    fresh_cache = tmp_path / "new-cache"
+    refused = run_cli(
+        "train", "detector", luna, "--out", model, "--resume", "--preset", "paper",
+        "--cache", fresh_cache,
+    )  # fmt: skip
+    assert refused.exit_code == 1
+    assert "cannot change" in refused.stderr and "preset" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not fresh_cache.exists()  # refused before any scan was preprocessed
+
+
+def test_annotations_matching_no_scan_are_an_error(
+    run_cli: Callable[..., object], tmp_path: Path
+) -> None:
+    folder = _folder(tmp_path / "data", uid_prefix="9.9.")
+    result = run_cli(
+        "train", "detector", folder, "--out", tmp_path / "m", "--config", folder / "tiny.yaml"
+    )
+    assert result.exit_code == 1
+    assert "no identifier of annotations.csv matches" in result.stderr
+    assert not (tmp_path / "m" / "bundle.json").exists()  # nothing that looks like a model
+
+
+def test_missing_data_folder_and_options_say_what_to_do(
+    run_cli: Callable[..., object], luna: Path, tmp_path: Path
+) -> None:
+    missing = run_cli("train", "detector", tmp_path / "nowhere", "--out", tmp_path / "m")
+    assert missing.exit_code == 1 and "does not exist" in missing.stderr
+    both = run_cli(
+        "train", "detector", luna, "--out", tmp_path / "m", "--resume", "--init-from", luna
+    )
+    assert both.exit_code == 2
+    as_file = run_cli("train", "detector", luna, "--out", tmp_path / "model.json")
+    assert as_file.exit_code == 1 and "folder" in as_file.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_one_model_folder(luna: Path, tmp_path: Path) -> None:
+    """Both ranks end with the same weights (DDP) and one model folder is written."""
+    mp.spawn(_rank, args=(_free_port(), str(luna), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert r0.keys() == r1.keys()
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)
+    torch.manual_seed(0)  # as train_detector seeds before building the network (seed 0)
+    start = NoduleDetector(preset_config("cpu", **TINY)).network.state_dict()
+    assert all(start[k].shape == r0[k].shape for k in r0)
+    assert not all(torch.equal(r0[k], start[k]) for k in r0)  # it did train
+    folder = load_bundle(tmp_path / "model").network.state_dict()
+    assert all(torch.equal(r0[k], folder[k]) for k in r0)
+    assert len((tmp_path / "model" / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def _rank(rank: int, port: int, data: str, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE="2",
+    )
+    from activecad.training import distributed
+
+    torch.set_num_threads(1)
+    # TINY has no validation split, so no best-weights broadcast: equal weights at the end
+    # come from DDP's gradient averaging alone.
+    config = preset_config("cpu", **{**TINY, "steps_per_epoch": 2})
+    result = train_detector(data, Path(out) / "model", config, cache_dir=Path(out) / "cache")
+    assert result.network is not None
+    torch.save(result.network.state_dict(), Path(out) / f"rank{rank}.pt")
+    distributed.teardown()
