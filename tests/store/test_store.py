@@ -92,3 +92,19 @@ def test_a_bad_url_is_one_clear_error(tmp_path):
         open_store(f"sqlite:///{tmp_path / 'missing' / 'x.db'}")
     with pytest.raises(InputError, match="cannot read the database URL"):
         open_store("not a url")
+
+
+def test_the_first_revision_downgrades_and_upgrades_again(db_url):
+    from alembic import command
+
+    from activecad.store import alembic_config
+
+    open_store(db_url).close()
+    command.downgrade(alembic_config(db_url), "base")
+    store = open_store(db_url, migrate=False)
+    try:
+        with store.engine.connect() as connection:
+            assert set(inspect(connection).get_table_names()) <= {"alembic_version"}
+    finally:
+        store.close()
+    open_store(db_url).close()  # back to head
