@@ -1,5 +1,8 @@
 """Typed configuration of the 3D nodule detector and its two presets.
 
+"Liu et al. 2020" below is Liu, Cao & Tian, "Deep Active Learning for Effective Pulmonary
+Nodule Detection" (MICCAI 2020).
+
 Frames: ``spacing`` is (x, y, z) mm; ``patch_size`` is (x, y, z) voxels of the resampled
 array, the order in which the network sees it (see :mod:`.network`).
 """
@@ -41,10 +44,10 @@ class DetectorConfig(StrictConfig):
         focal_gamma: focusing exponent of the focal loss (Lin et al. 2017: 2).
         epochs: passes over the training scans.
         steps_per_epoch: optimiser steps per epoch.
-        optimizer: ``sgd`` (momentum 0.9, as papers/000) or ``adamw`` (converges in fewer
-            steps, which a CPU budget needs).
-        lr: learning rate (papers/000: 0.01 with SGD); divided by 10 for the last tenth
-            of the epochs, as papers/000 §3.1 does.
+        optimizer: ``sgd`` (momentum 0.9, as Liu et al. 2020) or ``adamw`` (converges in
+            fewer steps, which a CPU budget needs).
+        lr: learning rate (Liu et al. 2020: 0.01 with SGD); divided by 10 for the last tenth
+            of the epochs, as Liu et al. 2020 §3.1 do.
         weight_decay: weight decay.
         augment: augmentation of training patches.
         val_fraction: share of the scans held out for validation FROC/CPM (0 for none).
@@ -56,7 +59,7 @@ class DetectorConfig(StrictConfig):
             detector features (Yoo & Kweon stop them after 120 of 200 epochs). Default 0:
             on a CPU budget, joint training from the first step left the classifier
             collapsed (see the README's detector section); the paper preset uses 180.
-        roi_tau: detection-score threshold tau of L_RoI (Eq. 2; papers/000: 0.5).
+        roi_tau: detection-score threshold tau of L_RoI (Eq. 2; Liu et al. 2020: 0.5).
         score_thresh: minimum probability of a reported detection.
         nms_thresh: IoU above which NMS suppresses the lower-scored box.
         detections_per_scan: at most this many detections per scan.
@@ -127,7 +130,8 @@ class DetectorConfig(StrictConfig):
 PRESETS: dict[str, dict[str, object]] = {
     # About a quarter of ResNet-18's width and 64 FPN channels: ~1 s a step on 2 CPU cores.
     "cpu": {},
-    # papers/000: full ResNet-18, 256 FPN channels; LUNA16-style 0.7 x 0.7 x 1.25 mm voxels.
+    # Liu, Cao & Tian (MICCAI 2020): full ResNet-18, 256 FPN channels; LUNA16-style
+    # 0.7 x 0.7 x 1.25 mm voxels.
     "paper": {
         "preprocess": {"spacing": (0.7, 0.7, 1.25)},
         "backbone_widths": (64, 128, 256, 512),
