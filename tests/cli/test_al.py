@@ -106,3 +106,16 @@ def test_bad_run_folders_and_usage(run_cli, tmp_path):
     labels.write_text(HEADER)
     result = run_cli("al", "label", empty, "--annotations", labels)
     assert result.exit_code == 1 and "no query to answer" in result.stderr
+
+
+def test_a_run_on_a_database_server_is_answered_the_same(run_cli, tmp_path, db_url):
+    folder = tmp_path / "shared"
+    with create_run(folder, UIDS, db_url=db_url) as run:
+        propose_query(run, None, heuristic="random", budget=2, seed=1)
+    assert json.loads((folder / "run.json").read_text())["db"] == db_url
+    labels = tmp_path / "l.csv"
+    labels.write_text(HEADER)
+    result = run_cli("al", "label", folder, "--annotations", labels, "--db", db_url, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert len(json.loads(result.stdout)["recorded"]) == 2
+    assert json.loads(run_cli("al", "next", folder, "--json").stdout)["answered"] is True
