@@ -19,6 +19,8 @@ Layout (the loop of ``activecad al run`` fills the ``cycles/`` part)::
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -342,8 +344,9 @@ def _write_selections(run: Run) -> None:
             .where(Cycle.project_id == run.pool.project_id)
             .order_by(Cycle.number, Query.rank)
         ).all()
-    lines = [",".join(SELECTION_COLUMNS)]
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(SELECTION_COLUMNS)
     for number, strategy, seed, key, score, rank in rows:
-        shown = "" if score is None else repr(float(score))
-        lines.append(f"{number},{strategy},{seed},{key},{shown},{rank}")
-    _write_atomic(run.selections_csv, "\n".join(lines) + "\n")
+        writer.writerow([number, strategy, seed, key, "" if score is None else repr(score), rank])
+    _write_atomic(run.selections_csv, text.getvalue())
