@@ -17,6 +17,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from activecad.active.items import ItemKind, candidate_key
 from activecad.errors import InputError
@@ -214,6 +215,21 @@ class Pool:
         by_key = {r.item: r for r in labels}
         if len(by_key) != len(labels):
             raise InputError("a label names the same item twice", fix="give each item once")
+        try:
+            return self._record(by_key, annotator=annotator, cycle=cycle, source=source)
+        except IntegrityError as exc:
+            # Another writer labelled one of these items between our check and our insert;
+            # the unique (item, annotator) constraint refused the duplicate and nothing of
+            # this call was stored.
+            raise InputError(
+                f"{annotator} recorded labels for these items at the same moment elsewhere; "
+                "nothing was recorded by this call",
+                fix="run the command again (already recorded labels are skipped)",
+            ) from exc
+
+    def _record(
+        self, by_key: Mapping[str, LabelRecord], *, annotator: str, cycle: int | None, source: str
+    ) -> RecordedLabels:
         with self.store.session() as session:
             items = {
                 i.key: i
