@@ -89,9 +89,7 @@ def train_detector_command(
             fix="drop --resume to start a new run in this folder",
         )
     # Settled before any scan is read: a change that cannot apply fails in a second.
-    cfg = resolve_config(
-        preset, overrides, resume_dir=out if resume else None, init_from=init_from
-    )
+    cfg = resolve_config(preset, overrides, resume_dir=out if resume else None, init_from=init_from)
     try:
         result = train_detector(
             data_dir,

@@ -345,9 +345,7 @@ def fit(
             stopped_early = True
             break
     # Every rank ends with rank 0's view of the best weights.
-    best = broadcast_object(
-        (state.best_value, state.best_epoch, best_weights, state.history), ctx
-    )
+    best = broadcast_object((state.best_value, state.best_epoch, best_weights, state.history), ctx)
     state.best_value, state.best_epoch, best_weights, state.history = best  # type: ignore[misc]
     if best_weights is not None:
         model.load_state_dict(best_weights)
