@@ -23,6 +23,14 @@ class CliResult:
     stderr: str
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Keep the tests' preprocessed scans out of the user's own cache folder."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ACTIVECAD_CACHE", str(tmp_path_factory.mktemp("activecad-cache")))
+        yield
+
+
 @pytest.fixture
 def run_cli() -> Callable[..., CliResult]:
     """Run ``activecad ARGS`` in-process and capture exit code, stdout and stderr."""

@@ -470,7 +470,8 @@ def train_detector(
         config: the detector configuration (see :func:`resolve_config`).
         resume: continue from ``model_dir/checkpoint.pt``.
         init_from: a model folder whose weights training starts from (fine-tuning).
-        cache_dir: where preprocessed arrays are cached (default ``model_dir/cache``).
+        cache_dir: where preprocessed arrays are cached (default: the user's cache folder,
+            or ``$ACTIVECAD_CACHE``; see :class:`~activecad.data.preprocess.PreprocessCache`).
         train_uids: series to train on (default: a seeded split by patient).
         val_uids: series to validate on (default: the rest of that split).
         time_budget_s: stop after the first epoch that ends past this many seconds.
@@ -507,7 +508,7 @@ def train_detector(
         )
     folder = read_luna_folder(data_dir)
     ctx = distributed.setup(device)
-    cache = PreprocessCache(cache_dir or model_dir / "cache")
+    cache = PreprocessCache(cache_dir)
     patch_zyx = (config.patch_size[2], config.patch_size[1], config.patch_size[0])
     prepared: dict[str, PreparedScan] = {}
     for count, path in enumerate(folder.scans, 1):
