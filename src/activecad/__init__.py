@@ -1,6 +1,6 @@
 """activecad: annotation-efficient computer-aided detection in CT and chest radiographs.
 
-The package is split by concern, following the flow of data in DESIGN.md:
+The package is split by concern, following the flow of data (README, "Where things live"):
 ``io`` (file formats) -> ``data`` (preprocessing) -> ``models`` -> ``active`` / ``retrieval``
 -> ``metrics``, with ``phantom`` generating cohorts in the real formats and ``cli``
 exposing it all as the ``activecad`` command.

@@ -2,7 +2,8 @@
 
 MONAI's ``resnet_fpn_feature_extractor`` fixes 256 pyramid channels, which dominates the
 cost on a CPU, so the pyramid is assembled here from MONAI's ResNet with its own
-lateral/top-down layers (Lin et al. 2017, as 3DFPN in papers/000 §2.1 uses it).
+lateral/top-down layers (Lin et al. 2017, as the 3DFPN of Liu, Cao & Tian, MICCAI 2020,
+§2.1 uses it).
 
 Tensors are (B, C, X, Y, Z): the first spatial axis is x, as MONAI's detection boxes
 (xmin, ymin, zmin, xmax, ymax, zmax) expect.
