@@ -1,0 +1,61 @@
+"""Typed configuration of ``activecad al run`` (one YAML file, unknown keys refused)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from activecad.config import StrictConfig
+
+__all__ = ["LoopConfig"]
+
+
+class LoopConfig(StrictConfig):
+    """The active-learning loop of one run folder.
+
+    Attributes:
+        data: LUNA16-style data folder (``ct/``, ``annotations.csv``).
+        strategies: heuristic names (see ``activecad.active.HEURISTICS``); each is run for
+            every seed in its own store project.
+        seeds: run seeds; the seed of cycle r is derived from (seed, r).
+        initial_fraction: share of the pool labelled at random in cycle 0.
+        query_fraction: share of the pool asked for per later cycle (``query_size`` wins).
+        query_size: items per later cycle; None: ``query_fraction`` of the pool.
+        cycles: most cycles (cycle 0 included); None: until the label budget or the pool
+            runs out.
+        label_budget: most labelled items; None: the whole pool.
+        test_fraction: share of the patients held out as the fixed test split.
+        mode: ``finetune`` starts cycle r from cycle r-1's model (Liu, Cao & Tian, MICCAI
+            2020); ``retrain`` starts from scratch each cycle.
+        steps_per_cycle: training steps per cycle.
+        oracle: ``simulated`` answers from ``annotations.csv``; ``human`` stops after each
+            query until ``activecad al label`` has recorded the answers.
+    """
+
+    data: Path
+    strategies: list[str] = Field(default_factory=lambda: ["random"], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    initial_fraction: float = Field(0.1, gt=0, le=1)
+    query_fraction: float = Field(0.1, gt=0, le=1)
+    query_size: int | None = Field(None, ge=1)
+    cycles: int | None = Field(None, ge=1)
+    label_budget: int | None = Field(None, ge=1)
+    test_fraction: float = Field(0.2, ge=0, lt=1)
+    mode: Literal["finetune", "retrain"] = "finetune"
+    steps_per_cycle: int = Field(100, ge=1)
+    oracle: Literal["simulated", "human"] = "simulated"
+
+    @model_validator(mode="after")
+    def _known_strategies(self) -> LoopConfig:
+        from activecad.active.heuristics import HEURISTICS
+
+        unknown = [s for s in self.strategies if s not in HEURISTICS]
+        if unknown:
+            raise ValueError(f"unknown strategies {unknown}; known: {sorted(HEURISTICS)}")
+        if len(set(self.strategies)) != len(self.strategies):
+            raise ValueError("a strategy is listed twice")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("a seed is listed twice")
+        return self

@@ -1,0 +1,293 @@
+"""The active-learning loop of ``activecad al run CONFIG --out RUN_DIR [--resume]``.
+
+Layout of ``RUN_DIR``::
+
+    loop.yaml            the resolved loop configuration
+    split.json           the fixed pool / test split (series ids)
+    selections.csv       every query of every (strategy, seed): strategy, seed, cycle, rank order
+    metrics.jsonl        one line per (strategy, seed, cycle)
+    runs/<strategy>-seed<seed>/   one run folder (store, queries, labels) per (strategy, seed)
+        cycles/<r>/model/         the model of cycle r (written by the learner)
+        cycles/<r>/metrics.json   cycle r finished (labelled count and test metrics)
+
+Each cycle r is: query (cycle 0 random, later the strategy on the learner's pool scores),
+labels (the simulated oracle, all or nothing), training, evaluation. Every step leaves its
+result in the store or in a file written atomically, so a killed run continues with
+``--resume`` at the first unfinished step; seeds are derived from (seed, r), so the resumed
+run makes the same selections.
+
+The model side is a :class:`Learner` (train, score the pool, evaluate on the test split).
+Without a learner only ``random`` can select and the metrics hold the labelled counts only.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import yaml
+
+from activecad.active.config import LoopConfig
+from activecad.active.items import ItemScores
+from activecad.active.oracles import SimulatedOracle
+from activecad.active.run import (
+    SELECTION_COLUMNS,
+    Run,
+    create_run,
+    current_query,
+    open_run,
+    propose_query,
+)
+from activecad.errors import InputError
+
+__all__ = ["Learner", "LoopResult", "cycle_seed", "run_loop", "scan_uid"]
+
+_SUFFIXES = (".nii.gz", ".mhd", ".mha", ".nii")
+
+
+class Learner(Protocol):
+    """The model side of the loop (detector training, pool scoring, test evaluation)."""
+
+    def train(
+        self, labelled: Sequence[str], model_dir: Path, init_from: Path | None, seed: int
+    ) -> None:
+        """Train on the labelled series ids; write the model into ``model_dir``."""
+
+    def score(self, model_dir: Path, items: Sequence[str], seed: int) -> list[ItemScores]:
+        """Score pool items (series ids) with the model in ``model_dir``."""
+
+    def evaluate(self, model_dir: Path, test: Sequence[str]) -> dict[str, float]:
+        """Test metrics of the model, e.g. ``{"cpm": ..., "sens_at_4": ...}``."""
+
+
+@dataclass(frozen=True)
+class LoopResult:
+    """What a call of :func:`run_loop` ended with."""
+
+    finished: bool
+    waiting: list[str]
+    cycles: dict[str, int]
+
+
+def scan_uid(path: Path) -> str:
+    """The series id of a scan file or DICOM folder (its name without the image suffix)."""
+    name = path.name
+    for suffix in _SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def cycle_seed(seed: int, cycle: int) -> int:
+    """The seed of cycle ``cycle`` of a run seeded ``seed`` (same on every machine)."""
+    return int(np.random.SeedSequence([seed, cycle]).generate_state(1)[0])
+
+
+def _atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def _sizes(config: LoopConfig, pool_size: int) -> tuple[int, int]:
+    initial = max(1, round(pool_size * config.initial_fraction))
+    query = config.query_size or max(1, round(pool_size * config.query_fraction))
+    return initial, query
+
+
+def _split(config: LoopConfig, uids: list[str]) -> tuple[list[str], list[str]]:
+    from activecad.data.folders import split_by_patient
+
+    split = split_by_patient(uids, val_fraction=0.0, test_fraction=config.test_fraction)
+    return sorted(split.train + split.val), sorted(split.test)
+
+
+def run_loop(
+    config: LoopConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    learner: Learner | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> LoopResult:
+    """Run (or continue) the loop for every (strategy, seed) of ``config`` in ``out``.
+
+    Returns:
+        finished: every (strategy, seed) reached its end; waiting: run folders whose query
+        waits for human labels; cycles: finished cycles per run folder.
+
+    Raises:
+        InputError: ``out`` holds a run and ``resume`` is False (or the reverse), a strategy
+            needs scores but no learner is given, or the data folder is unreadable.
+    """
+    from activecad.data.folders import read_luna_folder
+
+    out = Path(out)
+    say = progress or (lambda _msg: None)
+    marker = out / "loop.yaml"
+    resolved = config.model_dump(mode="json")
+    if marker.exists() and not resume:
+        raise InputError(
+            "this folder already holds a loop", path=out, fix="add --resume to continue it"
+        )
+    if resume and not marker.exists():
+        raise InputError("no loop to resume here (no loop.yaml)", path=out, fix="drop --resume")
+    if learner is None and any(s != "random" for s in config.strategies):
+        raise InputError(
+            f"strategies {config.strategies} need a detector's pool scores",
+            fix="use strategy random, or give the loop a learner",
+        )
+    folder = read_luna_folder(config.data)
+    if resume:
+        saved = yaml.safe_load(marker.read_text(encoding="utf-8"))
+        if saved != resolved:
+            raise InputError(
+                "the config differs from the one this loop was started with",
+                path=marker,
+                fix="resume with the same config (see loop.yaml)",
+            )
+        split = json.loads((out / "split.json").read_text(encoding="utf-8"))
+        pool_uids, test_uids = split["pool"], split["test"]
+    else:
+        pool_uids, test_uids = _split(config, [scan_uid(p) for p in folder.scans])
+        out.mkdir(parents=True, exist_ok=True)
+        _atomic(out / "split.json", json.dumps({"pool": pool_uids, "test": test_uids}) + "\n")
+        _atomic(marker, yaml.safe_dump(resolved, sort_keys=True))
+    oracle = SimulatedOracle(folder.annotations) if config.oracle == "simulated" else None
+    waiting: list[str] = []
+    cycles: dict[str, int] = {}
+    for strategy in config.strategies:
+        for seed in config.seeds:
+            name = f"{strategy}-seed{seed}"
+            sub = out / "runs" / name
+            if (sub / "run.json").exists():
+                run = open_run(sub)
+            else:
+                run = create_run(
+                    sub,
+                    pool_uids,
+                    config={**resolved, "strategy": strategy, "seed": seed},
+                    seeds={"seed": seed},
+                    project=name,
+                )
+            with run:
+                done, wait = _one_run(run, config, strategy, seed, oracle, learner, test_uids, say)
+            cycles[name] = done
+            if wait:
+                waiting.append(name)
+            _merge_outputs(out, config)
+    return LoopResult(finished=not waiting, waiting=waiting, cycles=cycles)
+
+
+def _one_run(
+    run: Run,
+    config: LoopConfig,
+    strategy: str,
+    seed: int,
+    oracle: SimulatedOracle | None,
+    learner: Learner | None,
+    test_uids: list[str],
+    say: Callable[[str], None],
+) -> tuple[int, bool]:
+    """Cycles of one (strategy, seed) until its end; returns (finished cycles, waiting?)."""
+    pool_size = len(run.pool.items())
+    initial, query_size = _sizes(config, pool_size)
+    budget = min(config.label_budget or pool_size, pool_size)
+    cycle = 0
+    while True:
+        if config.cycles is not None and cycle >= config.cycles:
+            return cycle, False
+        cycle_dir = run.folder / "cycles" / str(cycle)
+        metrics_path = cycle_dir / "metrics.json"
+        if metrics_path.exists():
+            cycle += 1
+            continue
+        tag = f"{strategy} seed {seed} cycle {cycle}"
+        query = current_query(run)
+        if query is None or query.cycle < cycle:
+            labelled = len(run.pool.labelled())
+            size = min(initial if cycle == 0 else query_size, budget - labelled)
+            if size <= 0:
+                return cycle, False
+            scores = None
+            if strategy != "random" and cycle > 0 and learner is not None:
+                say(f"{tag}: scoring the pool")
+                prev_model = run.folder / "cycles" / str(cycle - 1) / "model"
+                scores = learner.score(
+                    prev_model, sorted(run.pool.unlabelled()), cycle_seed(seed, cycle)
+                )
+            say(f"{tag}: selecting {size} items")
+            query = propose_query(
+                run,
+                scores,
+                heuristic="random" if cycle == 0 else strategy,
+                budget=size,
+                seed=cycle_seed(seed, cycle),
+            )
+            if query is None:
+                return cycle, False
+        if not query.answered:
+            if oracle is None:
+                say(f"{tag}: waiting for labels (activecad al label {run.folder})")
+                return cycle, True
+            say(f"{tag}: labelling {len(query.pending)} items")
+            run.pool.record_labels(
+                oracle.answer(query.pending),
+                annotator=oracle.annotator,
+                cycle=query.cycle,
+                source=oracle.source,
+            )
+        labelled_items = sorted(run.pool.labelled())
+        metrics: dict[str, object] = {
+            "strategy": strategy,
+            "seed": seed,
+            "cycle": cycle,
+            "labelled": len(labelled_items),
+        }
+        if learner is not None:
+            model_dir = cycle_dir / "model"
+            init = run.folder / "cycles" / str(cycle - 1) / "model"
+            init_from = init if (config.mode == "finetune" and cycle > 0) else None
+            say(f"{tag}: training on {len(labelled_items)} items")
+            learner.train(labelled_items, model_dir, init_from, cycle_seed(seed, cycle))
+            say(f"{tag}: evaluating on {len(test_uids)} test scans")
+            metrics.update(learner.evaluate(model_dir, test_uids))
+        _atomic(metrics_path, json.dumps(metrics, sort_keys=True) + "\n")
+        cycle += 1
+        if not run.pool.unlabelled():
+            return cycle, False
+
+
+def _merge_outputs(out: Path, config: LoopConfig) -> None:
+    """Rewrite ``selections.csv`` and ``metrics.jsonl`` from the run folders (config order)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(SELECTION_COLUMNS)
+    lines = []
+    for strategy in config.strategies:
+        for seed in config.seeds:
+            sub = out / "runs" / f"{strategy}-seed{seed}"
+            path = sub / "selections.csv"
+            if path.is_file():
+                with path.open(newline="", encoding="utf-8") as handle:
+                    rows = list(csv.reader(handle))[1:]
+                for row in rows:
+                    row = dict(zip(SELECTION_COLUMNS, row, strict=True))
+                    row["strategy"] = strategy
+                    writer.writerow([row[c] for c in SELECTION_COLUMNS])
+            cycles = sorted(
+                (int(p.parent.name), p) for p in (sub / "cycles").glob("*/metrics.json")
+            )
+            lines.extend(p.read_text(encoding="utf-8").strip() for _, p in cycles)
+    _atomic(out / "selections.csv", buffer.getvalue())
+    _atomic(out / "metrics.jsonl", "".join(f"{line}\n" for line in lines))

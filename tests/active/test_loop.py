@@ -1,0 +1,153 @@
+"""The active-learning loop: query sizes, pool exhaustion, determinism and resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from activecad.active.config import LoopConfig
+from activecad.active.items import ItemScores
+from activecad.active.loop import run_loop
+from activecad.errors import InputError
+
+
+def _folder(root: Path, n: int = 20) -> Path:
+    """A LUNA16-style folder listing n scans (the loop only lists them; no learner reads
+    them) and one nodule in every other scan."""
+    (root / "ct").mkdir(parents=True)
+    rows = ["seriesuid,coordX,coordY,coordZ,diameter_mm"]
+    for i in range(n):
+        (root / "ct" / f"uid{i:02d}.mhd").write_text("")
+        if i % 2 == 0:
+            rows.append(f"uid{i:02d},1.0,2.0,3.0,6.0")
+    (root / "annotations.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+class FakeLearner:
+    """Deterministic stand-in for the detector: the model is a file naming what it saw;
+    scores are a CRC of (item, model), so a heuristic ranks the same way on every run."""
+
+    def __init__(self, fail_at: int | None = None):
+        self.fail_at = fail_at
+        self.trained: list[tuple[int, bool]] = []
+
+    def train(
+        self, labelled: Sequence[str], model_dir: Path, init_from: Path | None, seed: int
+    ) -> None:
+        if self.fail_at is not None and len(self.trained) == self.fail_at:
+            raise KeyboardInterrupt  # a kill during training
+        self.trained.append((len(labelled), init_from is not None))
+        model_dir.mkdir(parents=True, exist_ok=True)
+        (model_dir / "model.txt").write_text(",".join(labelled) + f"|{seed}")
+
+    def score(self, model_dir: Path, items: Sequence[str], seed: int) -> list[ItemScores]:
+        model = (model_dir / "model.txt").read_text()
+        return [ItemScores(k, l_scan=zlib.crc32(f"{k}{model}".encode()) / 2**32) for k in items]
+
+    def evaluate(self, model_dir: Path, test: Sequence[str]) -> dict[str, float]:
+        n = len((model_dir / "model.txt").read_text().split("|")[0].split(","))
+        return {"cpm": n / 100, "sens_at_4": n / 50}
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_query_sizes_unlabelled_only_and_clean_end(tmp_path: Path) -> None:
+    # pool 20 (no test split): cycle 0 is 10 % = 2 at random, then 4 per cycle:
+    # 2 + 4 + 4 + 4 + 4 = 18, and a last, smaller query of 2 ends the run (no error).
+    config = LoopConfig(
+        data=_folder(tmp_path / "data"), query_size=4, test_fraction=0.0, strategies=["random"]
+    )
+    result = run_loop(config, tmp_path / "run")
+    assert result.finished and result.cycles == {"random-seed0": 6}
+    rows = _rows(tmp_path / "run" / "selections.csv")
+    sizes = [sum(r["cycle"] == str(c) for r in rows) for c in range(6)]
+    assert sizes == [2, 4, 4, 4, 4, 2]
+    items = [r["item"] for r in rows]
+    assert len(set(items)) == 20 == len(items)  # never a labelled item again
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    metrics = [json.loads(line) for line in lines]
+    assert [m["labelled"] for m in metrics] == [2, 6, 10, 14, 18, 20]
+
+
+def test_label_budget_and_cycles_stop(tmp_path: Path) -> None:
+    data = _folder(tmp_path / "data")
+    config = LoopConfig(data=data, query_size=4, test_fraction=0.0, label_budget=9)
+    run_loop(config, tmp_path / "a")
+    metrics = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["labelled"] for m in metrics] == [2, 6, 9]
+    config = LoopConfig(data=data, query_size=4, test_fraction=0.0, cycles=2)
+    run_loop(config, tmp_path / "b")
+    assert len((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def _config(data: Path) -> LoopConfig:
+    return LoopConfig(
+        data=data,
+        strategies=["learning_loss", "random"],
+        seeds=[0, 1],
+        query_size=3,
+        cycles=3,
+        test_fraction=0.2,
+    )
+
+
+def test_learner_finetunes_test_split_fixed_and_runs_repeat(tmp_path: Path) -> None:
+    data = _folder(tmp_path / "data")
+    learner = FakeLearner()
+    run_loop(_config(data), tmp_path / "a", learner=learner)
+    # 4 runs x 3 cycles; fine-tuning starts every cycle but the first from the last model
+    assert [t[1] for t in learner.trained[:3]] == [False, True, True]
+    split = json.loads((tmp_path / "a" / "split.json").read_text())
+    assert len(split["test"]) == 4 and not set(split["test"]) & set(split["pool"])
+    rows = _rows(tmp_path / "a" / "selections.csv")
+    assert not {r["item"] for r in rows} & set(split["test"])
+    run_loop(_config(data), tmp_path / "b", learner=FakeLearner())
+    for name in ("selections.csv", "metrics.jsonl"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    metrics = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 12 and {"cpm", "sens_at_4"} <= set(metrics[0])
+
+
+@pytest.mark.parametrize("fail_at", [0, 1, 4])
+def test_killed_during_training_resumes_identically(tmp_path: Path, fail_at: int) -> None:
+    data = _folder(tmp_path / "data")
+    run_loop(_config(data), tmp_path / "whole", learner=FakeLearner())
+    with pytest.raises(KeyboardInterrupt):
+        run_loop(_config(data), tmp_path / "killed", learner=FakeLearner(fail_at=fail_at))
+    with pytest.raises(InputError, match="--resume"):
+        run_loop(_config(data), tmp_path / "killed", learner=FakeLearner())
+    run_loop(_config(data), tmp_path / "killed", resume=True, learner=FakeLearner())
+    for name in ("selections.csv", "metrics.jsonl"):
+        whole = (tmp_path / "whole" / name).read_bytes()
+        assert (tmp_path / "killed" / name).read_bytes() == whole
+
+
+def test_killed_between_selection_and_labelling(tmp_path: Path) -> None:
+    data = _folder(tmp_path / "data")
+    run_loop(_config(data), tmp_path / "whole", learner=FakeLearner())
+    # a human oracle stops right after proposing: the state a kill between selection and
+    # labelling leaves; the resumed simulated loop labels that query once and goes on
+    human = _config(data).model_copy(update={"oracle": "human"})
+    result = run_loop(human, tmp_path / "cut", learner=FakeLearner())
+    assert not result.finished and len(result.waiting) == 4
+    (tmp_path / "cut" / "loop.yaml").write_text(
+        (tmp_path / "cut" / "loop.yaml").read_text().replace("oracle: human", "oracle: simulated")
+    )
+    run_loop(_config(data), tmp_path / "cut", resume=True, learner=FakeLearner())
+    for name in ("selections.csv", "metrics.jsonl"):
+        assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+
+
+def test_scored_strategy_without_learner_is_an_input_error(tmp_path: Path) -> None:
+    config = LoopConfig(data=_folder(tmp_path / "data"), strategies=["learning_loss"])
+    with pytest.raises(InputError, match="learner"):
+        run_loop(config, tmp_path / "run")
