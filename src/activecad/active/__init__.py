@@ -5,6 +5,7 @@ Detection", MICCAI 2020) and candidate-level (Zhou et al., ACFT, Medical Image A
 2021) items go through the same pool, heuristics and queries.
 """
 
+from activecad.active.config import LoopConfig
 from activecad.active.heuristics import (
     HEURISTICS,
     Heuristic,
@@ -13,6 +14,7 @@ from activecad.active.heuristics import (
     register_heuristic,
 )
 from activecad.active.items import Detections, ItemScores, candidate_key
+from activecad.active.loop import Learner, LoopResult, run_loop
 from activecad.active.oracles import AnnotationCost, HumanOracle, SimulatedOracle
 from activecad.active.pool import LabelRecord, Pool, PoolItem, RecordedLabels
 from activecad.active.run import (
@@ -32,6 +34,9 @@ __all__ = [
     "HumanOracle",
     "ItemScores",
     "LabelRecord",
+    "Learner",
+    "LoopConfig",
+    "LoopResult",
     "Pool",
     "PoolItem",
     "QueryView",
@@ -46,4 +51,5 @@ __all__ = [
     "open_run",
     "propose_query",
     "register_heuristic",
+    "run_loop",
 ]

@@ -205,6 +205,33 @@ def label_command(
         )
 
 
+@al_app.command("run")
+def run_command(
+    config: Annotated[
+        Path, typer.Argument(metavar="CONFIG", help="Loop config YAML.", show_default=False)
+    ],
+    out: Annotated[Path, typer.Option("--out", help="The loop's folder.", show_default=False)],
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the loop in --out where it stopped.")
+    ] = False,
+) -> None:
+    """Run the active-learning loop of CONFIG into --out (random selection only so far)."""
+    from activecad.active.config import LoopConfig
+    from activecad.active.loop import run_loop
+    from activecad.config import load_config
+
+    loop_config = load_config(LoopConfig, config)
+    result = run_loop(loop_config, out, resume=resume, progress=typer.echo)
+    for name, cycles in result.cycles.items():
+        typer.echo(f"{name}: {cycles} cycles finished")
+    if result.waiting:
+        typer.echo(
+            f"waiting for labels in {', '.join(result.waiting)}: "
+            f"answer with 'activecad al label', then 'activecad al run {config} --out {out} "
+            "--resume'"
+        )
+
+
 def _login() -> str:
     try:
         return getpass.getuser()
