@@ -41,6 +41,7 @@ from activecad.active.oracles import SimulatedOracle
 from activecad.active.run import (
     SELECTION_COLUMNS,
     Run,
+    _write_selections,
     create_run,
     current_query,
     open_run,
@@ -200,6 +201,8 @@ def _one_run(
     say: Callable[[str], None],
 ) -> tuple[int, bool]:
     """Cycles of one (strategy, seed) until its end; returns (finished cycles, waiting?)."""
+    # a kill between recording a query and rewriting selections.csv leaves it stale
+    _write_selections(run)
     pool_size = len(run.pool.items())
     initial, query_size = _sizes(config, pool_size)
     budget = min(config.label_budget or pool_size, pool_size)
