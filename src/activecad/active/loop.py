@@ -4,7 +4,9 @@ Layout of ``RUN_DIR``::
 
     loop.yaml            the resolved loop configuration
     split.json           the fixed pool / test split (series ids)
-    selections.csv       every query of every (strategy, seed): strategy, seed, cycle, rank order
+    selections.csv       every query of every (strategy, seed) in config order, then cycle and
+                         rank; strategy and seed are the run's (the store keeps each cycle's
+                         derived seed and cycle 0's random choice)
     metrics.jsonl        one line per (strategy, seed, cycle)
     runs/<strategy>-seed<seed>/   one run folder (store, queries, labels) per (strategy, seed)
         cycles/<r>/model/         the model of cycle r (written by the learner)
@@ -286,7 +288,7 @@ def _merge_outputs(out: Path, config: LoopConfig) -> None:
                     rows = list(csv.reader(handle))[1:]
                 for row in rows:
                     row = dict(zip(SELECTION_COLUMNS, row, strict=True))
-                    row["strategy"] = strategy
+                    row["strategy"], row["seed"] = strategy, str(seed)
                     writer.writerow([row[c] for c in SELECTION_COLUMNS])
             cycles = sorted(
                 (int(p.parent.name), p) for p in (sub / "cycles").glob("*/metrics.json")
