@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -32,6 +32,9 @@ class LoopConfig(StrictConfig):
         steps_per_cycle: training steps per cycle.
         oracle: ``simulated`` answers from ``annotations.csv``; ``human`` stops after each
             query until ``activecad al label`` has recorded the answers.
+        detector: the 3D detector of the loop's learner: ``{preset: name, **overrides}``
+            (see ``activecad.models.detector3d.preset_config``); None: preset ``cpu`` when a
+            strategy needs scores, otherwise no detector (selection only).
     """
 
     data: Path
@@ -46,6 +49,7 @@ class LoopConfig(StrictConfig):
     mode: Literal["finetune", "retrain"] = "finetune"
     steps_per_cycle: int = Field(100, ge=1)
     oracle: Literal["simulated", "human"] = "simulated"
+    detector: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _known_strategies(self) -> LoopConfig:

@@ -215,13 +215,26 @@ def run_command(
         bool, typer.Option("--resume", help="Continue the loop in --out where it stopped.")
     ] = False,
 ) -> None:
-    """Run the active-learning loop of CONFIG into --out (random selection only so far)."""
+    """Run the active-learning loop of CONFIG into --out.
+
+    The 3D detector is trained, scores the pool and is evaluated (CPM, sensitivity at 4 FPs
+    per scan) every cycle when CONFIG has a ``detector:`` mapping or a strategy needs scores;
+    a random-only CONFIG without ``detector:`` records the selections and labels only.
+    """
     from activecad.active.config import LoopConfig
+    from activecad.active.detector_learner import DetectorLearner
     from activecad.active.loop import run_loop
     from activecad.config import load_config
 
     loop_config = load_config(LoopConfig, config)
-    result = run_loop(loop_config, out, resume=resume, progress=typer.echo)
+    learner = None
+    if loop_config.detector is not None or loop_config.strategies != ["random"]:
+        learner = DetectorLearner(
+            loop_config.data,
+            steps_per_cycle=loop_config.steps_per_cycle,
+            detector=loop_config.detector,
+        )
+    result = run_loop(loop_config, out, resume=resume, learner=learner, progress=typer.echo)
     for name, cycles in result.cycles.items():
         typer.echo(f"{name}: {cycles} cycles finished")
     if result.waiting:

@@ -1,0 +1,127 @@
+"""The 3D nodule detector as the learner of ``activecad al run``.
+
+Each cycle of the loop (:mod:`activecad.active.loop`) asks the learner to
+
+* ``train``: fine-tune the previous cycle's model (``mode: finetune``, Liu, Cao & Tian,
+  "Deep Active Learning for Effective Pulmonary Nodule Detection", MICCAI 2020) or train
+  from scratch (``mode: retrain``, and always in cycle 0) for ``steps_per_cycle`` steps on
+  the labelled scans. A scan whose simulated or human answer is "no nodule" trains as a scan
+  without nodules (all its patches are background); its excluded findings are ignored.
+* ``score``: run the detector over the unlabelled pool (through the preprocessing cache) and
+  hand the heuristics l_scan, L_RoI, detection probabilities and the embedding.
+* ``evaluate``: detect on the fixed test split and report the LUNA16 CPM and the
+  sensitivity at 4 false positives per scan, with the excluded findings counting neither
+  as hits nor as false positives.
+
+The nodules come from the data folder's ``annotations.csv``; with the simulated oracle the
+labels are exactly those rows, so training reads them directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from activecad.active.items import ItemScores, item_scores_from_pool
+
+__all__ = ["DetectorLearner"]
+
+
+class DetectorLearner:
+    """Trains, scores and evaluates the 3D detector for the loop (see the module docs).
+
+    Args:
+        data: the LUNA16-style data folder of the loop (``ct/``, ``annotations.csv``).
+        steps_per_cycle: training steps of one cycle (one epoch of this many steps).
+        detector: ``{"preset": name, **overrides}`` of the detector configuration (see
+            :func:`activecad.models.detector3d.preset_config`); default preset ``cpu``.
+        cache: the preprocessing cache folder (default: the user's cache,
+            ``$ACTIVECAD_CACHE`` overrides it).
+        device: torch device (default CUDA when available).
+    """
+
+    def __init__(
+        self,
+        data: str | Path,
+        *,
+        steps_per_cycle: int,
+        detector: Mapping[str, Any] | None = None,
+        cache: str | Path | None = None,
+        device: str | None = None,
+    ):
+        from activecad.data.folders import read_luna_folder
+        from activecad.data.preprocess import PreprocessCache
+        from activecad.models.detector3d import preset_config
+
+        settings = dict(detector or {})
+        preset = str(settings.pop("preset", "cpu"))
+        self.config = preset_config(preset, **settings)
+        self.folder = read_luna_folder(data)
+        self.steps = steps_per_cycle
+        self.cache = PreprocessCache(cache)
+        self.device = device
+        self._paths = {_uid(p): p for p in self.folder.scans}
+
+    def _prepared(self, uid: str) -> Any:
+        patch = self.config.patch_size
+        return self.cache.load(
+            self._paths[uid], self.config.preprocess, min_shape_zyx=(patch[2], patch[1], patch[0])
+        )
+
+    def train(
+        self, labelled: Sequence[str], model_dir: Path, init_from: Path | None, seed: int
+    ) -> None:
+        """Train on the labelled series ids; write the model bundle into ``model_dir``.
+
+        ``seed`` seeds the initial weights (from scratch), patch sampling and augmentation.
+        """
+        from activecad.data.folders import labelled as attach
+        from activecad.models.detector3d import NoduleDetector, fit_detector, save_bundle
+
+        config = self.config.model_copy(update={"seed": int(seed) % 2**31})
+        items = [
+            attach(self._prepared(u), self.folder.annotations, self.folder.excluded)
+            for u in labelled
+        ]
+        result = fit_detector(
+            config,
+            items,
+            init_from=init_from,
+            epochs=1,
+            steps_per_epoch=self.steps,
+            device=self.device,
+        )
+        detector = NoduleDetector(self.config)
+        detector.network.load_state_dict(result.model.state_dict())
+        save_bundle(model_dir, detector)
+
+    def score(self, model_dir: Path, items: Sequence[str], seed: int) -> list[ItemScores]:
+        """Score pool items (series ids) with the model in ``model_dir`` (one record each)."""
+        from activecad.models.detector3d import load_bundle
+        from activecad.models.detector3d.scoring import score_pool
+
+        detector = load_bundle(model_dir)
+        paths = [self._paths[u] for u in items]
+        return [
+            item_scores_from_pool(s)
+            for s in score_pool(detector, paths, cache=self.cache, progress=False)
+        ]
+
+    def evaluate(self, model_dir: Path, test: Sequence[str]) -> dict[str, float]:
+        """``{"cpm", "sens_at_4"}`` of the model on the test series (LUNA16 FROC)."""
+        from activecad.models.detector3d import load_bundle
+        from activecad.models.detector3d.train import validate
+
+        if not test:
+            return {}
+        detector = load_bundle(model_dir)
+        scans = [self._prepared(u) for u in test]
+        metrics = validate(detector, scans, self.folder.annotations, self.folder.excluded)
+        return {"cpm": metrics["cpm"], "sens_at_4": metrics["sens@4"]}
+
+
+def _uid(path: Path) -> str:
+    from activecad.active.loop import scan_uid
+
+    return scan_uid(path)
