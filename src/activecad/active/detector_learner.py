@@ -13,8 +13,10 @@ Each cycle of the loop (:mod:`activecad.active.loop`) asks the learner to
   sensitivity at 4 false positives per scan, with the excluded findings counting neither
   as hits nor as false positives.
 
-The nodules come from the data folder's ``annotations.csv``; with the simulated oracle the
-labels are exactly those rows, so training reads them directly.
+The nodules come from the data folder's ``annotations.csv``: with the simulated oracle the
+labels are exactly those rows (a scan without rows is the negative answer). Answers of the
+human oracle (``activecad al label``) are not read yet: training still uses
+``annotations.csv``, so a scan a reader called negative trains with its listed nodules.
 """
 
 from __future__ import annotations
