@@ -31,3 +31,19 @@ def test_example_config_is_valid() -> None:
 
     example = Path(__file__).parents[2] / "examples" / "al-quick.yaml"
     assert load_config(LoopConfig, example).cycles == 2
+
+
+def test_a_detector_loop_refuses_a_human_oracle_instead_of_ignoring_its_labels(
+    tmp_path: Path, run_cli
+) -> None:
+    # The detector learner trains on annotations.csv; until it reads the labels 'al label'
+    # records, a human-oracle loop that trains must be refused, not silently fed the truth.
+    data = _folder(tmp_path / "data")
+    config = tmp_path / "loop.yaml"
+    config.write_text(
+        f"data: {data}\nstrategies: [learning_loss]\noracle: human\ncycles: 2\n"
+    )
+    result = run_cli("al", "run", config, "--out", tmp_path / "run")
+    assert result.exit_code == 1
+    assert "oracle: human" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
