@@ -6,38 +6,16 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
-from activecad.io.ct import write_scan
-from activecad.io.scan import Scan
-from activecad.io.tables import read_table, write_table
-from tests.models.detector3d.conftest import TINY
+from activecad.io.tables import read_table
+from tests.models.detector3d.conftest import write_sphere_folder
 
 
 @pytest.fixture(scope="module")
 def luna_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("luna")
-    (root / "ct").mkdir()
-    rows = []
-    zz, yy, xx = np.mgrid[:40, :40, :40]
-    for k in range(2):
-        uid = f"1.2.826.0.1.{k + 1}"
-        array = np.full((40, 40, 40), -850.0, dtype=np.float32)
-        centre = np.array([20.0, 15.0 + 5 * k, 22.0])  # z, y, x
-        array[(zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2 <= 9] = 50
-        origin = np.array([-20.0, 10.0, -100.0])
-        write_scan(
-            Scan(array=array, spacing=(1, 1, 1), origin=origin, seriesuid=uid),
-            root / "ct" / f"{uid}.mhd",
-        )
-        x, y, z = origin + centre[::-1]
-        rows.append({"seriesuid": uid, "coordX": x, "coordY": y, "coordZ": z, "diameter_mm": 6.0})
-    write_table(pd.DataFrame(rows), root / "annotations.csv", "annotations")
-    (root / "tiny.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(TINY))))
-    return root
+    return write_sphere_folder(tmp_path_factory.mktemp("luna"))
 
 
 def test_train_then_detect_writes_submission_and_uncertainty(

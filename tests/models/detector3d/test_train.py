@@ -8,16 +8,11 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
 import torch.multiprocessing as mp
 import yaml
 
-from activecad.io.ct import write_scan
-from activecad.io.scan import Scan
-from activecad.io.tables import write_table
 from activecad.models.detector3d import (
     NoduleDetector,
     load_bundle,
@@ -26,38 +21,11 @@ from activecad.models.detector3d import (
     train_detector,
 )
 from activecad.training import Callback, FitState
-from tests.models.detector3d.conftest import TINY
+from tests.models.detector3d.conftest import TINY, write_sphere_folder
 
 
 def _folder(root: Path, *, uid_prefix: str = "1.2.826.0.1.") -> Path:
-    """Two 40^3 scans (1 mm) with one bright 6 mm sphere each, as a LUNA16-style folder."""
-    (root / "ct").mkdir(parents=True)
-    rows = []
-    zz, yy, xx = np.mgrid[:40, :40, :40]
-    for k in range(2):
-        uid = f"1.2.826.0.1.{k + 1}"
-        array = np.full((40, 40, 40), -850.0, dtype=np.float32)
-        centre = np.array([20.0, 15.0 + 5 * k, 22.0])  # z, y, x
-        array[(zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2 <= 9] = 50
-        origin = np.array([-20.0, 10.0, -100.0])
-        write_scan(
-            Scan(array=array, spacing=(1, 1, 1), origin=origin, seriesuid=uid),
-            root / "ct" / f"{uid}.mhd",
-        )
-        x, y, z = origin + centre[::-1]
-        rows.append(
-            {
-                "seriesuid": f"{uid_prefix}{k + 1}",
-                "coordX": x,
-                "coordY": y,
-                "coordZ": z,
-                "diameter_mm": 6.0,
-            }
-        )
-    write_table(pd.DataFrame(rows), root / "annotations.csv", "annotations")
-    tiny = {**TINY, "steps_per_epoch": 1}
-    (root / "tiny.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(tiny))))
-    return root
+    return write_sphere_folder(root, uid_prefix=uid_prefix, steps_per_epoch=1)
 
 
 @pytest.fixture(scope="module")
