@@ -5,9 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from activecad.active.config import LoopConfig
@@ -38,13 +39,17 @@ class FakeLearner:
         self.trained: list[tuple[int, bool]] = []
 
     def train(
-        self, labelled: Sequence[str], model_dir: Path, init_from: Path | None, seed: int
+        self,
+        labels: Mapping[str, np.ndarray],
+        model_dir: Path,
+        init_from: Path | None,
+        seed: int,
     ) -> None:
         if self.fail_at is not None and len(self.trained) == self.fail_at:
             raise KeyboardInterrupt  # a kill during training
-        self.trained.append((len(labelled), init_from is not None))
+        self.trained.append((len(labels), init_from is not None))
         model_dir.mkdir(parents=True, exist_ok=True)
-        (model_dir / "model.txt").write_text(",".join(labelled) + f"|{seed}")
+        (model_dir / "model.txt").write_text(",".join(sorted(labels)) + f"|{seed}")
 
     def score(self, model_dir: Path, items: Sequence[str], seed: int) -> list[ItemScores]:
         model = (model_dir / "model.txt").read_text()
@@ -145,6 +150,49 @@ def test_killed_between_selection_and_labelling(tmp_path: Path) -> None:
     run_loop(_config(data), tmp_path / "cut", resume=True, learner=FakeLearner())
     for name in ("selections.csv", "metrics.jsonl"):
         assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+
+
+class RecordingLearner(FakeLearner):
+    """Remembers the answers each training call was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answers: list[dict[str, np.ndarray]] = []
+
+    def train(
+        self,
+        labels: Mapping[str, np.ndarray],
+        model_dir: Path,
+        init_from: Path | None,
+        seed: int,
+    ) -> None:
+        self.answers.append(dict(labels))
+        super().train(labels, model_dir, init_from, seed)
+
+
+def test_learner_trains_on_the_human_answers_not_the_annotation_table(tmp_path: Path) -> None:
+    from activecad.active.pool import LabelRecord
+    from activecad.active.run import current_query, open_run
+
+    data = _folder(tmp_path / "data")
+    config = LoopConfig(
+        data=data, oracle="human", query_size=2, cycles=1, test_fraction=0.0, initial_fraction=0.2
+    )
+    learner = RecordingLearner()
+    assert not run_loop(config, tmp_path / "run", learner=learner).finished
+    with open_run(tmp_path / "run" / "runs" / "random-seed0") as run:
+        asked = [row.item for row in current_query(run).rows]
+        # the reader disagrees with annotations.csv: every scan gets one nodule at (9, 9, 9)
+        run.pool.record_labels(
+            [LabelRecord(uid, np.array([[9.0, 9.0, 9.0, 4.0]])) for uid in asked],
+            annotator="reader",
+            cycle=0,
+        )
+    run_loop(config, tmp_path / "run", resume=True, learner=learner)
+    (answers,) = learner.answers
+    assert sorted(answers) == sorted(asked)
+    for findings in answers.values():
+        np.testing.assert_array_equal(findings, [[9.0, 9.0, 9.0, 4.0]])
 
 
 def test_scored_strategy_without_learner_is_an_input_error(tmp_path: Path) -> None:

@@ -13,10 +13,11 @@ Each cycle of the loop (:mod:`activecad.active.loop`) asks the learner to
   sensitivity at 4 false positives per scan, with the excluded findings counting neither
   as hits nor as false positives.
 
-The nodules come from the data folder's ``annotations.csv``: with the simulated oracle the
-labels are exactly those rows (a scan without rows is the negative answer). Answers of the
-human oracle (``activecad al label``) are not read yet: training still uses
-``annotations.csv``, so a scan a reader called negative trains with its listed nodules.
+Training reads the nodules of each labelled scan from the answers recorded in the run's
+store, whoever gave them: the simulated oracle (the data folder's ``annotations.csv`` rows;
+a scan without rows is the negative answer), a reader through ``activecad al label``, or
+the annotation service. Test evaluation uses ``annotations.csv``, the reference standard.
+The folder's ``excluded.csv`` (findings that count neither way) applies in both.
 """
 
 from __future__ import annotations
@@ -25,9 +26,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from activecad.active.items import ItemScores, item_scores_from_pool
 
-__all__ = ["DetectorLearner"]
+__all__ = ["DetectorLearner", "answers_table"]
 
 
 class DetectorLearner:
@@ -72,20 +76,25 @@ class DetectorLearner:
         )
 
     def train(
-        self, labelled: Sequence[str], model_dir: Path, init_from: Path | None, seed: int
+        self,
+        labels: Mapping[str, np.ndarray],
+        model_dir: Path,
+        init_from: Path | None,
+        seed: int,
     ) -> None:
-        """Train on the labelled series ids; write the model bundle into ``model_dir``.
+        """Train on the labelled scans; write the model bundle into ``model_dir``.
 
-        ``seed`` seeds the initial weights (from scratch), patch sampling and augmentation.
+        Args:
+            labels: series id -> its recorded nodules, (N, 4) world mm x, y, z and
+                diameter mm (N = 0: the scan was answered "no nodule").
+            seed: seeds the initial weights (from scratch), patch sampling, augmentation.
         """
         from activecad.data.folders import labelled as attach
         from activecad.models.detector3d import NoduleDetector, fit_detector, save_bundle
 
         config = self.config.model_copy(update={"seed": int(seed) % 2**31})
-        items = [
-            attach(self._prepared(u), self.folder.annotations, self.folder.excluded)
-            for u in labelled
-        ]
+        answers = answers_table(labels)
+        items = [attach(self._prepared(u), answers, self.folder.excluded) for u in sorted(labels)]
         result = fit_detector(
             config,
             items,
@@ -121,6 +130,16 @@ class DetectorLearner:
         scans = [self._prepared(u) for u in test]
         metrics = validate(detector, scans, self.folder.annotations, self.folder.excluded)
         return {"cpm": metrics["cpm"], "sens_at_4": metrics["sens@4"]}
+
+
+def answers_table(labels: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """The recorded answers as a LUNA16 annotations table (one row per nodule)."""
+    rows = [
+        (uid, *map(float, finding))
+        for uid, findings in sorted(labels.items())
+        for finding in np.asarray(findings, dtype=float).reshape(-1, 4)
+    ]
+    return pd.DataFrame(rows, columns=["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"])
 
 
 def _uid(path: Path) -> str:

@@ -29,7 +29,7 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -60,9 +60,18 @@ class Learner(Protocol):
     """The model side of the loop (detector training, pool scoring, test evaluation)."""
 
     def train(
-        self, labelled: Sequence[str], model_dir: Path, init_from: Path | None, seed: int
+        self,
+        labels: Mapping[str, np.ndarray],
+        model_dir: Path,
+        init_from: Path | None,
+        seed: int,
     ) -> None:
-        """Train on the labelled series ids; write the model into ``model_dir``."""
+        """Train on the labelled items; write the model into ``model_dir``.
+
+        ``labels`` maps each labelled item's key to its answer as the store holds it,
+        whoever gave it (the simulated oracle, ``al label`` or the annotation service):
+        (N, 4) world mm x, y, z and diameter mm; N = 0 is a labelled negative.
+        """
 
     def score(self, model_dir: Path, items: Sequence[str], seed: int) -> list[ItemScores]:
         """Score pool items (series ids) with the model in ``model_dir``."""
@@ -252,19 +261,19 @@ def _one_run(
                 cycle=query.cycle,
                 source=oracle.source,
             )
-        labelled_items = sorted(run.pool.labelled())
+        labels = run.pool.labels()
         metrics: dict[str, object] = {
             "strategy": strategy,
             "seed": seed,
             "cycle": cycle,
-            "labelled": len(labelled_items),
+            "labelled": len(labels),
         }
         if learner is not None:
             model_dir = cycle_dir / "model"
             init = run.folder / "cycles" / str(cycle - 1) / "model"
             init_from = init if (config.mode == "finetune" and cycle > 0) else None
-            say(f"{tag}: training on {len(labelled_items)} items")
-            learner.train(labelled_items, model_dir, init_from, cycle_seed(seed, cycle))
+            say(f"{tag}: training on {len(labels)} items")
+            learner.train(labels, model_dir, init_from, cycle_seed(seed, cycle))
             say(f"{tag}: evaluating on {len(test_uids)} test scans")
             metrics.update(learner.evaluate(model_dir, test_uids))
         _atomic(metrics_path, json.dumps(metrics, sort_keys=True) + "\n")

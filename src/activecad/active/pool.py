@@ -290,6 +290,47 @@ class Pool:
                 recorded.append(key)
         return RecordedLabels(tuple(recorded), tuple(sorted(done)))
 
+    def labels(self) -> dict[str, np.ndarray]:
+        """The answer of every labelled item: item key -> (N, 4) world mm x, y, z, diameter.
+
+        N = 0 is a labelled negative. An item labelled by several readers gives its first
+        answer (the one that counts in the loop, as :meth:`items` reports it), so a second
+        reader's opinion never changes what a cycle trained on.
+        """
+        with self.store.session() as session:
+            first = (
+                select(Annotation.item_id, func.min(Annotation.id).label("annotation_id"))
+                .join(Item, Item.id == Annotation.item_id)
+                .where(Item.project_id == self.project_id)
+                .group_by(Annotation.item_id)
+                .subquery()
+            )
+            keys = dict(
+                session.execute(
+                    select(first.c.annotation_id, Item.key).join(
+                        Item, Item.id == first.c.item_id
+                    )
+                ).all()
+            )
+            rows = session.execute(
+                select(
+                    Finding.annotation_id,
+                    Finding.coord_x,
+                    Finding.coord_y,
+                    Finding.coord_z,
+                    Finding.diameter_mm,
+                )
+                .where(Finding.annotation_id.in_(keys))
+                .order_by(Finding.id)
+            ).all()
+        found: dict[str, list[tuple[float, float, float, float]]] = {k: [] for k in keys.values()}
+        for annotation_id, *values in rows:
+            found[keys[annotation_id]].append(tuple(values))  # type: ignore[arg-type]
+        return {
+            key: np.asarray(values, dtype=float).reshape(-1, 4)
+            for key, values in sorted(found.items())
+        }
+
     def labels_table(self) -> pd.DataFrame:
         """Every recorded finding as a LUNA16 annotations table (plus annotator and cycle)."""
         with self.store.session() as session:

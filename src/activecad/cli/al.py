@@ -229,18 +229,6 @@ def run_command(
     loop_config = load_config(LoopConfig, config)
     learner = None
     if loop_config.detector is not None or loop_config.strategies != ["random"]:
-        if loop_config.oracle == "human":
-            from activecad.errors import InputError
-
-            # The detector learner trains on annotations.csv; a human's answers recorded by
-            # 'al label' would be ignored, which must never happen silently.
-            raise InputError(
-                "a loop that trains the detector cannot use oracle: human yet (training "
-                "would read annotations.csv, not the labels recorded by 'al label')",
-                path=config,
-                fix="use oracle: simulated, or a random-only loop without detector: to "
-                "collect human labels",
-            )
         learner = DetectorLearner(
             loop_config.data,
             steps_per_cycle=loop_config.steps_per_cycle,
