@@ -9,7 +9,19 @@ from pydantic import Field, model_validator
 
 from activecad.config import StrictConfig
 
-__all__ = ["LoopConfig"]
+__all__ = ["CostConfig", "LoopConfig"]
+
+
+class CostConfig(StrictConfig):
+    """Simulated annotation minutes of a scan: ``base + per_nodule * n + per_10mm * sum(d) / 10``.
+
+    Placeholders (no paper gives per-scan reading times for this task): set them from your
+    own readers' times. See :class:`activecad.active.oracles.AnnotationCost`.
+    """
+
+    base_minutes: float = Field(3.0, ge=0)
+    per_nodule_minutes: float = Field(1.0, ge=0)
+    per_10mm_minutes: float = Field(0.5, ge=0)
 
 
 class LoopConfig(StrictConfig):
@@ -32,6 +44,8 @@ class LoopConfig(StrictConfig):
         steps_per_cycle: training steps per cycle.
         oracle: ``simulated`` answers from ``annotations.csv``; ``human`` stops after each
             query until ``activecad al label`` has recorded the answers.
+        annotation_cost: minutes the simulated oracle charges per scan, so learning curves
+            can be drawn against annotation time as well as against counts.
         detector: the 3D detector of the loop's learner: ``{preset: name, **overrides}``
             (see ``activecad.models.detector3d.preset_config``); None: preset ``cpu`` when a
             strategy needs scores, otherwise no detector (selection only).
@@ -49,6 +63,7 @@ class LoopConfig(StrictConfig):
     mode: Literal["finetune", "retrain"] = "finetune"
     steps_per_cycle: int = Field(100, ge=1)
     oracle: Literal["simulated", "human"] = "simulated"
+    annotation_cost: CostConfig = Field(default_factory=CostConfig)
     detector: dict[str, Any] | None = None
 
     @model_validator(mode="after")

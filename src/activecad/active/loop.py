@@ -27,8 +27,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,10 +37,11 @@ import yaml
 
 from activecad.active.config import LoopConfig
 from activecad.active.items import ItemScores
-from activecad.active.oracles import SimulatedOracle
+from activecad.active.oracles import AnnotationCost, SimulatedOracle
 from activecad.active.run import (
     SELECTION_COLUMNS,
     Run,
+    _write_atomic,
     _write_selections,
     create_run,
     current_query,
@@ -101,14 +100,6 @@ def scan_uid(path: Path) -> str:
 def cycle_seed(seed: int, cycle: int) -> int:
     """The seed of cycle ``cycle`` of a run seeded ``seed`` (same on every machine)."""
     return int(np.random.SeedSequence([seed, cycle]).generate_state(1)[0])
-
-
-def _atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def _sizes(config: LoopConfig, pool_size: int) -> tuple[int, int]:
@@ -173,9 +164,12 @@ def run_loop(
     else:
         pool_uids, test_uids = _split(config, [scan_uid(p) for p in folder.scans])
         out.mkdir(parents=True, exist_ok=True)
-        _atomic(out / "split.json", json.dumps({"pool": pool_uids, "test": test_uids}) + "\n")
-        _atomic(marker, yaml.safe_dump(resolved, sort_keys=True))
-    oracle = SimulatedOracle(folder.annotations) if config.oracle == "simulated" else None
+        _write_atomic(out / "split.json", json.dumps({"pool": pool_uids, "test": test_uids}) + "\n")
+        _write_atomic(marker, yaml.safe_dump(resolved, sort_keys=True))
+    oracle = None
+    if config.oracle == "simulated":
+        cost = AnnotationCost(**config.annotation_cost.model_dump())
+        oracle = SimulatedOracle(folder.annotations, cost=cost)
     waiting: list[str] = []
     cycles: dict[str, int] = {}
     for strategy in config.strategies:
@@ -240,6 +234,7 @@ def _one_run(
                 scores = learner.score(
                     prev_model, sorted(run.pool.unlabelled()), cycle_seed(seed, cycle)
                 )
+                _write_atomic(cycle_dir / "scores.csv", scores_csv(scores))
             say(f"{tag}: selecting {size} items")
             query = propose_query(
                 run,
@@ -267,6 +262,7 @@ def _one_run(
             "seed": seed,
             "cycle": cycle,
             "labelled": len(labels),
+            "minutes": run.pool.annotation_minutes(),
         }
         if learner is not None:
             model_dir = cycle_dir / "model"
@@ -276,10 +272,36 @@ def _one_run(
             learner.train(labels, model_dir, init_from, cycle_seed(seed, cycle))
             say(f"{tag}: evaluating on {len(test_uids)} test scans")
             metrics.update(learner.evaluate(model_dir, test_uids))
-        _atomic(metrics_path, json.dumps(metrics, sort_keys=True) + "\n")
+        _write_atomic(metrics_path, json.dumps(metrics, sort_keys=True) + "\n")
         cycle += 1
         if not run.pool.unlabelled():
             return cycle, False
+
+
+SCORE_COLUMNS = ("item", "l_scan", "l_roi", "n_detections", "max_probability")
+
+
+def scores_csv(scores: Sequence[ItemScores]) -> str:
+    """The pool scores of a cycle as CSV text (one row per scored item, by key).
+
+    ``l_roi`` is the default reading (``loss_of_confident``); the report's scatter of
+    predicted loss against nodule size (Liu, Cao & Tian, MICCAI 2020, Fig. 4) reads it.
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(SCORE_COLUMNS)
+    for s in sorted(scores, key=lambda s: s.item):
+        probabilities = s.probabilities
+        writer.writerow(
+            [
+                s.item,
+                repr(float(s.l_scan)),
+                repr(float(s.l_roi.get("loss_of_confident", float("nan")))),
+                len(probabilities),
+                repr(float(probabilities.max())) if len(probabilities) else "nan",
+            ]
+        )
+    return buffer.getvalue()
 
 
 def _merge_outputs(out: Path, config: LoopConfig) -> None:
@@ -303,5 +325,5 @@ def _merge_outputs(out: Path, config: LoopConfig) -> None:
                 (int(p.parent.name), p) for p in (sub / "cycles").glob("*/metrics.json")
             )
             lines.extend(p.read_text(encoding="utf-8").strip() for _, p in cycles)
-    _atomic(out / "selections.csv", buffer.getvalue())
-    _atomic(out / "metrics.jsonl", "".join(f"{line}\n" for line in lines))
+    _write_atomic(out / "selections.csv", buffer.getvalue())
+    _write_atomic(out / "metrics.jsonl", "".join(f"{line}\n" for line in lines))

@@ -331,6 +331,23 @@ class Pool:
             for key, values in sorted(found.items())
         }
 
+    def annotation_minutes(self) -> float | None:
+        """Total minutes of every item's first answer; None when an answer has no time."""
+        with self.store.session() as session:
+            first = (
+                select(func.min(Annotation.id).label("annotation_id"))
+                .join(Item, Item.id == Annotation.item_id)
+                .where(Item.project_id == self.project_id)
+                .group_by(Annotation.item_id)
+                .subquery()
+            )
+            minutes = session.scalars(
+                select(Annotation.minutes).where(Annotation.id.in_(select(first.c.annotation_id)))
+            ).all()
+        if any(m is None for m in minutes):
+            return None
+        return float(sum(minutes))
+
     def labels_table(self) -> pd.DataFrame:
         """Every recorded finding as a LUNA16 annotations table (plus annotator and cycle)."""
         with self.store.session() as session:

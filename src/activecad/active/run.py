@@ -82,6 +82,8 @@ class Run:
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` beside ``path`` and move it into place (a kill leaves the old file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)

@@ -1,9 +1,10 @@
-"""``activecad al next|label``: show the current query of a run, and record its answers.
+"""``activecad al run|next|label|report``: the loop, its current query, the answers, the report.
 
 ``al next RUN_DIR`` prints the scans the run asks to be labelled (with scores and ranks);
 ``al label RUN_DIR --annotations A.csv`` records the answers (LUNA16 annotations columns,
 world mm; a queried scan without a row is a labelled negative), all or nothing. The loop
 (``al run``) continues once every queried scan is labelled.
+``al report RUN_DIR... --out DIR`` draws the learning curves of finished loops.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import typer
 from activecad.cli._common import warn
 
 al_app = typer.Typer(
-    help="Active learning: the current query of a run (next) and its answers (label).",
+    help="Active learning: run the loop, show its query, record answers, report the curves.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -243,6 +244,67 @@ def run_command(
             f"answer with 'activecad al label', then 'activecad al run {config} --out {out} "
             "--resume'"
         )
+
+
+@al_app.command("report")
+def report_command(
+    run_dirs: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="RUN_DIR...",
+            help="Loop folders of one experiment (al run --out), e.g. one per seed.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="Folder for curves.png, scatter.png, report.json and report.md.",
+            show_default=False,
+        ),
+    ],
+    target_fraction: Annotated[
+        float,
+        typer.Option(
+            "--target-fraction",
+            min=0.0,
+            max=1.0,
+            help="Labels saved are counted to reach this share of the reference CPM.",
+        ),
+    ] = 0.95,
+    full_cpm: Annotated[
+        float | None,
+        typer.Option(
+            "--full-cpm",
+            min=0.0,
+            max=1.0,
+            help="CPM of the detector trained on the whole pool (default: random's last mean).",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print report.json.")] = False,
+) -> None:
+    """Learning curves (CPM, sensitivity at 4 FPs/scan against % labelled and minutes),
+    ALC per strategy, labels saved against random, and nodule size against predicted loss."""
+    from activecad.active.report import write_report
+    from activecad.cli._common import atomic_output, output_folder
+
+    output_folder(out, writes="curves.png, scatter.png, report.json and report.md")
+    with atomic_output(out, folder=True) as tmp:
+        summary = write_report(run_dirs, tmp, target_fraction=target_fraction, full_cpm=full_cpm)
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    for strategy, entry in summary["strategies"].items():  # type: ignore[union-attr]
+        final = entry["cpm"]["final"]["mean"]
+        alc = entry["cpm"]["alc"]
+        alc_text = "–" if alc is None else f"{alc['mean']:.3f}"
+        final_text = "–" if final is None else f"{final:.3f}"
+        typer.echo(
+            f"{strategy}: {len(entry['seeds'])} seeds, final CPM {final_text}, ALC {alc_text}"
+        )
+    typer.echo(f"report written to {out / 'report.md'}")
 
 
 def _login() -> str:
