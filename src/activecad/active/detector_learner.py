@@ -22,7 +22,7 @@ The folder's ``excluded.csv`` (findings that count neither way) applies in both.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from activecad.active.items import ItemScores, item_scores_from_pool
+from activecad.training.engine import Callback, FitState
 
 __all__ = ["DetectorLearner", "answers_table"]
 
@@ -45,7 +46,13 @@ class DetectorLearner:
         cache: the preprocessing cache folder (default: the user's cache,
             ``$ACTIVECAD_CACHE`` overrides it).
         device: torch device (default CUDA when available).
+
+    Attributes:
+        status: called with a short line (training step and loss) every few steps, e.g. a
+            terminal status line; None says nothing.
     """
+
+    status: Callable[[str], None] | None = None
 
     def __init__(
         self,
@@ -101,6 +108,7 @@ class DetectorLearner:
             init_from=init_from,
             epochs=1,
             steps_per_epoch=self.steps,
+            callbacks=[_StatusCallback(self.status, self.steps)] if self.status else (),
             device=self.device,
         )
         detector = NoduleDetector(self.config)
@@ -130,6 +138,23 @@ class DetectorLearner:
         scans = [self._prepared(u) for u in test]
         metrics = validate(detector, scans, self.folder.annotations, self.folder.excluded)
         return {"cpm": metrics["cpm"], "sens_at_4": metrics["sens@4"]}
+
+
+class _StatusCallback(Callback):
+    """Reports the training step and the mean loss of the last steps every 10 steps."""
+
+    def __init__(self, say: Callable[[str], None], steps: int):
+        self.say, self.steps = say, steps
+        self.losses: list[float] = []
+
+    def on_step_end(self, state: FitState, losses: dict[str, float]) -> None:
+        self.losses.append(float(sum(losses.values())))
+        if len(self.losses) % 10 == 0 or len(self.losses) == self.steps:
+            recent = self.losses[-10:]
+            self.say(
+                f"training step {len(self.losses)}/{self.steps}, "
+                f"loss {sum(recent) / len(recent):.3f}"
+            )
 
 
 def answers_table(labels: Mapping[str, np.ndarray]) -> pd.DataFrame:

@@ -235,7 +235,20 @@ def run_command(
             steps_per_cycle=loop_config.steps_per_cycle,
             detector=loop_config.detector,
         )
-    result = run_loop(loop_config, out, resume=resume, learner=learner, progress=typer.echo)
+    from rich.console import Console
+
+    # A live status line (stage and elapsed time) on a terminal, and one timestamped line per
+    # stage on stderr either way, so a log of a long run says where each hour went.
+    console = Console(stderr=True)
+    with console.status("starting the loop") as status:
+        if learner is not None:
+            learner.status = status.update
+
+        def say(message: str) -> None:
+            status.update(message)
+            console.log(message)
+
+        result = run_loop(loop_config, out, resume=resume, learner=learner, progress=say)
     for name, cycles in result.cycles.items():
         typer.echo(f"{name}: {cycles} cycles finished")
     if result.waiting:
