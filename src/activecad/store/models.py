@@ -30,8 +30,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = [
     "ROLES",
-    "ApiToken",
     "Annotation",
+    "ApiToken",
     "AuditEvent",
     "Base",
     "Cycle",
@@ -270,9 +270,7 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(20))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
-    __table_args__ = (
-        CheckConstraint("role IN ('annotator', 'reviewer', 'admin')", name="role"),
-    )
+    __table_args__ = (CheckConstraint("role IN ('annotator', 'reviewer', 'admin')", name="role"),)
 
 
 class ApiToken(Base):
@@ -315,9 +313,7 @@ class Lease(Base):
     user: Mapped[User] = relationship()
 
     __table_args__ = (
-        CheckConstraint(
-            "state IN ('active', 'answered', 'released', 'expired')", name="state"
-        ),
+        CheckConstraint("state IN ('active', 'answered', 'released', 'expired')", name="state"),
         CheckConstraint("reader >= 1", name="reader"),
         Index(
             "uq_leases_active_item_reader",
