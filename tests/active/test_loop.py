@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -199,3 +204,43 @@ def test_scored_strategy_without_learner_is_an_input_error(tmp_path: Path) -> No
     config = LoopConfig(data=_folder(tmp_path / "data"), strategies=["learning_loss"])
     with pytest.raises(InputError, match="learner"):
         run_loop(config, tmp_path / "run")
+
+
+def _killable(*args: object) -> subprocess.Popen[bytes]:
+    root = Path(__file__).parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    command = [sys.executable, "-m", "tests.active.killable_loop", *map(str, args)]
+    return subprocess.Popen(command, cwd=root, env=env)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The config (as JSON) of a loop and the folder of its uninterrupted run."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    config = root / "config.json"
+    config.write_text(_config(_folder(root / "data")).model_dump_json())
+    assert _killable(config, root / "whole").wait() == 0
+    return config, root / "whole"
+
+
+@pytest.mark.parametrize(
+    ("stage", "n"), [("train", 3), ("score", 2), ("label", 2), ("evaluate", 4)]
+)
+def test_sigkill_at_any_stage_then_resume_gives_identical_files(
+    tmp_path: Path, uninterrupted: tuple[Path, Path], stage: str, n: int
+) -> None:
+    # A real process, killed with SIGKILL (no cleanup, no exception handler runs) while it
+    # trains, scores, waits between recording a query and its answers, or evaluates.
+    config, whole = uninterrupted
+    marker, killed = tmp_path / "marker", tmp_path / "killed"
+    process = _killable(config, killed, stage, n, marker)
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert process.poll() is None, "the loop ended before reaching the stage"
+        assert time.monotonic() < deadline, "the stage was never reached"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert _killable(config, killed).wait() == 0
+    for name in ("selections.csv", "metrics.jsonl"):
+        assert (killed / name).read_bytes() == (whole / name).read_bytes(), name
