@@ -15,6 +15,9 @@ const PRESETS = {
   mediastinum: { width: 350, level: 50 },
 };
 
+// The circle drawn for a detection whose model gave no diameter, mm.
+const UNKNOWN_DIAMETER_MM = 6;
+
 // ---------------------------------------------------------------------------------------------
 // Coordinates.
 //
@@ -199,7 +202,10 @@ async function initViewer() {
   nv = new Niivue({
     backColor: [0, 0, 0, 1],
     crosshairColor: [1, 0.3, 0.3, 0.55],
-    crosshairWidth: 1,
+    // With isSliceMM NiiVue draws the 2D cursor as 3D lines; a width in percent of the field
+    // of view keeps them about 1-2 screen pixels wide whatever the scan's size and voxels.
+    crosshairWidth: 0.3,
+    crosshairWidthUnit: 'percent',
     show3Dcrosshair: false,
     isOrientCube: false,
     isColorbar: false,
@@ -208,6 +214,9 @@ async function initViewer() {
     // Slices in world mm (oblique scans are resliced), so a NiiVue mm is always sform mm.
     isSliceMM: true,
     multiplanarShowRender: SHOW_RENDER.NEVER,
+    // The axial view is the one read slice by slice: it gets most of the space.
+    heroImageFraction: 0.6,
+    heroSliceType: SLICE_TYPE.AXIAL,
     loadingText: '',
     // NiiVue's own hot keys (view mode, clip plane) would fight ours.
     viewModeHotKey: 'Unused',
@@ -320,7 +329,7 @@ function drawMarks() {
     ctx.rect(box.left, box.top, box.width, box.height);
     ctx.clip();
     for (const d of state.detections) {
-      drawMark(ctx, tile, d, d.diameter_mm, colours.detection, d.probability.toFixed(2), {
+      drawMark(ctx, tile, d, d.diameter_mm ?? UNKNOWN_DIAMETER_MM, colours.detection, d.probability.toFixed(2), {
         dashed: true,
         labelBelow: false,
         dpr,
@@ -435,13 +444,13 @@ function renderDetections() {
   state.detections.forEach((d, i) => {
     const item = li('detection', () => moveCursorTo([d.x, d.y, d.z]));
     item.dataset.index = String(i);
-    item.append(span('title', `p = ${fmt(d.probability, 2)}`), span('size', `⌀ ${fmt(d.diameter_mm)} mm`));
+    item.append(span('title', `p = ${fmt(d.probability, 2)}`), span('size', d.diameter_mm === null ? '⌀ —' : `⌀ ${fmt(d.diameter_mm)} mm`));
     item.append(span('where', `${fmt(d.x)}, ${fmt(d.y)}, ${fmt(d.z)}`));
     const edit = document.createElement('div');
     edit.className = 'edit';
     edit.append(
       button('Accept as finding', 'add a finding at this detection', () =>
-        addFinding([d.x, d.y, d.z], d.diameter_mm),
+        addFinding([d.x, d.y, d.z], d.diameter_mm ?? defaultDiameter()),
       ),
     );
     item.append(edit);
