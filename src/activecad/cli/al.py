@@ -239,7 +239,7 @@ def run_command(
 
     # A live status line (stage and elapsed time) on a terminal, and one timestamped line per
     # stage on stderr either way, so a log of a long run says where each hour went.
-    console = Console(stderr=True)
+    console = Console(stderr=True, log_path=False)
     with console.status("starting the loop") as status:
         if learner is not None:
             learner.status = status.update
