@@ -27,7 +27,19 @@ from typer._click import exceptions as click_exceptions
 from typer.core import TyperArgument, TyperGroup, TyperOption
 
 import activecad
-from activecad.cli import al, cache, demo, detect, detector, eval, importer, info, phantom
+from activecad.cli import (
+    al,
+    cache,
+    demo,
+    detect,
+    detector,
+    eval,
+    importer,
+    info,
+    phantom,
+    serve,
+    users,
+)
 from activecad.cli import train_cxr as _train_cxr  # noqa: F401  (registers 'train cxr')
 from activecad.cli._common import setup_logging
 from activecad.errors import ActivecadError
@@ -214,6 +226,8 @@ cache.register(app)
 demo.register(app)
 importer.register(app)
 al.register(app)
+serve.register(app)
+users.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:
