@@ -112,3 +112,69 @@ def test_a_missing_series_fails_before_any_scan_is_scored(
     with pytest.raises(InputError, match=r"9\.9\.9 is not a scan file"):
         next(score_pool(detector, [path, "9.9.9"], folder=tmp_path / "pool", cache=cache))
     assert cache.info().entries == 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _score_rank(rank: int, port: int, config: DetectorConfig, folder: str, out: str) -> None:
+    import os
+    import pickle
+
+    from activecad.models.detector3d import score_pool_sharded
+    from activecad.training import distributed
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE="2",
+    )
+    torch.set_num_threads(1)
+    distributed.setup("cpu")
+    torch.manual_seed(0)
+    detector = NoduleDetector(config).eval()
+    scores = score_pool_sharded(
+        detector, ["a", "b", "c"], folder=folder, cache=Path(out) / f"cache{rank}"
+    )
+    (Path(out) / f"rank{rank}.pkl").write_bytes(pickle.dumps(scores))
+    distributed.teardown()
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_shard_the_pool_and_merge_it_in_order(
+    one_pass: DetectorConfig, tmp_path: Path
+) -> None:
+    import pickle
+
+    import torch.multiprocessing as mp
+
+    for uid, shape in (("a", (40, 36, 33)), ("b", (34, 40, 45)), ("c", (36, 36, 36))):
+        _write(tmp_path / "pool" / "ct", uid, shape)
+    mp.spawn(
+        _score_rank,
+        args=(_free_port(), one_pass, str(tmp_path / "pool"), str(tmp_path)),
+        nprocs=2,
+        join=True,
+    )
+    torch.manual_seed(0)
+    alone = list(
+        score_pool(NoduleDetector(one_pass).eval(), ["a", "b", "c"], folder=tmp_path / "pool",
+                   cache=tmp_path / "cache_alone")
+    )  # fmt: skip
+    # rank 0 scored a and c, rank 1 scored b; both return the whole pool in the given order
+    assert PreprocessCache(tmp_path / "cache0").info().entries == 2
+    assert PreprocessCache(tmp_path / "cache1").info().entries == 1
+    for rank in (0, 1):
+        merged = pickle.loads((tmp_path / f"rank{rank}.pkl").read_bytes())
+        assert [s.seriesuid for s in merged] == ["a", "b", "c"]
+        for mine, reference in zip(merged, alone, strict=True):
+            assert mine.l_scan == pytest.approx(reference.l_scan, rel=1e-5)
+            np.testing.assert_allclose(mine.embedding, reference.embedding, rtol=1e-5)
+            assert len(mine.detections) == len(reference.detections)

@@ -35,7 +35,13 @@ from activecad.models.detector3d.network import (
     NoduleDetector,
     StepLosses,
 )
-from activecad.models.detector3d.scoring import PoolScore, pool_table, resolve_series, score_pool
+from activecad.models.detector3d.scoring import (
+    PoolScore,
+    pool_table,
+    resolve_series,
+    score_pool,
+    score_pool_sharded,
+)
 from activecad.models.detector3d.train import (
     DetectorTask,
     LunaFolder,
@@ -83,6 +89,7 @@ __all__ = [
     "roi_uncertainty",
     "save_bundle",
     "score_pool",
+    "score_pool_sharded",
     "split_series",
     "train_detector",
 ]

@@ -39,7 +39,7 @@ from activecad.models.detector3d.inference import (
 )
 from activecad.models.detector3d.network import NoduleDetector
 
-__all__ = ["PoolScore", "pool_table", "resolve_series", "score_pool"]
+__all__ = ["PoolScore", "pool_table", "resolve_series", "score_pool", "score_pool_sharded"]
 
 _SCAN_SUFFIXES = (".mhd", ".nii.gz", ".nii", ".nrrd")
 
@@ -182,6 +182,51 @@ def score_pool(
                 seriesuid=prepared.seriesuid,
                 path=path,
             )
+
+
+def score_pool_sharded(
+    detector: NoduleDetector,
+    series: Sequence[str | Path],
+    *,
+    folder: str | Path | Mapping[str, str | Path] | None = None,
+    cache: PreprocessCache | str | Path | None = None,
+    progress: bool = True,
+) -> list[PoolScore]:
+    """Score a pool across the processes of a ``torchrun`` job and merge the results.
+
+    Rank r of N scores scans r, r + N, r + 2N, ... (the same sharding as training's
+    patches); the scores are gathered so that every rank returns the whole pool in the
+    order given, as :func:`score_pool` would. Each rank writes only its own scans to the
+    preprocessing cache. Outside torchrun this is ``list(score_pool(...))``.
+
+    Args:
+        detector: the trained detector, the same weights on every rank.
+        series, folder, cache: as :func:`score_pool`.
+        progress: a progress bar on rank 0 (its share of the pool).
+    """
+    from activecad.training.distributed import context
+
+    ctx = context()
+    paths = resolve_series(series, folder)
+    mine = list(
+        score_pool(
+            detector,
+            paths[ctx.rank :: ctx.world_size],
+            cache=cache,
+            progress=progress and ctx.is_main,
+        )
+    )
+    if not ctx.distributed:
+        return mine
+    import torch.distributed as dist
+
+    shards: list[list[PoolScore] | None] = [None] * ctx.world_size
+    dist.all_gather_object(shards, mine)
+    merged: list[PoolScore | None] = [None] * len(paths)
+    for rank, shard in enumerate(shards):
+        for k, score in enumerate(shard or []):
+            merged[rank + k * ctx.world_size] = score
+    return [s for s in merged if s is not None]
 
 
 def pool_table(scores: Sequence[PoolScore]) -> tuple[pd.DataFrame, np.ndarray]:
