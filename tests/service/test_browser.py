@@ -30,14 +30,11 @@ import pytest
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()),
-        reason="needs Debian's chromium and chromium-driver (/usr/bin/chromium, "
-        "/usr/bin/chromedriver): apt-get install chromium chromium-driver",
-    ),
-]
+needs_chromium = pytest.mark.skipif(
+    not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()),
+    reason="needs Debian's chromium and chromium-driver (/usr/bin/chromium, "
+    "/usr/bin/chromedriver): apt-get install chromium chromium-driver",
+)
 
 READER = "reader1"
 #: The phantom's voxel spacing, mm x-y-z (tests/service/conftest.py): the tolerance.
@@ -261,7 +258,88 @@ def _findings_in_db(db_url: str, seriesuid: str) -> list[Any]:
         store.close()
 
 
-def test_reader_adds_a_finding_by_clicking_and_it_is_stored_at_the_world_point(
+@pytest.fixture
+def static_client() -> Iterator[Any]:
+    """The viewer's router alone (no store): what a browser gets without a token."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from activecad.service.viewer import router
+
+    app = FastAPI()
+    app.include_router(router)
+    with TestClient(app) as client:
+        yield client
+
+
+def test_root_and_viewer_redirect_to_the_page(static_client: Any) -> None:
+    for path in ("/", "/viewer"):
+        response = static_client.get(path, follow_redirects=False)
+        assert response.status_code == 307 and response.headers["location"] == "/viewer/"
+    page = static_client.get("/viewer/")
+    assert page.status_code == 200
+    assert page.headers["content-type"] == "text/html; charset=utf-8"
+    assert 'src="vendor/niivue/niivue.umd.js"' in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert page.headers["cache-control"] == "no-cache"
+
+
+def test_static_files_with_module_types_and_the_pinned_niivue(static_client: Any) -> None:
+    script = static_client.get("/viewer/viewer.js")
+    # Browsers run an ES module only when it is served as JavaScript.
+    assert script.headers["content-type"] == "text/javascript; charset=utf-8"
+    assert static_client.get("/viewer/viewer.css").headers["content-type"].startswith("text/css")
+    bundle = static_client.get("/viewer/vendor/niivue/niivue.umd.js")
+    assert bundle.status_code == 200 and '"0.69.0"' in bundle.text
+    licence = static_client.get("/viewer/vendor/niivue/LICENSE")
+    assert licence.status_code == 200 and "BSD 2-Clause" in licence.text
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "../viewer.py",
+        "..%2Fviewer.py",
+        "%2e%2e/app.py",
+        "vendor",
+        "vendor/",
+        "nothing.js",
+        "%2Fetc%2Fpasswd",
+        "vendor/niivue/..%2F..%2F..%2Fviewer.py",
+        "viewer.js%00.png",
+    ],
+)
+def test_nothing_outside_the_static_folder_is_served(static_client: Any, path: str) -> None:
+    response = static_client.get(f"/viewer/{path}", follow_redirects=False)
+    assert response.status_code == 404, response.text[:200]
+
+
+def test_resolve_static_refuses_escapes() -> None:
+    from fastapi import HTTPException
+
+    from activecad.service.viewer import STATIC_DIR, resolve_static
+
+    assert resolve_static("") == STATIC_DIR / "index.html"
+    for path in ("../viewer.py", "/etc/passwd", "vendor/../../app.py", "vendor\\niivue"):
+        with pytest.raises(HTTPException):
+            resolve_static(path)
+
+
+def _body_keys(driver: Any, keys: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.TAG_NAME, "body").send_keys(keys)
+
+
+def _text(driver: Any, element_id: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.ID, element_id).text
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_reader_adds_and_moves_a_finding_by_clicking_and_it_is_stored_at_the_world_point(
     server: Server, browser: Any, data_dir: Path, tmp_path: Path
 ) -> None:
     from selenium.webdriver.common.by import By
@@ -274,22 +352,25 @@ def test_reader_adds_a_finding_by_clicking_and_it_is_stored_at_the_world_point(
     driver.get(server.url + "/")
     assert driver.current_url == server.url + "/viewer/"
     assert _page_state(driver) == "signed-out"
+    driver.find_element(By.ID, "token-input").send_keys("acd_forged")
+    driver.find_element(By.ID, "login-button").click()
+    _wait(driver, lambda: "401" in _text(driver, "login-error"), "the refusal")
     driver.find_element(By.ID, "token-input").send_keys(server.token)
     driver.find_element(By.ID, "login-button").click()
     _wait(driver, lambda: _page_state(driver) == "idle", "sign-in")
-    assert driver.find_element(By.ID, "user-name").text == f"{READER} (annotator)"
-    assert "0 / 3 answered" in driver.find_element(By.ID, "progress-text").text
+    assert _text(driver, "user-name") == f"{READER} (annotator)"
+    assert "0 / 3 answered" in _text(driver, "progress-text")
     # The token lives in the tab's sessionStorage, nowhere in the URL.
     assert driver.execute_script("return sessionStorage.getItem('activecad.token')")
     assert server.token not in driver.current_url
 
     # n leases and opens the first scan of the query.
-    driver.find_element(By.TAG_NAME, "body").send_keys("n")
+    _body_keys(driver, "n")
     _wait(driver, lambda: _page_state(driver) == "ready", "the scan to load")
-    uid = driver.find_element(By.ID, "item-series").text
+    uid = _text(driver, "item-series")
     truth = pd.read_csv(data_dir / "annotations.csv").set_index("seriesuid")
     nodule = truth.loc[uid, ["coordX", "coordY", "coordZ"]].to_numpy(dtype=float)
-    assert "1 leased" in driver.find_element(By.ID, "progress-text").text
+    assert "0 / 3 answered · 1 leased" in _text(driver, "progress-text")
     probabilities = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#detections .title")]
     assert probabilities == ["p = 0.87", "p = 0.35"]
     # The page opened at the top detection, the false positive off the nodule's slice.
@@ -305,7 +386,6 @@ def test_reader_adds_a_finding_by_clicking_and_it_is_stored_at_the_world_point(
         "the axial slice to reach the nodule",
     )
     geometry = _geometry(driver)
-    target = _world_to_css(geometry, SLICE_AXIAL, nodule)
     # The pixels agree: the nodule is drawn where the test will click, lung beside it
     # (looked at 1 mm off the nodule's centre in x and y, off the cursor's lines).
     png = driver.get_screenshot_as_png()
@@ -314,30 +394,46 @@ def test_reader_adds_a_finding_by_clicking_and_it_is_stored_at_the_world_point(
     assert _grey(png, inside) > BRIGHT
     assert _grey(png, beside) < DARK
 
-    # f, then a click on the nodule in the axial view, adds a finding there.
-    driver.find_element(By.TAG_NAME, "body").send_keys("f")
+    # f, then a click in the axial view, adds a finding there: first beside the nodule.
+    off = nodule + np.array([5.0, -4.0, 0.0])
+    _body_keys(driver, "f")
     assert driver.find_element(By.ID, "mode-banner").is_displayed()
-    _click(driver, target)
+    _click(driver, _world_to_css(geometry, SLICE_AXIAL, off))
     _wait(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#findings li"), "the finding")
     assert not driver.find_element(By.ID, "mode-banner").is_displayed()
-    driver.save_screenshot(str(shots / "2-finding.png"))
     (stored,) = _findings_in_db(server.db_url, uid)
+    assert np.all(np.abs(np.array(stored[:3]) - off) <= SPACING_XYZ), (stored, off)
     assert stored[4] == "proposed" and stored[5] is None  # not submitted yet
 
+    # m, then a click on the nodule, moves the (selected, just added) finding onto it.
+    _body_keys(driver, "m")
+    assert driver.find_element(By.ID, "mode-banner").is_displayed()
+    _click(driver, _world_to_css(geometry, SLICE_AXIAL, nodule))
+    _wait(
+        driver,
+        lambda: np.all(np.abs(np.array(_findings_in_db(server.db_url, uid)[0][:2]) - off[:2]) > 1),
+        "the move",
+    )
+    # 2 switches to the mediastinum window (W350/L50: -125 to 225 HU).
+    _body_keys(driver, "2")
+    window = driver.execute_script(
+        "const v = globalThis.activecadViewer.nv.volumes[0]; return [v.cal_min, v.cal_max]"
+    )
+    assert window == [-125, 225]
+    _body_keys(driver, "1")
+    driver.save_screenshot(str(shots / "2-finding.png"))
+
     # a submits the answer; the page moves on to the next scan of the query.
-    driver.find_element(By.TAG_NAME, "body").send_keys("a")
+    _body_keys(driver, "a")
     _wait(
         driver,
         lambda: driver.execute_script("return document.body.dataset.lastSubmitted") == uid,
         "submission",
     )
-    _wait(
-        driver,
-        lambda: "1 / 3 answered" in driver.find_element(By.ID, "progress-text").text,
-        "progress",
-    )
-    driver.save_screenshot(str(shots / "3-next.png"))
-    print(f"screenshots: {shots}")
+    _wait(driver, lambda: _page_state(driver) == "ready", "the next scan")
+    assert "1 / 3 answered · 1 leased" in _text(driver, "progress-text")
+    second = _text(driver, "item-series")
+    assert second != uid
 
     (stored,) = _findings_in_db(server.db_url, uid)
     x, y, z, diameter, status, annotation = stored
@@ -349,3 +445,19 @@ def test_reader_adds_a_finding_by_clicking_and_it_is_stored_at_the_world_point(
     # A sign error in x or y would land twice the coordinate away; the phantom keeps its
     # nodules far enough from 0 that such an error is many voxels.
     assert np.all(np.abs(nodule[:2]) > 3 * SPACING_XYZ[:2])
+
+    # x answers the second scan "no nodule": answered, and no finding of the reader in it.
+    _body_keys(driver, "x")
+    _wait(
+        driver,
+        lambda: "2 / 3 answered" in _text(driver, "progress-text"),
+        "the no-nodule answer",
+    )
+    assert _findings_in_db(server.db_url, second) == []
+    driver.save_screenshot(str(shots / "3-next.png"))
+    print(f"screenshots: {shots}")
+
+    # Nothing went wrong in the page: no script error, no refused request, no CSP violation
+    # (the refused forged token at sign-in is the only error the browser logged).
+    errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert len(errors) == 1 and "401" in errors[0], errors
