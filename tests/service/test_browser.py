@@ -371,6 +371,10 @@ def test_reader_adds_and_moves_a_finding_by_clicking_and_it_is_stored_at_the_wor
     truth = pd.read_csv(data_dir / "annotations.csv").set_index("seriesuid")
     nodule = truth.loc[uid, ["coordX", "coordY", "coordZ"]].to_numpy(dtype=float)
     assert "0 / 3 answered · 1 leased" in _text(driver, "progress-text")
+    # A reload keeps the tab's token and resumes the scan the reader holds.
+    driver.refresh()
+    _wait(driver, lambda: _page_state(driver) == "ready", "the held scan to reopen")
+    assert _text(driver, "item-series") == uid
     probabilities = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#detections .title")]
     assert probabilities == ["p = 0.87", "p = 0.35"]
     # The page opened at the top detection, the false positive off the nodule's slice.

@@ -390,8 +390,9 @@ function renderProgress() {
 function renderItem() {
   const lease = state.lease;
   $('item-series').textContent = lease ? lease.seriesuid : '—';
-  $('item-rank').textContent = lease ? String(lease.rank) : '—';
-  $('item-score').textContent = lease && lease.score !== null ? fmt(lease.score, 4) : '—';
+  $('item-rank').textContent = lease && lease.rank !== null ? String(lease.rank) : '—';
+  $('item-score').textContent =
+    lease && lease.score !== null && lease.score !== undefined ? fmt(lease.score, 4) : '—';
   renderLeaseClock();
   const has = Boolean(lease);
   for (const id of ['add-finding', 'submit', 'no-nodule']) $(id).disabled = !has || state.busy;
