@@ -781,8 +781,8 @@ function onKey(event) {
     1: () => setWindow('lung'),
     2: () => setWindow('mediastinum'),
     Escape: () => setMode('navigate'),
+    // Delete only: Backspace is too easily hit by accident to throw a finding away.
     Delete: () => ownFinding(state.selectedId) && deleteFinding(state.selectedId),
-    Backspace: () => ownFinding(state.selectedId) && deleteFinding(state.selectedId),
   };
   const action = actions[event.key];
   if (!action) return;
