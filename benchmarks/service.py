@@ -399,6 +399,7 @@ def main() -> None:
             if stored.get((a["item"], a["annotator"])) != (a["n_findings"], a["annotation_id"])
         ]
         acked_items = [a["item"] for a in acked]
+        matched = {(a["item"], a["annotator"]) for a in acked}
         latency: dict[str, list[float]] = defaultdict(list)
         errors: dict[str, int] = defaultdict(int)
         for worker in workers:
@@ -415,6 +416,8 @@ def main() -> None:
             "acknowledged_submissions": len(acked),
             "stored_annotations": len(stored),
             "lost_acknowledged": len(lost),
+            # Committed, but the reply died with the server: the client never counted them.
+            "stored_unacknowledged": len(set(stored) - matched),
             "duplicated_items": int(per_item or 0) + (len(acked_items) - len(set(acked_items))),
             "findings_in_answers": int(findings_of_answers or 0),
             "expected_findings_in_answers": sum(a["n_findings"] for a in acked),

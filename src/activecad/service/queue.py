@@ -42,19 +42,24 @@ def aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
+class ConflictError(Exception):
+    """A concurrent writer changed what a transaction read; it is rolled back and retried."""
+
+
 def transaction(store: Store, work: Callable[[Session], _T], *, attempts: int = 20) -> _T:
     """Run ``work`` in one transaction, again when a concurrent writer made it fail.
 
     A unique index refusing a second active lease, a PostgreSQL deadlock or serialization
-    failure, or SQLite's "database is locked" roll the transaction back; it is then retried
-    from the start (reading the new state) after a short random pause. An HTTPException
-    raised by ``work`` rolls back and is passed on.
+    failure, SQLite's "database is locked", or a :class:`ConflictError` found by ``work`` roll the
+    transaction back; it is then retried from the start (reading the new state) after a short
+    random pause. An HTTPException raised by ``work`` rolls back and is passed on; after
+    ``attempts`` failures the caller gets 503.
     """
     for attempt in range(attempts):
         try:
             with store.session() as session:
                 return work(session)
-        except (IntegrityError, OperationalError) as exc:
+        except (IntegrityError, OperationalError, ConflictError) as exc:
             if attempt == attempts - 1:
                 logger.warning("gave up after %d attempts: %s", attempts, type(exc).__name__)
                 raise HTTPException(503, "the database is busy; retry") from exc
@@ -199,6 +204,8 @@ def queue_next(
             return None
         answered = select(Annotation.item_id)
         held = select(Lease.item_id).where(Lease.state == "active", Lease.reader == 1)
+        # PostgreSQL: lock the chosen query row and skip rows other requests hold, so
+        # concurrent readers pick different items instead of colliding on the first.
         item_id = session.scalar(
             select(Query.item_id)
             .where(
@@ -208,6 +215,7 @@ def queue_next(
             )
             .order_by(Query.rank)
             .limit(1)
+            .with_for_update(skip_locked=True)
         )
         if item_id is None:
             return None
@@ -222,6 +230,11 @@ def queue_next(
         )
         session.add(lease)
         session.flush()  # the partial unique indexes speak here
+        # The insert can succeed on an item whose lease was answered after the SELECT above
+        # read its (then older) snapshot: PostgreSQL's READ COMMITTED gives each statement
+        # its own. A new statement sees that answer; then start again.
+        if session.scalar(select(Annotation.id).where(Annotation.item_id == item_id).limit(1)):
+            raise ConflictError(f"item {item_id} was answered meanwhile")
         shown = lease_json(session, lease)
         audit.record(
             session,
