@@ -15,6 +15,7 @@ Screenshots are saved under pytest's tmp folder (printed with -s / shown on fail
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -30,10 +31,15 @@ import pytest
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
+HAVE_BROWSER = CHROMIUM.is_file() and CHROMEDRIVER.is_file()
+#: CI sets ACTIVECAD_REQUIRE_BROWSER=1 (.ci/run): there a missing browser fails, never skips.
+REQUIRE_BROWSER = os.environ.get("ACTIVECAD_REQUIRE_BROWSER") == "1"
+BROWSER_PACKAGES = (
+    "Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver): "
+    "apt-get install chromium chromium-driver"
+)
 needs_chromium = pytest.mark.skipif(
-    not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()),
-    reason="needs Debian's chromium and chromium-driver (/usr/bin/chromium, "
-    "/usr/bin/chromedriver): apt-get install chromium chromium-driver",
+    not HAVE_BROWSER and not REQUIRE_BROWSER, reason=f"needs {BROWSER_PACKAGES}"
 )
 
 READER = "reader1"
@@ -117,6 +123,8 @@ def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    if not HAVE_BROWSER:
+        pytest.fail(f"ACTIVECAD_REQUIRE_BROWSER=1 but this machine lacks {BROWSER_PACKAGES}")
     # Selenium Manager must never look for (or download) a browser or a driver.
     monkeypatch.setenv("SE_OFFLINE", "true")
     options = webdriver.ChromeOptions()
