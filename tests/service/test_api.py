@@ -574,3 +574,48 @@ def test_logs_are_json_lines_without_the_token(service) -> None:
     ]
     assert service.tokens["ann1"] not in stream.getvalue()
     assert "acd_forged" not in stream.getvalue()
+
+
+def test_an_item_answered_between_choice_and_lease_is_not_leased_again(service) -> None:
+    """The race the benchmark found on PostgreSQL: the queue picks the first free item, and
+    before its lease is inserted another reader leases and answers that item. The insert
+    succeeds (no active lease is left to collide with), so the queue must see the answer and
+    pick again."""
+    from sqlalchemy import event
+
+    from activecad.store.models import Item, User
+
+    raced: list[int] = []
+
+    def answer_it_first(_mapper, _connection, target: Lease) -> None:
+        if raced:
+            return
+        raced.append(target.item_id)
+        store = open_store(service.db_url)
+        with store.session() as session:  # ann2 leases and answers the item meanwhile
+            ann2 = session.scalar(select(User.id).where(User.name == "ann2"))
+            session.add(
+                Lease(
+                    item_id=target.item_id,
+                    user_id=ann2,
+                    cycle_id=target.cycle_id,
+                    reader=1,
+                    state="answered",
+                    expires_at=target.expires_at,
+                )
+            )
+            session.add(Annotation(item_id=target.item_id, annotator="ann2", n_findings=0))
+        store.close()
+
+    event.listen(Lease, "before_insert", answer_it_first)
+    try:
+        lease = _lease(service, "ann1")
+    finally:
+        event.remove(Lease, "before_insert", answer_it_first)
+    store = open_store(service.db_url)
+    with store.session() as session:
+        raced_key = session.scalar(select(Item.key).where(Item.id == raced[0]))
+        leases = session.scalars(select(Lease.state).order_by(Lease.id)).all()
+    store.close()
+    assert lease["item_key"] != raced_key and lease["rank"] == 2
+    assert leases == ["answered", "active"]
