@@ -63,6 +63,13 @@ def test_step_schedule_drops_tenfold_for_the_last_tenth() -> None:
     # Half-way through (step 5 of 10): 0.5 * (1 + cos(pi / 2)) = 0.5.
     assert lr_at(cosine, 1, 0) == pytest.approx(0.5)
     assert lr_at(cosine, 0, 0) == pytest.approx(1.0)
+    # Kim et al.'s drops at 25/40 and 37/40 of 400 steps (40 epochs of 10): steps 0-249 at
+    # lr, 250-369 at lr/10, 370-399 at lr/100.
+    drops = FitPlan(epochs=40, steps_per_epoch=10, lr=1.0, schedule="drops",
+                    lr_drops=(25 / 40, 37 / 40))  # fmt: skip
+    assert [lr_at(drops, 24, 9), lr_at(drops, 25, 0), lr_at(drops, 36, 9), lr_at(drops, 37, 0)] == (
+        pytest.approx([1.0, 0.1, 0.1, 0.01])
+    )
 
 
 def test_fit_learns_and_resume_equals_an_unbroken_run(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ from activecad.training.distributed import DistContext, broadcast_object, contex
 
 __all__ = ["Callback", "FitPlan", "FitResult", "FitState", "FitTask", "fit", "lr_at"]
 
-Schedule = Literal["step", "constant", "cosine"]
+Schedule = Literal["step", "constant", "cosine", "drops"]
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,10 @@ class FitPlan:
         schedule: ``step`` (the rate drops tenfold for the last tenth of the epochs, as
             Liu, Cao & Tian, "Deep Active Learning for Effective Pulmonary Nodule
             Detection", MICCAI 2020, §3.1 do), ``constant``, or ``cosine`` (per step, from
-            ``lr`` down to 0 at the last step).
+            ``lr`` down to 0 at the last step), or ``drops`` (the rate is multiplied by 0.1
+            at each share of the fit's steps in ``lr_drops``).
+        lr_drops: for ``schedule="drops"``: shares of the fit's total steps, e.g.
+            ``(25 / 40, 37 / 40)`` for Kim et al.'s drops after epochs 25 and 37 of 40.
         val_every: validate every this many epochs, and after the last one.
         best_metric: the validation metric whose maximum picks the kept weights.
         seed: seed of every random draw of the fit.
@@ -67,6 +70,7 @@ class FitPlan:
     optimizer: Literal["adamw", "sgd"] = "adamw"
     weight_decay: float = 0.0
     schedule: Schedule = "step"
+    lr_drops: tuple[float, ...] = ()
     val_every: int = 1
     best_metric: str = "cpm"
     seed: int = 0
@@ -85,10 +89,12 @@ def lr_at(plan: FitPlan, epoch: int, step: int = 0) -> float:
     """The learning rate of ``step`` (0-based, within the epoch) of ``epoch`` (0-based)."""
     if plan.schedule == "constant":
         return plan.lr
+    total = plan.epochs * plan.steps_per_epoch
+    done = epoch * plan.steps_per_epoch + step
     if plan.schedule == "cosine":
-        total = plan.epochs * plan.steps_per_epoch
-        done = epoch * plan.steps_per_epoch + step
         return 0.5 * plan.lr * (1.0 + math.cos(math.pi * done / total))
+    if plan.schedule == "drops":
+        return plan.lr * 0.1 ** sum(done >= int(share * total) for share in plan.lr_drops)
     return plan.lr * (0.1 if epoch >= math.ceil(0.9 * plan.epochs) else 1.0)
 
 

@@ -1,8 +1,7 @@
 """Training of Networks 1 and 2 (Kim et al.): presets, the loop and the model folder.
 
-The loop is written here, not on a shared engine (none was ready for a classifier when this
-was written); it has the engine's shape (items, init weights, step budget, schedule) so it
-can move onto one. As in the paper: Adam, learning rate 1e-4 multiplied by 0.1 at 25/40 and
+Training runs on the shared engine (:mod:`activecad.training`), as every model does. As in
+the paper: Adam, learning rate 1e-4 multiplied by 0.1 at 25/40 and
 37/40 of the steps, batch 16 (``paper``), class-balanced sampling (1:1 normal vs nodule).
 The transfer chain is ``init_from``: pretrain on the noisy set, fine-tune on the clean set.
 
@@ -17,12 +16,14 @@ Model folder::
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 import activecad
 from activecad.errors import InputError
@@ -152,9 +153,59 @@ def read_cxr_mask(path: Path) -> np.ndarray:
     return (read_radiograph(path).array > 0).astype(np.uint8)
 
 
-def _lr_at(cfg: CxrConfig, step: int) -> float:
-    drops = sum(step >= int(d * cfg.steps) for d in cfg.lr_drops)
-    return cfg.lr * (0.1**drops)
+class _CxrLoss(nn.Module):
+    """The network and Kim et al.'s loss as one module (the engine calls it per batch)."""
+
+    def __init__(self, net: CxrNet, pixel_weight: float):
+        super().__init__()
+        self.net, self.pixel_weight = net, pixel_weight
+
+    def forward(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]) -> dict:
+        images, labels, masks = batch
+        loss, parts = cxr_loss(self.net(images), labels, masks, self.pixel_weight)
+        return {"total": loss, **{k: torch.tensor(v) for k, v in parts.items()}}
+
+
+class CxrFitTask:
+    """Class-balanced batches of preprocessed radiographs for :func:`activecad.training.fit`.
+
+    Every batch is half nodule, half normal images drawn with replacement (the paper
+    samples its training sets 1:1), augmented when the config asks for it.
+    """
+
+    def __init__(self, net: CxrNet, items: list[CxrItem], cfg: CxrConfig):
+        self.model = net
+        self.loss_module = _CxrLoss(net, cfg.pixel_weight)
+        self.cfg = cfg
+        self.images, self.labels, self.masks = prepare_items(
+            items, cfg, need_masks=cfg.network == 2
+        )
+        labels = self.labels.numpy()
+        self.positives, self.negatives = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+
+    def reseed(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
+
+    def start_epoch(self, epoch: int) -> None:
+        """Nothing changes between epochs."""
+
+    def next_batch(
+        self, device: str
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        half = max(self.cfg.batch_size // 2, 1)
+        pick = torch.randint(len(self.positives), (half,), generator=self.generator).numpy()
+        rest = self.cfg.batch_size - half
+        other = torch.randint(len(self.negatives), (rest,), generator=self.generator).numpy()
+        index = torch.from_numpy(np.concatenate([self.positives[pick], self.negatives[other]]))
+        images, masks = self.images[index], None if self.masks is None else self.masks[index]
+        if self.cfg.augment:
+            images, masks = augment(images, masks, self.generator)
+        masks = None if masks is None else masks.to(device)
+        return images.to(device), self.labels[index].to(device), masks
+
+    def validate(self) -> dict[str, float]:
+        return {}
 
 
 def train_cxr(
@@ -164,8 +215,14 @@ def train_cxr(
     init_from: str | Path | None = None,
     log_every: int = 10,
     progress: bool = False,
+    device: str | None = None,
 ) -> tuple[CxrNet, list[dict[str, float]]]:
     """Train Network ``cfg.network`` on ``items`` and (with ``out_dir``) write the model folder.
+
+    Training runs on the shared engine (:func:`activecad.training.fit`): Adam (AdamW without
+    weight decay), the paper's drops of the rate at ``cfg.lr_drops`` of the steps, and
+    ``cfg.steps`` steps split into epochs of ``gcd(cfg.steps, log_every)`` steps, one history
+    entry each (the mean losses of its steps).
 
     Args:
         items: training radiographs (Network 2: with masks; images without a mask count as
@@ -175,15 +232,18 @@ def train_cxr(
         init_from: model folder whose weights start the training (the transfer chain). The
             backbone and sub-network load whatever matches by name and shape, so Network 2
             can start from a Network 1 model.
-        log_every: steps between history entries.
-        progress: print a line per logged step.
+        log_every: steps between history entries (at most; see above).
+        progress: print a line per history entry.
+        device: torch device (default CUDA when available).
 
     Returns:
-        The trained network (eval mode) and the history.
+        The trained network (eval mode, on the CPU) and the history.
 
     Raises:
         InputError: no items, a single class, an unreadable ``init_from``.
     """
+    from activecad.training.engine import Callback, FitPlan, FitState, fit
+
     labels = np.array([it.label for it in items])
     if len(items) == 0:
         raise InputError("no radiographs to train on", fix="check the data folder")
@@ -200,37 +260,34 @@ def train_cxr(
         loaded = {k: v for k, v in src.state_dict().items() if k in own and own[k].shape == v.shape}
         own.update(loaded)
         net.load_state_dict(own)
-    x, y, m = prepare_items(items, cfg, need_masks=cfg.network == 2)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    task = CxrFitTask(net.to(device), items, cfg)
+    per_epoch = math.gcd(cfg.steps, max(1, log_every))
+    plan = FitPlan(
+        epochs=cfg.steps // per_epoch,
+        steps_per_epoch=per_epoch,
+        lr=cfg.lr,
+        optimizer="adamw",
+        weight_decay=0.0,
+        schedule="drops",
+        lr_drops=tuple(cfg.lr_drops),
+        val_every=10**9,
+        seed=cfg.seed,
+    )
     history: list[dict[str, float]] = []
-    net.train()
-    t0 = time.perf_counter()
-    half = max(cfg.batch_size // 2, 1)
-    for step in range(cfg.steps):
-        for g in opt.param_groups:
-            g["lr"] = _lr_at(cfg, step)
-        # 1:1 normal vs nodule in every batch, as the paper samples its training sets.
-        pi = torch.randint(len(pos), (half,), generator=gen).numpy()
-        ni = torch.randint(len(neg), (cfg.batch_size - half,), generator=gen).numpy()
-        idx = torch.from_numpy(np.concatenate([pos[pi], neg[ni]]))
-        xb, yb = x[idx], y[idx]
-        mb = m[idx] if m is not None else None
-        if cfg.augment:
-            xb, mb = augment(xb, mb, gen)
-        out = net(xb)
-        loss, parts = cxr_loss(out, yb, mb, cfg.pixel_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if (step + 1) % log_every == 0 or step == cfg.steps - 1:
-            entry = {"step": step + 1, "loss": float(loss.detach()), **parts}
-            entry["seconds"] = round(time.perf_counter() - t0, 2)
+    start = time.perf_counter()
+
+    class _History(Callback):
+        def on_epoch_end(self, state: FitState, record: dict[str, float]) -> None:
+            entry = {"step": state.epoch * per_epoch, "loss": record["total"]}
+            entry.update({k: v for k, v in record.items() if k not in ("epoch", "total")})
+            entry["seconds"] = round(time.perf_counter() - start, 2)
             history.append(entry)
             if progress:
                 print(json.dumps(entry), flush=True)
-    net.eval()
+
+    fit(task, plan, device=device, callbacks=[_History()])
+    net.cpu().eval()
     if out_dir is not None:
         save_cxr_bundle(out_dir, net, cfg, history)
     return net, history
