@@ -127,7 +127,9 @@ def list_users(store: Store) -> list[dict[str, Any]]:
             {
                 "name": u.name,
                 "role": u.role,
-                "created": u.created_at.isoformat(),
+                "created": (
+                    u.created_at if u.created_at.tzinfo else u.created_at.replace(tzinfo=UTC)
+                ).isoformat(timespec="seconds"),
                 "tokens": counts.get(u.id, 0),
             }
             for u in users
