@@ -46,27 +46,29 @@ _reviewer = require("reviewer")
 
 def _rows(session: Session, project_id: int, accepted_only: bool) -> list[Any]:
     statuses = ("accepted",) if accepted_only else ("proposed", "accepted")
-    return session.execute(
-        select(
-            Scan.seriesuid,
-            Finding.id,
-            Annotation.annotator,
-            Finding.coord_x,
-            Finding.coord_y,
-            Finding.coord_z,
-            Finding.diameter_mm,
-            Finding.malignancy,
-        )
-        .join(Annotation, Finding.annotation_id == Annotation.id)
-        .join(Item, Annotation.item_id == Item.id)
-        .join(Scan, Finding.scan_id == Scan.id)
-        .where(
-            Item.project_id == project_id,
-            Annotation.source == "human",
-            Finding.status.in_(statuses),
-        )
-        .order_by(Scan.seriesuid, Finding.id)
-    ).all()
+    return list(
+        session.execute(
+            select(
+                Scan.seriesuid,
+                Finding.id,
+                Annotation.annotator,
+                Finding.coord_x,
+                Finding.coord_y,
+                Finding.coord_z,
+                Finding.diameter_mm,
+                Finding.malignancy,
+            )
+            .join(Annotation, Finding.annotation_id == Annotation.id)
+            .join(Item, Annotation.item_id == Item.id)
+            .join(Scan, Finding.scan_id == Scan.id)
+            .where(
+                Item.project_id == project_id,
+                Annotation.source == "human",
+                Finding.status.in_(statuses),
+            )
+            .order_by(Scan.seriesuid, Finding.id)
+        ).all()
+    )
 
 
 def _csv(header: tuple[str, ...], rows: list[list[object]]) -> Response:

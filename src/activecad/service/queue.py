@@ -343,11 +343,14 @@ def submit(
         cycle = session.get(Cycle, lease.cycle_id) if lease.cycle_id is not None else None
         left = 0
         if cycle is not None:
-            left = session.scalar(
-                select(func.count()).where(
-                    Query.cycle_id == cycle.id,
-                    Query.item_id.not_in(select(Annotation.item_id)),
+            left = (
+                session.scalar(
+                    select(func.count()).where(
+                        Query.cycle_id == cycle.id,
+                        Query.item_id.not_in(select(Annotation.item_id)),
+                    )
                 )
+                or 0
             )
         return {
             "lease_id": lease.id,
