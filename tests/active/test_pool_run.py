@@ -106,6 +106,34 @@ def test_labels_are_all_or_nothing(tmp_path, db_url):
         store.close()
 
 
+def test_labels_give_first_answers_without_rejected_or_deleted_findings(tmp_path, db_url):
+    from sqlalchemy import select, update
+
+    from activecad.store import Finding
+
+    store = open_store(db_url)
+    try:
+        pool = Pool(store, "p")
+        pool.add_scans(["a", "b", "c"])
+        two = np.array([[1.0, 2.0, 3.0, 6.0], [4.0, 5.0, 6.0, 8.0]])
+        pool.record_labels(
+            [LabelRecord("a", two), LabelRecord("b", np.zeros((0, 4)))], annotator="r1", cycle=None
+        )
+        # a second reader's answer of "a" does not change what the loop trains on
+        pool.record_labels([LabelRecord("a", np.zeros((0, 4)))], annotator="r2", cycle=None)
+        labels = pool.labels()
+        assert sorted(labels) == ["a", "b"]
+        np.testing.assert_array_equal(labels["a"], two)
+        assert labels["b"].shape == (0, 4)
+        # a reviewer rejects the first finding in the annotation service
+        with store.session() as session:
+            first = session.scalars(select(Finding.id).order_by(Finding.id)).first()
+            session.execute(update(Finding).where(Finding.id == first).values(status="rejected"))
+        np.testing.assert_array_equal(pool.labels()["a"], two[1:])
+    finally:
+        store.close()
+
+
 def test_random_first_query_and_a_reopened_run(tmp_path):
     run = create_run(tmp_path / "r", UIDS)
     first = propose_query(run, None, heuristic="random", budget=3, seed=7)

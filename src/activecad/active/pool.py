@@ -16,7 +16,7 @@ from datetime import datetime
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from activecad.active.items import ItemKind, candidate_key
@@ -24,6 +24,9 @@ from activecad.errors import InputError
 from activecad.store import Annotation, Cycle, Finding, Item, Project, Scan, Store
 
 __all__ = ["LabelRecord", "Pool", "PoolItem", "RecordedLabels"]
+
+# Finding states (set by the annotation service) that are not part of an answer.
+_NOT_COUNTED = ("rejected", "deleted")
 
 
 @dataclass(frozen=True)
@@ -293,7 +296,8 @@ class Pool:
     def labels(self) -> dict[str, np.ndarray]:
         """The answer of every labelled item: item key -> (N, 4) world mm x, y, z, diameter.
 
-        N = 0 is a labelled negative. An item labelled by several readers gives its first
+        N = 0 is a labelled negative. Findings a reviewer rejected, or that were deleted in
+        the annotation service, are left out. An item labelled by several readers gives its first
         answer (the one that counts in the loop, as :meth:`items` reports it), so a second
         reader's opinion never changes what a cycle trained on.
         """
@@ -320,7 +324,11 @@ class Pool:
                     Finding.coord_z,
                     Finding.diameter_mm,
                 )
-                .where(Finding.annotation_id.in_(keys))
+                .where(
+                    Finding.annotation_id.in_(keys),
+                    # a reviewer's rejection or the reader's deletion takes a finding out
+                    or_(Finding.status.is_(None), Finding.status.notin_(_NOT_COUNTED)),
+                )
                 .order_by(Finding.id)
             ).all()
         found: dict[str, list[tuple[float, float, float, float]]] = {k: [] for k in keys.values()}
