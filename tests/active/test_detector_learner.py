@@ -6,6 +6,8 @@ import csv
 import json
 from pathlib import Path
 
+import pandas as pd
+
 from activecad.active.config import LoopConfig
 from activecad.active.detector_learner import DetectorLearner
 from activecad.active.loop import run_loop
@@ -60,6 +62,12 @@ def test_two_cycles_train_score_select_evaluate(tiny_cohort: Path, tmp_path: Pat
         assert 0.0 <= m["cpm"] <= 1.0 and 0.0 <= m["sens_at_4"] <= 1.0
     runs = tmp_path / "a" / "runs" / "learning_loss-seed0" / "cycles"
     assert all((runs / str(c) / "model").is_dir() for c in (0, 1))
+    # cycle 1 scored the unlabelled pool: its scores and detections (for the viewer) are kept
+    scores = pd.read_csv(runs / "1" / "scores.csv")
+    assert set(scores["item"]) == set(split["pool"]) - set(by_cycle[0])
+    detections = pd.read_csv(runs / "1" / "detections.csv")
+    assert set(detections["seriesuid"]) <= set(scores["item"])
+    assert {"coordX", "coordY", "coordZ", "probability", "diameter_mm"} <= set(detections.columns)
     # same seed, same selections (the cache is warm now, so the second run is quicker)
     again, _ = _run(tiny_cohort, tmp_path / "b", tmp_path / "cache")
     assert [r["item"] for r in again] == [r["item"] for r in rows]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 
 __all__ = [
     "ITEM_KINDS",
@@ -78,6 +79,9 @@ class ItemScores:
         embedding: (D,) float feature vector (scan: P2..P5 pooled; candidate: FPR embedding).
         tta: detections of the plain pass first, then of each flipped pass (test-time
             augmentation), all in the plain scan's world frame.
+        detections: the scan's detections as a LUNA16 submission table (``seriesuid,
+            coordX, coordY, coordZ, probability, diameter_mm``, world mm), kept so the loop
+            can write them beside the query for the readers' viewer; None when not scored.
     """
 
     item: str
@@ -87,6 +91,7 @@ class ItemScores:
     probabilities: np.ndarray = field(default_factory=lambda: np.zeros(0))
     embedding: np.ndarray | None = None
     tta: Sequence[Detections] = ()
+    detections: pd.DataFrame | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ITEM_KINDS:
@@ -120,4 +125,5 @@ def item_scores_from_pool(scored: object, *, tta: Sequence[Detections] = ()) -> 
         probabilities=probabilities,
         embedding=np.asarray(scored.embedding, dtype=float),  # type: ignore[attr-defined]
         tta=tuple(tta),
+        detections=detections,
     )

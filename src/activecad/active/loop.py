@@ -11,6 +11,9 @@ Layout of ``RUN_DIR``::
     runs/<strategy>-seed<seed>/   one run folder (store, queries, labels) per (strategy, seed)
         cycles/<r>/model/         the model of cycle r (written by the learner)
         cycles/<r>/metrics.json   cycle r finished (labelled count and test metrics)
+        cycles/<r>/scores.csv     the pool scores that chose cycle r's query (scoring strategies)
+        cycles/<r>/detections.csv the detections of the scored pool (shown by the annotation
+                                  service's viewer beside the query)
 
 Each cycle r is: query (cycle 0 random, later the strategy on the learner's pool scores),
 labels (the simulated oracle, all or nothing), training, evaluation. Every step leaves its
@@ -33,6 +36,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import pandas as pd
 import yaml
 
 from activecad.active.config import LoopConfig
@@ -235,6 +239,11 @@ def _one_run(
                     prev_model, sorted(run.pool.unlabelled()), cycle_seed(seed, cycle)
                 )
                 _write_atomic(cycle_dir / "scores.csv", scores_csv(scores))
+                tables = [s.detections for s in scores if s.detections is not None]
+                if tables:
+                    # what the annotation service shows the readers beside the query
+                    found = pd.concat(tables, ignore_index=True)
+                    _write_atomic(cycle_dir / "detections.csv", found.to_csv(index=False))
             say(f"{tag}: selecting {size} items")
             query = propose_query(
                 run,
