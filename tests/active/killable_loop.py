@@ -49,11 +49,12 @@ class StoppingLearner(FakeLearner):
         model_dir: Path,
         init_from: Path | None,
         seed: int,
+        steps: int,
     ) -> None:
         model_dir.mkdir(parents=True, exist_ok=True)
         (model_dir / "partial").write_text("half-written model")
         self.stop("train")
-        super().train(labels, model_dir, init_from, seed)
+        super().train(labels, model_dir, init_from, seed, steps)
 
     def score(self, model_dir: Path, items: Sequence[str], seed: int) -> list[ItemScores]:
         self.stop("score")

@@ -38,9 +38,7 @@ def _run(cohort: Path, out: Path, cache: Path) -> tuple[list[dict[str, str]], li
         test_fraction=0.25,
         steps_per_cycle=2,
     )
-    learner = DetectorLearner(
-        cohort, steps_per_cycle=2, detector=TINY_DETECTOR, cache=cache, device="cpu"
-    )
+    learner = DetectorLearner(cohort, detector=TINY_DETECTOR, cache=cache, device="cpu")
     result = run_loop(config, out, learner=learner)
     assert result.finished
     with (out / "selections.csv").open(newline="") as handle:

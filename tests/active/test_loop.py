@@ -42,6 +42,7 @@ class FakeLearner:
     def __init__(self, fail_at: int | None = None):
         self.fail_at = fail_at
         self.trained: list[tuple[int, bool]] = []
+        self.steps: list[int] = []
 
     def train(
         self,
@@ -49,10 +50,12 @@ class FakeLearner:
         model_dir: Path,
         init_from: Path | None,
         seed: int,
+        steps: int,
     ) -> None:
         if self.fail_at is not None and len(self.trained) == self.fail_at:
             raise KeyboardInterrupt  # a kill during training
         self.trained.append((len(labels), init_from is not None))
+        self.steps.append(steps)
         model_dir.mkdir(parents=True, exist_ok=True)
         (model_dir / "model.txt").write_text(",".join(sorted(labels)) + f"|{seed}")
 
@@ -125,6 +128,25 @@ def test_learner_finetunes_test_split_fixed_and_runs_repeat(tmp_path: Path) -> N
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     metrics = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 12 and {"cpm", "sens_at_4"} <= set(metrics[0])
+    # cycle 0 (the same random query and training for every strategy of a seed) is trained
+    # once per seed: learning_loss 2 seeds x 3 cycles, random 2 seeds x cycles 1-2
+    assert len(learner.trained) == 6 + 4
+    by_key = {(m["strategy"], m["seed"], m["cycle"]): m for m in metrics}
+    for seed in (0, 1):
+        copied, trained = by_key[("random", seed, 0)], by_key[("learning_loss", seed, 0)]
+        assert copied["cpm"] == trained["cpm"] and copied["strategy"] == "random"
+    runs = tmp_path / "a" / "runs"
+    copied_model = (runs / "random-seed0" / "cycles" / "0" / "model" / "model.txt").read_text()
+    assert copied_model == (runs / "learning_loss-seed0" / "cycles/0/model/model.txt").read_text()
+
+
+def test_initial_steps_for_cycle_0_then_steps_per_cycle(tmp_path: Path) -> None:
+    config = _config(_folder(tmp_path / "data")).model_copy(
+        update={"initial_steps": 7, "steps_per_cycle": 3, "strategies": ["random"], "seeds": [0]}
+    )
+    learner = FakeLearner()
+    run_loop(config, tmp_path / "run", learner=learner)
+    assert learner.steps == [7, 3, 3]
 
 
 @pytest.mark.parametrize("fail_at", [0, 1, 4])
@@ -170,9 +192,10 @@ class RecordingLearner(FakeLearner):
         model_dir: Path,
         init_from: Path | None,
         seed: int,
+        steps: int,
     ) -> None:
         self.answers.append(dict(labels))
-        super().train(labels, model_dir, init_from, seed)
+        super().train(labels, model_dir, init_from, seed, steps)
 
 
 def test_learner_trains_on_the_human_answers_not_the_annotation_table(tmp_path: Path) -> None:

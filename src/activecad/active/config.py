@@ -42,6 +42,9 @@ class LoopConfig(StrictConfig):
         mode: ``finetune`` starts cycle r from cycle r-1's model (Liu, Cao & Tian, MICCAI
             2020); ``retrain`` starts from scratch each cycle.
         steps_per_cycle: training steps per cycle.
+        initial_steps: training steps of cycle 0 (from scratch); None: ``steps_per_cycle``.
+            Cycle 0 is the same for every strategy of a seed (a random query, training from
+            scratch), so it is trained once per seed and copied to the other strategies.
         oracle: ``simulated`` answers from ``annotations.csv``; ``human`` stops after each
             query until ``activecad al label`` has recorded the answers.
         annotation_cost: minutes the simulated oracle charges per scan, so learning curves
@@ -62,6 +65,7 @@ class LoopConfig(StrictConfig):
     test_fraction: float = Field(0.2, ge=0, lt=1)
     mode: Literal["finetune", "retrain"] = "finetune"
     steps_per_cycle: int = Field(100, ge=1)
+    initial_steps: int | None = Field(None, ge=1)
     oracle: Literal["simulated", "human"] = "simulated"
     annotation_cost: CostConfig = Field(default_factory=CostConfig)
     detector: dict[str, Any] | None = None

@@ -4,7 +4,7 @@ Each cycle of the loop (:mod:`activecad.active.loop`) asks the learner to
 
 * ``train``: fine-tune the previous cycle's model (``mode: finetune``, Liu, Cao & Tian,
   "Deep Active Learning for Effective Pulmonary Nodule Detection", MICCAI 2020) or train
-  from scratch (``mode: retrain``, and always in cycle 0) for ``steps_per_cycle`` steps on
+  from scratch (``mode: retrain``, and always in cycle 0) for the cycle's steps on
   the labelled scans. A scan whose simulated or human answer is "no nodule" trains as a scan
   without nodules (all its patches are background); its excluded findings are ignored.
 * ``score``: run the detector over the unlabelled pool (through the preprocessing cache) and
@@ -40,7 +40,6 @@ class DetectorLearner:
 
     Args:
         data: the LUNA16-style data folder of the loop (``ct/``, ``annotations.csv``).
-        steps_per_cycle: training steps of one cycle (one epoch of this many steps).
         detector: ``{"preset": name, **overrides}`` of the detector configuration (see
             :func:`activecad.models.detector3d.preset_config`); default preset ``cpu``.
         cache: the preprocessing cache folder (default: the user's cache,
@@ -58,7 +57,6 @@ class DetectorLearner:
         self,
         data: str | Path,
         *,
-        steps_per_cycle: int,
         detector: Mapping[str, Any] | None = None,
         cache: str | Path | None = None,
         device: str | None = None,
@@ -71,7 +69,6 @@ class DetectorLearner:
         preset = str(settings.pop("preset", "cpu"))
         self.config = preset_config(preset, **settings)
         self.folder = read_luna_folder(data)
-        self.steps = steps_per_cycle
         self.cache = PreprocessCache(cache)
         self.device = device
         self._paths = {_uid(p): p for p in self.folder.scans}
@@ -88,8 +85,9 @@ class DetectorLearner:
         model_dir: Path,
         init_from: Path | None,
         seed: int,
+        steps: int,
     ) -> None:
-        """Train on the labelled scans; write the model bundle into ``model_dir``.
+        """Train ``steps`` steps (one epoch) on the labelled scans; write the model bundle.
 
         Args:
             labels: series id -> its recorded nodules, (N, 4) world mm x, y, z and
@@ -107,8 +105,8 @@ class DetectorLearner:
             items,
             init_from=init_from,
             epochs=1,
-            steps_per_epoch=self.steps,
-            callbacks=[_StatusCallback(self.status, self.steps)] if self.status else (),
+            steps_per_epoch=steps,
+            callbacks=[_StatusCallback(self.status, steps)] if self.status else (),
             device=self.device,
         )
         detector = NoduleDetector(self.config)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,8 +69,9 @@ class Learner(Protocol):
         model_dir: Path,
         init_from: Path | None,
         seed: int,
+        steps: int,
     ) -> None:
-        """Train on the labelled items; write the model into ``model_dir``.
+        """Train for ``steps`` steps on the labelled items; write the model into ``model_dir``.
 
         ``labels`` maps each labelled item's key to its answer as the store holds it,
         whoever gave it (the simulated oracle, ``al label`` or the annotation service):
@@ -191,7 +193,12 @@ def run_loop(
                     project=name,
                 )
             with run:
-                done, wait = _one_run(run, config, strategy, seed, oracle, learner, test_uids, say)
+                # cycle 0 is the same random query and training for every strategy of a seed
+                first = out / "runs" / f"{config.strategies[0]}-seed{seed}"
+                shared = first if strategy != config.strategies[0] else None
+                done, wait = _one_run(
+                    run, config, strategy, seed, oracle, learner, test_uids, say, shared
+                )
             cycles[name] = done
             if wait:
                 waiting.append(name)
@@ -208,8 +215,13 @@ def _one_run(
     learner: Learner | None,
     test_uids: list[str],
     say: Callable[[str], None],
+    shared: Path | None = None,
 ) -> tuple[int, bool]:
-    """Cycles of one (strategy, seed) until its end; returns (finished cycles, waiting?)."""
+    """Cycles of one (strategy, seed) until its end; returns (finished cycles, waiting?).
+
+    ``shared`` is the run folder of the seed's first strategy: its finished cycle 0 (same
+    random query, same seed, same training from scratch) is copied instead of trained again.
+    """
     # a kill between recording a query and rewriting selections.csv leaves it stale
     _write_selections(run)
     pool_size = len(run.pool.items())
@@ -273,18 +285,42 @@ def _one_run(
             "labelled": len(labels),
             "minutes": run.pool.annotation_minutes(),
         }
-        if learner is not None:
+        if learner is not None and cycle == 0 and _same_first_cycle(shared, run):
+            assert shared is not None
+            say(f"{tag}: the same as {shared.name} (same query, seed and training): copied")
+            model_dir = cycle_dir / "model"
+            if model_dir.exists():  # half-copied before a kill
+                shutil.rmtree(model_dir)
+            shutil.copytree(shared / "cycles" / "0" / "model", model_dir)
+            done = json.loads((shared / "cycles" / "0" / "metrics.json").read_text("utf-8"))
+            metrics.update({k: v for k, v in done.items() if k not in metrics})
+        elif learner is not None:
             model_dir = cycle_dir / "model"
             init = run.folder / "cycles" / str(cycle - 1) / "model"
             init_from = init if (config.mode == "finetune" and cycle > 0) else None
-            say(f"{tag}: training on {len(labels)} items")
-            learner.train(labels, model_dir, init_from, cycle_seed(seed, cycle))
+            steps = config.steps_per_cycle
+            if cycle == 0 and config.initial_steps is not None:
+                steps = config.initial_steps
+            say(f"{tag}: training on {len(labels)} items for {steps} steps")
+            learner.train(labels, model_dir, init_from, cycle_seed(seed, cycle), steps)
             say(f"{tag}: evaluating on {len(test_uids)} test scans")
             metrics.update(learner.evaluate(model_dir, test_uids))
         _write_atomic(metrics_path, json.dumps(metrics, sort_keys=True) + "\n")
         cycle += 1
         if not run.pool.unlabelled():
             return cycle, False
+
+
+def _same_first_cycle(shared: Path | None, run: Run) -> bool:
+    """Whether ``shared`` finished a cycle 0 that asked for exactly this run's cycle 0."""
+    if shared is None or not (shared / "cycles" / "0" / "metrics.json").is_file():
+        return False
+
+    def first_query(folder: Path) -> list[str]:
+        with (folder / "selections.csv").open(newline="", encoding="utf-8") as handle:
+            return sorted(r["item"] for r in csv.DictReader(handle) if r["cycle"] == "0")
+
+    return first_query(shared) == first_query(run.folder)
 
 
 SCORE_COLUMNS = ("item", "l_scan", "l_roi", "n_detections", "max_probability")

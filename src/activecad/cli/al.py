@@ -230,11 +230,7 @@ def run_command(
     loop_config = load_config(LoopConfig, config)
     learner = None
     if loop_config.detector is not None or loop_config.strategies != ["random"]:
-        learner = DetectorLearner(
-            loop_config.data,
-            steps_per_cycle=loop_config.steps_per_cycle,
-            detector=loop_config.detector,
-        )
+        learner = DetectorLearner(loop_config.data, detector=loop_config.detector)
     from rich.console import Console
 
     # A live status line (stage and elapsed time) on a terminal, and one timestamped line per

@@ -222,9 +222,7 @@ def _active_learning(
     path = out / "al-quick.yaml"
     path.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
     config = load_config(LoopConfig, path)
-    learner = DetectorLearner(
-        config.data, steps_per_cycle=config.steps_per_cycle, detector=config.detector
-    )
+    learner = DetectorLearner(config.data, detector=config.detector)
     run_loop(config, out / "al", learner=learner, progress=console.log)
     summary = write_report([out / "al"], out / "al_report")
     console.print(
