@@ -17,28 +17,16 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from activecad.io.tables import TABLE_SCHEMAS
 from activecad.service.auth import Principal, require
 from activecad.service.queue import transaction
 from activecad.store.models import Annotation, Finding, Item, Scan
 
 __all__ = ["LUNA16_COLUMNS", "READER_COLUMNS", "router"]
 
-LUNA16_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
-READER_COLUMNS = (
-    "seriesuid",
-    "nodule_id",
-    "reader",
-    "coordX",
-    "coordY",
-    "coordZ",
-    "diameter_mm",
-    "malignancy",
-    "subtlety",
-    "spiculation",
-    "lobulation",
-    "texture",
-    "calcification",
-)
+# The columns of activecad's own table kinds, so an export reads back with read_table.
+LUNA16_COLUMNS = TABLE_SCHEMAS["annotations"].required
+READER_COLUMNS = TABLE_SCHEMAS["readers"].required
 
 router = APIRouter(prefix="/api/export", tags=["export"])
 _reviewer = require("reviewer")
