@@ -5,6 +5,7 @@ Detection", MICCAI 2020) and candidate-level (Zhou et al., ACFT, Medical Image A
 2021) items go through the same pool, heuristics and queries.
 """
 
+from activecad.active import acft as acft  # registers the "acft" heuristic
 from activecad.active.config import LoopConfig
 from activecad.active.heuristics import (
     HEURISTICS,
