@@ -106,6 +106,8 @@ def _args(name: str, command: object, values: dict[str, Path | str]) -> list[str
     args = name.split()
     for param in _required_inputs(command):
         value = str(values[param.name])  # type: ignore[attr-defined]
+        if param.bare_type() in ("int", "float"):  # type: ignore[attr-defined]
+            value = "0"  # a required number (search --x): the inputs under test are paths
         if param.param_type_name == "argument":  # type: ignore[attr-defined]
             args.append(value)
         else:

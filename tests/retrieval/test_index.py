@@ -79,8 +79,11 @@ def test_save_load_round_trip_and_version_check(tmp_path: Path) -> None:
 
 def test_bad_index_files_are_clear_errors(tmp_path: Path) -> None:
     NoduleIndex(EMBEDDINGS, _metadata(5)).save(tmp_path / "idx")
-    with pytest.raises(InputError, match="not a readable nodule index"):
+    with pytest.raises(InputError, match="no such index folder"):
         NoduleIndex.load(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="not a readable nodule index"):
+        NoduleIndex.load(tmp_path / "empty")
     faiss_file = tmp_path / "idx" / "index.faiss"
     faiss_file.write_bytes(faiss_file.read_bytes()[:20])  # truncated
     with pytest.raises(InputError, match="unreadable"):

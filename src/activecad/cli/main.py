@@ -37,6 +37,7 @@ from activecad.cli import (
     importer,
     info,
     phantom,
+    search,
     serve,
     users,
 )
@@ -228,6 +229,7 @@ importer.register(app)
 al.register(app)
 serve.register(app)
 users.register(app)
+search.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

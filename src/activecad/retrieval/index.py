@@ -61,6 +61,10 @@ class NoduleIndex:
         metric: ``l2`` or ``cosine``.
         model_version: what made the embeddings (e.g. the model folder's weights hash);
             stored, and checked by :meth:`load`.
+
+    Attributes:
+        extra: JSON-ready values saved with the index (e.g. the data folder and embedder
+            settings a query needs to be embedded the same way).
     """
 
     def __init__(
@@ -99,6 +103,7 @@ class NoduleIndex:
         self.metadata = metadata[list(METADATA_COLUMNS)].reset_index(drop=True)
         self.metric: Metric = metric
         self.model_version = model_version
+        self.extra: dict[str, object] = {}
 
     @property
     def dimension(self) -> int:
@@ -125,9 +130,10 @@ class NoduleIndex:
         k = max(1, min(int(k), len(self)))
         scores, rows = self._index.search(q, k)
         # faiss gives squared L2 distances, or inner products (similarities) for cosine
-        distances = (
-            np.sqrt(np.maximum(scores, 0.0)) if self.metric == "l2" else 1.0 - scores
-        )
+        if self.metric == "l2":
+            distances = np.sqrt(np.maximum(scores, 0.0))
+        else:
+            distances = np.maximum(1.0 - scores, 0.0)
         results = []
         for dist_row, index_row in zip(distances, rows, strict=True):
             found = []
@@ -156,6 +162,7 @@ class NoduleIndex:
             "dimension": self.dimension,
             "count": len(self),
             "model_version": self.model_version,
+            "extra": self.extra,
         }
         (folder / "index.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
         return folder
@@ -176,6 +183,8 @@ class NoduleIndex:
 
         folder = Path(folder)
         fix = "rebuild it with 'activecad index build'"
+        if not folder.exists():
+            raise InputError("no such index folder", path=folder, fix="check the path")
         try:
             info = json.loads((folder / "index.json").read_text(encoding="utf-8"))
             metadata = pd.read_csv(folder / "metadata.csv", dtype={"seriesuid": str})
@@ -216,4 +225,5 @@ class NoduleIndex:
         loaded.metadata = metadata[list(METADATA_COLUMNS)]
         loaded.metric = info["metric"]
         loaded.model_version = str(info.get("model_version", ""))
+        loaded.extra = dict(info.get("extra", {}))
         return loaded
