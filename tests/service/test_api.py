@@ -45,7 +45,7 @@ def _finding(service, user: str, lease: dict, **extra) -> dict:
 def test_health_needs_no_token_and_me_names_the_user(service) -> None:
     assert service.client.get("/healthz").json() == {"status": "ok"}
     res = service.client.get("/api/me", headers=service.auth("rev"))
-    assert res.json() == {"name": "rev", "role": "reviewer"}
+    assert res.json() == {"name": "rev", "role": "reviewer", "similar_search": False}
 
 
 def test_no_token_forged_token_and_revoked_token_are_401(service) -> None:

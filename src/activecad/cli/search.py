@@ -80,20 +80,11 @@ def search_command(
     from activecad.data.folders import read_luna_folder
     from activecad.io import read_scan
     from activecad.retrieval import NoduleIndex
-    from activecad.retrieval.build import IntensityEmbedder
+    from activecad.retrieval.build import embedder_of
 
     opened = NoduleIndex.load(index)
-    settings = opened.extra.get("embedder")
-    data = opened.extra.get("data")
-    if not isinstance(settings, dict) or not isinstance(data, str):
-        raise InputError(
-            "the index does not say how its nodules were embedded",
-            path=index,
-            fix="rebuild it with 'activecad index build'",
-        )
-    embedder = IntensityEmbedder(**settings)
-    if embedder.version != opened.model_version:
-        raise InputError("the index's embedder and version disagree", path=index)
+    embedder = embedder_of(opened)
+    data = str(opened.extra.get("data", ""))
     paths = {scan_uid(p): p for p in read_luna_folder(data).scans}
     if scan not in paths:
         raise InputError(

@@ -64,6 +64,16 @@ def serve_command(
             help="How long a leased item stays with its reader.",
         ),
     ] = 30.0,
+    index: Annotated[
+        Path | None,
+        typer.Option(
+            "--index",
+            metavar="INDEX",
+            help="A similar-nodule index (activecad index build) for GET /api/similar and "
+            "the viewer's similar-nodules panel.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve the annotation API and the viewer (http://HOST:PORT/viewer/) until Ctrl-C."""
     import uvicorn
@@ -80,7 +90,7 @@ def serve_command(
             fix="pass a LUNA16-style folder with ct/ (e.g. from 'activecad phantom')",
         )
     url = database_url(db)
-    app = create_app(url, data, run, lease_minutes=lease_minutes)
+    app = create_app(url, data, run, lease_minutes=lease_minutes, index_dir=index)
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:

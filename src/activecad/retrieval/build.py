@@ -24,7 +24,7 @@ from scipy.ndimage import map_coordinates
 from activecad.errors import InputError
 from activecad.retrieval.index import METADATA_COLUMNS, NoduleIndex
 
-__all__ = ["IntensityEmbedder", "build_index", "folder_nodules"]
+__all__ = ["IntensityEmbedder", "build_index", "embedder_of", "folder_nodules"]
 
 
 @dataclass(frozen=True)
@@ -126,3 +126,24 @@ def _by_scan(nodules: pd.DataFrame, progress: bool) -> Iterable[tuple[str, pd.Da
     from rich.progress import track
 
     return track(groups, description="embedding nodules", transient=True)
+
+
+def embedder_of(index: NoduleIndex) -> IntensityEmbedder:
+    """The embedder an index was built with, to embed queries the same way.
+
+    Raises:
+        InputError: the index does not record its embedder, or records another version.
+    """
+    settings = index.extra.get("embedder")
+    if not isinstance(settings, dict):
+        raise InputError(
+            "the index does not say how its nodules were embedded",
+            fix="rebuild it with 'activecad index build'",
+        )
+    embedder = IntensityEmbedder(**settings)
+    if embedder.version != index.model_version:
+        raise InputError(
+            f"the index says embedder {embedder.version!r} but version {index.model_version!r}",
+            fix="rebuild it with 'activecad index build'",
+        )
+    return embedder

@@ -29,6 +29,7 @@ from sqlalchemy import select
 
 from activecad.errors import InputError
 from activecad.service import export, findings, images, queue
+from activecad.service import similar as similar_route
 from activecad.service.auth import Principal, current_user
 from activecad.service.images import ScanLibrary
 from activecad.service.logs import setup_json_logging
@@ -169,6 +170,7 @@ def create_app(
     max_body_bytes: int = 64 * 1024,
     clock: Callable[[], datetime] | None = None,
     log_json: bool = True,
+    index_dir: str | Path | None = None,
 ) -> FastAPI:
     """The annotation service on the store at ``db_url`` and the scans of ``data_dir``.
 
@@ -182,6 +184,8 @@ def create_app(
         clock: returns the current time as aware UTC (tests inject one); default: the
             system clock.
         log_json: send the service's logs to stderr as JSON lines.
+        index_dir: a similar-nodule index (``activecad index build``) served by
+            ``GET /api/similar``; None: that route answers 404.
 
     Raises:
         InputError: a missing data folder, an unreadable run folder or database, or a store
@@ -196,6 +200,13 @@ def create_app(
         clock=clock or utcnow,
     )
     scans = ScanLibrary(settings.data_dir)
+    similar = None
+    if index_dir is not None:
+        from activecad.retrieval import NoduleIndex
+        from activecad.retrieval.build import embedder_of
+
+        index = NoduleIndex.load(index_dir)
+        similar = (index, embedder_of(index))
     store = open_store(db_url)
     try:
         project, project_id = _project(store, settings.run_dir, db_url)
@@ -214,14 +225,16 @@ def create_app(
         title="activecad annotation service", docs_url=None, redoc_url=None, lifespan=lifespan
     )
     app.state.service = Service(settings, store, project, project_id, scans)
+    app.state.similar = similar
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/api/me")
-    def me(user: Principal = Depends(current_user)) -> dict[str, str]:
-        return {"name": user.name, "role": user.role}
+    def me(user: Principal = Depends(current_user)) -> dict[str, object]:
+        # the viewer shows its similar-nodules panel only when the server can fill it
+        return {"name": user.name, "role": user.role, "similar_search": similar is not None}
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -238,7 +251,7 @@ def create_app(
         logger.error("unhandled %s", type(exc).__name__, exc_info=exc)
         return JSONResponse({"detail": "internal error"}, status_code=500)
 
-    for module in (queue, images, findings, export):
+    for module in (queue, images, findings, export, similar_route):
         app.include_router(module.router)
     if importlib.util.find_spec("activecad.service.viewer") is not None:
         viewer = importlib.import_module("activecad.service.viewer")

@@ -526,6 +526,38 @@ function select(id) {
   state.selectedId = id;
   renderFindings();
   if (nv) nv.drawScene();
+  loadSimilar(id);
+}
+
+// The k indexed nodules most like the selected finding (GET /api/similar), when the server
+// was started with an index (activecad serve --index): where they are, their size and the
+// readers' mean malignancy.
+async function loadSimilar(id) {
+  const section = $('similar-section');
+  const f = state.findings.find((g) => g.id === id);
+  if (!state.me || !state.me.similar_search || !f || !state.scan) {
+    section.hidden = true;
+    return;
+  }
+  const params = new URLSearchParams({ seriesuid: state.scan.seriesuid, x: f.x, y: f.y, z: f.z, k: 4 });
+  let found;
+  try {
+    found = await api('GET', `/api/similar?${params}`);
+  } catch (err) {
+    section.hidden = true;
+    return;
+  }
+  const list = $('similar');
+  list.replaceChildren();
+  $('similar-for').textContent = `(finding #${f.id})`;
+  for (const n of found) {
+    const item = li('similar', () => {});
+    const rating = n.malignancy === null ? 'malignancy —' : `malignancy ${fmt(n.malignancy, 2)}`;
+    item.append(span('title', `${n.rank}. ${rating}`), span('size', `⌀ ${fmt(n.diameter_mm)} mm`));
+    item.append(span('where', `…${n.seriesuid.slice(-8)} · ${fmt(n.x)}, ${fmt(n.y)}, ${fmt(n.z)} · d ${fmt(n.distance, 3)}`));
+    list.append(item);
+  }
+  section.hidden = false;
 }
 
 function setMode(mode) {
