@@ -66,6 +66,16 @@ def test_ignored_findings_travel_apart_from_the_nodules() -> None:
             assert ignored[0, 3] - ignored[0, 0] == pytest.approx(3.0, abs=0.4)
 
 
+def test_an_excluded_finding_of_unknown_diameter_is_a_10_mm_box() -> None:
+    # LUNA16's annotations_excluded.csv writes diameter -1; its evaluation script reads such
+    # a finding as 10 mm. A -1 box (negative size) made MONAI's matcher raise mid-training.
+    item = _labelled()
+    item.ignored_centres = np.array([[20.0, 25.0, 35.0]])
+    item.ignored_diameters = np.array([-1.0])
+    box = item.ignored_boxes_xyz()[0]
+    assert box[3:] - box[:3] == pytest.approx([10.0, 10.0, 10.0])
+
+
 def test_same_seed_gives_same_patches() -> None:
     a = PatchSampler([_labelled()], (32, 32, 32), seed=7, augment=AugmentConfig()).batch(2)
     b = PatchSampler([_labelled()], (32, 32, 32), seed=7, augment=AugmentConfig()).batch(2)

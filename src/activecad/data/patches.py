@@ -21,6 +21,7 @@ import numpy as np
 from activecad.data.augment import AugmentConfig, augment_patch
 from activecad.data.preprocess import PreparedScan
 from activecad.errors import InputError
+from activecad.io.tables import DEFAULT_DIAMETER_MM
 
 
 @dataclass
@@ -87,6 +88,8 @@ class LabelledScan:
 
     def _boxes(self, centres_zyx: np.ndarray, diameters: np.ndarray) -> np.ndarray:
         centres_xyz = centres_zyx.reshape(-1, 3)[:, ::-1]
+        # An unknown (negative) diameter would make a box of negative size.
+        diameters = np.where(diameters < 0, DEFAULT_DIAMETER_MM, diameters)
         half = diameters.reshape(-1)[:, None] / self.scan.spacing[None, :] / 2
         return np.concatenate([centres_xyz - half, centres_xyz + half], axis=1)
 

@@ -46,6 +46,11 @@ import pandas as pd
 from activecad.errors import InputError
 from activecad.io._checks import writing
 
+DEFAULT_DIAMETER_MM = 10.0
+"""Diameter the LUNA16 evaluation script assumes for a finding whose diameter is negative
+(unknown; LUNA16's ``annotations_excluded.csv`` writes -1). Evaluation and training read
+such findings with this diameter alike."""
+
 __all__ = [
     "TABLE_SCHEMAS",
     "TableSchema",

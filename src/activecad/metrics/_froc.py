@@ -25,6 +25,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from rich.progress import Progress
 
+from activecad.io.tables import DEFAULT_DIAMETER_MM
 from activecad.metrics._validation import (
     as_ids,
     check_1d,
@@ -41,8 +42,6 @@ LUNA16_FP_RATES: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 LUNA16_MAX_MARKS = 100
 """Marks per scan the LUNA16 script keeps (the most probable ones)."""
 
-DEFAULT_DIAMETER_MM = 10.0
-"""Diameter the LUNA16 script assumes when a finding's diameter is negative (unknown)."""
 
 
 @dataclass(frozen=True)
