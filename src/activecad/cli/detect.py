@@ -111,6 +111,14 @@ def detect_command(
             show_default=False,
         ),
     ] = None,
+    fpr: Annotated[
+        Path | None,
+        typer.Option(
+            "--fpr",
+            help="FP-reduction model folder ('activecad train fpr'): re-score every detection; "
+            "probability = sqrt(detector x classifier), both kept as columns.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a summary as JSON.")] = False,
     heatmaps: Annotated[
         Path | None,
@@ -131,6 +139,7 @@ def detect_command(
     from activecad.io.tables import write_table
     from activecad.models.detector3d import load_bundle
     from activecad.models.detector3d.inference import detect_files
+    from activecad.models.fpr import apply_fpr, load_fpr
 
     # Everything is checked before the first scan is processed.
     out = output_file(out)
@@ -152,10 +161,16 @@ def detect_command(
     for scan in scans:
         check_scan(scan)
     detector = load_bundle(model)
+    if fpr is not None:
+        load_fpr(fpr)  # checked before the first scan
 
     detections, uncertainties = detect_files(
         detector, scans, progress=not as_json, cache=PreprocessCache(cache_dir)
     )
+    if fpr is not None:
+        detections = apply_fpr(
+            detections, scans, fpr, cache=PreprocessCache(cache_dir), progress=not as_json
+        )
     with atomic_output(out, folder=False) as tmp:
         write_table(detections, tmp, "submission")
     if uncertainty is not None:

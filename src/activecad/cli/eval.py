@@ -105,7 +105,7 @@ def _read_split(path: Path, key: str | None) -> np.ndarray:
     return np.asarray(uids, dtype=str)
 
 
-def _read_seriesuids(path: Path) -> np.ndarray:
+def read_seriesuids(path: Path) -> np.ndarray:
     """Read the scans to evaluate.
 
     Either a LUNA16 ``seriesuids.csv`` (one UID per line, with or without a header), or
@@ -243,7 +243,7 @@ def froc(
     marks = read_table(predictions, "submission")
     exc = read_table(excluded, "excluded") if excluded is not None else None
     probs = _check_finite_column(marks, "probability", predictions)
-    scans = _read_seriesuids(seriesuids) if seriesuids is not None else None
+    scans = read_seriesuids(seriesuids) if seriesuids is not None else None
     _check_froc_ids(
         marks["seriesuid"].to_numpy(str),
         gt["seriesuid"].to_numpy(str),

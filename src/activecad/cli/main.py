@@ -42,6 +42,7 @@ from activecad.cli import (
     users,
 )
 from activecad.cli import train_cxr as _train_cxr  # noqa: F401  (registers 'train cxr')
+from activecad.cli import train_fpr as _train_fpr  # noqa: F401  (registers 'train fpr')
 from activecad.cli._common import setup_logging
 from activecad.errors import ActivecadError
 

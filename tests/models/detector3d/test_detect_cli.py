@@ -65,6 +65,26 @@ def test_detect_writes_tables_and_caches_in_the_user_folder(
     assert PreprocessCache(tmp_path / "c").info().entries == 1
 
 
+def test_detect_with_fpr_keeps_both_probabilities(
+    run_cli: Callable[..., object], model_dir: Path, tmp_path: Path
+) -> None:
+    from activecad.models.fpr import build_net, preset_config, save_fpr
+
+    fpr_config = preset_config("cpu", patch_size=16, widths=(4, 8), patches_per_candidate=2)
+    save_fpr(tmp_path / "fpr", build_net(fpr_config), fpr_config, [])
+    scan = _scan(tmp_path / "ct", "1.2.3")
+    out = tmp_path / "det.csv"
+    result = run_cli(
+        "detect", scan, "--model", model_dir, "--out", out, "--fpr", tmp_path / "fpr",
+        "--cache", tmp_path / "c",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr  # type: ignore[attr-defined]
+    table = pd.read_csv(out)
+    assert {"det_probability", "fpr_probability"} <= set(table.columns)
+    expected = np.sqrt(table["det_probability"] * table["fpr_probability"])
+    np.testing.assert_allclose(table["probability"], expected, rtol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("case", "message"),
     [

@@ -1,0 +1,44 @@
+"""``activecad train fpr`` from the command line, on a phantom folder's candidates."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from activecad.models.fpr import load_fpr
+
+
+def test_train_fpr_writes_a_loadable_model(
+    run_cli: Callable[..., object], tiny_cohort: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "fpr"
+    result = run_cli(
+        "train",
+        "fpr",
+        tiny_cohort,
+        "--out",
+        out,
+        "--steps",
+        "2",
+        "--cache",
+        tmp_path / "c",
+        "--json",
+    )
+    assert result.exit_code == 0, result.stderr  # type: ignore[attr-defined]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])  # type: ignore[attr-defined]
+    assert summary["train_nodules"] > 0 and summary["train_candidates"] > summary["train_nodules"]
+    _, config = load_fpr(out)
+    assert config.steps == 2
+    assert set(json.loads((out / "split.json").read_text())) == {"train", "val"}
+
+
+def test_a_missing_candidates_file_fails_before_training(
+    run_cli: Callable[..., object], tiny_cohort: Path, tmp_path: Path
+) -> None:
+    result = run_cli(
+        "train", "fpr", tiny_cohort, "--out", tmp_path / "m", "--candidates", tmp_path / "no.csv"
+    )
+    assert result.exit_code == 1  # type: ignore[attr-defined]
+    assert "candidates file does not exist" in result.stderr  # type: ignore[attr-defined]
+    assert not (tmp_path / "m").exists()

@@ -1,0 +1,122 @@
+"""The FP-reduction classifier: shapes, online sample filtering, training, model folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from activecad.data import PreparedScan
+from activecad.errors import InputError
+from activecad.metrics import roc_auc_score
+from activecad.models.fpr import (
+    FprNet,
+    apply_fpr,
+    build_net,
+    candidate_set,
+    combine_probabilities,
+    load_fpr,
+    predict,
+    preset_config,
+    save_fpr,
+    train_fpr,
+)
+from activecad.models.fpr.train import _FprLoss
+
+TINY = {"patch_size": 16, "widths": (4, 8), "patches_per_candidate": 2, "batch_size": 8}
+
+
+def test_logits_and_embedding_shapes_and_a_larger_input() -> None:
+    net = FprNet((4, 8, 16), stem_stride=2).eval()
+    logits, embedding = net.forward_with_embedding(torch.zeros(3, 1, 32, 32, 32))
+    assert logits.shape == (3, 2) and embedding.shape == (3, 16)
+    # Fully convolutional: any size divisible by the network's total stride works.
+    assert net(torch.zeros(1, 1, 48, 48, 48)).shape == (1, 2)
+
+
+def test_online_sample_filtering_keeps_the_hardest_negatives() -> None:
+    net = FprNet((2, 4))
+    loss = _FprLoss(net, keep_negatives=0.5)
+    patches = torch.randn(6, 1, 8, 8, 8)
+    labels = torch.tensor([1, 1, 0, 0, 0, 0])
+    total = loss((patches, labels))["total"]
+    per_sample = torch.nn.functional.cross_entropy(net(patches), labels, reduction="none")
+    # Both positives and the 2 hardest of the 4 negatives (ceil(0.5 * 4) = 2) enter the mean.
+    kept = torch.cat([per_sample[:2], per_sample[2:].topk(2).values])
+    assert total.item() == pytest.approx(kept.mean().item(), rel=1e-5)
+
+
+def test_combined_probability_is_the_geometric_mean() -> None:
+    assert combine_probabilities(np.array([0.64, 1.0]), np.array([0.25, 0.0])) == pytest.approx(
+        [0.4, 0.0]
+    )
+
+
+def _balls_and_tubes(seed: int) -> tuple[PreparedScan, pd.DataFrame]:
+    """A 1 mm scan with bright balls (nodules) and bright rods along z (vessel mimics)."""
+    rng = np.random.default_rng(seed)
+    array = rng.normal(0.1, 0.02, (64, 64, 64)).astype(np.float32)
+    zz, yy, xx = np.mgrid[:64, :64, :64]
+    rows = []
+    for k, (z, y, x) in enumerate(rng.integers(10, 54, (8, 3))):
+        if k % 2 == 0:
+            array[(zz - z) ** 2 + (yy - y) ** 2 + (xx - x) ** 2 <= 9] = 0.8
+            label = 1
+        else:
+            array[(yy - y) ** 2 + (xx - x) ** 2 <= 4] = 0.8
+            label = 0
+        rows.append((f"s{seed}", float(x), float(y), float(z), label, 6.0 if label else np.nan))
+    table = pd.DataFrame(
+        rows, columns=["seriesuid", "coordX", "coordY", "coordZ", "label", "diameter_mm"]
+    )
+    return PreparedScan(array, np.ones(3), np.zeros(3), np.eye(3), f"s{seed}"), table
+
+
+def test_a_tiny_classifier_learns_balls_from_rods() -> None:
+    config = preset_config("cpu", steps=60, lr=3e-3, curriculum_share=0.0, **TINY)
+    train_scan, train_table = _balls_and_tubes(0)
+    test_scan, test_table = _balls_and_tubes(1)
+    train = candidate_set(train_table, {"s0": train_scan})
+    test = candidate_set(test_table, {"s1": test_scan})
+    net, history = train_fpr(train, None, config, device="cpu")
+    assert len(history) == 1
+    probs, embeddings = predict(net, test, config, with_embeddings=True)
+    assert probs.shape == (8, 2) and embeddings.shape == (8, 8)
+    assert np.linalg.norm(embeddings, axis=1) == pytest.approx(1.0, abs=1e-5)
+    assert roc_auc_score(test_table["label"], probs.mean(axis=1)) >= 0.9
+
+
+def test_model_folder_round_trip_and_rescoring(tmp_path: Path) -> None:
+    config = preset_config("cpu", **TINY)
+    torch.manual_seed(0)
+    net = build_net(config).eval()
+    save_fpr(tmp_path / "fpr", net, config, [])
+    loaded, loaded_config = load_fpr(tmp_path / "fpr")
+    assert loaded_config == config
+    x = torch.randn(2, 1, 16, 16, 16)
+    torch.testing.assert_close(loaded(x), net(x))
+
+
+def test_loading_another_kind_of_model_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "bundle.json").write_text('{"model": "detector3d"}')
+    with pytest.raises(InputError, match="not a 'fpr' one"):
+        load_fpr(tmp_path / "m")
+
+
+def test_apply_fpr_keeps_both_scores(tmp_path: Path, tiny_cohort: Path) -> None:
+    from activecad.data import PreprocessCache
+    from activecad.data.folders import read_luna_folder
+
+    config = preset_config("cpu", **TINY)
+    save_fpr(tmp_path / "fpr", build_net(config), config, [])
+    folder = read_luna_folder(tiny_cohort)
+    marks = folder.annotations[["seriesuid", "coordX", "coordY", "coordZ"]].head(3).copy()
+    marks["probability"] = [0.9, 0.5, 0.1]
+    out = apply_fpr(marks, folder.scans, tmp_path / "fpr", cache=PreprocessCache(tmp_path / "c"))
+    assert out["det_probability"].tolist() == [0.9, 0.5, 0.1]
+    expected = np.sqrt(out["det_probability"] * out["fpr_probability"])
+    assert out["probability"].to_numpy() == pytest.approx(expected.to_numpy())
