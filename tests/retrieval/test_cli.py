@@ -52,3 +52,34 @@ def test_search_errors(cohort: Path, tmp_path: Path, run_cli) -> None:
     unknown = run_cli("search", "--index", tmp_path / "idx", "--scan", "9.9", "--x", "0",
                       "--y", "0", "--z", "0")  # fmt: skip
     assert unknown.exit_code == 1 and "not in the index's data folder" in unknown.stderr
+
+
+def test_an_fpr_index_finds_its_nodule_and_refuses_another_models_weights(
+    cohort: Path, tmp_path: Path, run_cli
+) -> None:
+    import torch
+
+    from activecad.models.fpr import build_net, preset_config, save_fpr
+
+    config = preset_config("cpu", patch_size=16, widths=(4, 8), patches_per_candidate=2)
+    torch.manual_seed(0)
+    save_fpr(tmp_path / "fpr", build_net(config), config, [])
+    built = run_cli(
+        "index", "build", cohort, "--out", tmp_path / "idx", "--model", tmp_path / "fpr", "--json"
+    )
+    assert built.exit_code == 0, built.stderr
+    assert json.loads(built.stdout)["dimension"] == 8  # the bottleneck's channels
+    target = folder_nodules(cohort).iloc[0]
+    query = (
+        "search", "--index", tmp_path / "idx", "--scan", target.seriesuid,
+        "--x", target.coordX, "--y", target.coordY, "--z", target.coordZ, "-k", "1", "--json",
+    )  # fmt: skip
+    found = run_cli(*query)
+    assert found.exit_code == 0, found.stderr
+    assert json.loads(found.stdout)[0]["distance"] == pytest.approx(0.0, abs=1e-4)
+    # Retrain (other weights) into the same folder: the index no longer matches its model.
+    torch.manual_seed(1)
+    save_fpr(tmp_path / "fpr", build_net(config), config, [])
+    stale = run_cli(*query)
+    assert stale.exit_code == 1
+    assert "another model's weights" in stale.stderr

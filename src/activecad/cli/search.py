@@ -39,15 +39,33 @@ def build_command(
     span: Annotated[
         float, typer.Option("--span", min=4.0, max=200.0, help="Edge of the embedded cube, mm.")
     ] = 32.0,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model",
+            help="Embed with this FP-reduction model's mid-level feature ('activecad train "
+            "fpr'); default: the raw-intensity baseline (--size, --span).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a summary as JSON.")] = False,
 ) -> None:
-    """Embed every nodule of DATA_DIR (raw-intensity baseline) and write an index folder."""
-    from activecad.retrieval.build import IntensityEmbedder, build_index
+    """Embed every nodule of DATA_DIR and write an index folder.
+
+    With --model the embedding is the FP-reduction classifier's mid-level feature (Park et
+    al., "Transferable deep features from a false-positive reduction network"); without it,
+    the raw-intensity baseline.
+    """
+    from activecad.models.fpr import load_fpr
+    from activecad.retrieval.build import Embedder, FprEmbedder, IntensityEmbedder, build_index
 
     if not data.is_dir():
         raise InputError("no such folder", path=data, fix="give a data folder with ct/")
     output_folder(out, writes="index.faiss, metadata.csv and index.json")
-    index = build_index(data, embedder=IntensityEmbedder(size, span), progress=not as_json)
+    embedder: Embedder = IntensityEmbedder(size, span)
+    if model is not None:
+        load_fpr(model)  # checked before any scan is read
+        embedder = FprEmbedder(str(model.resolve()))
+    index = build_index(data, embedder=embedder, progress=not as_json)
     with atomic_output(out, folder=True) as tmp:
         index.save(tmp)
     summary = {"index": str(out), "nodules": len(index), "dimension": index.dimension,

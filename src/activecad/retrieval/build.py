@@ -9,10 +9,17 @@ The embedder here is the raw-intensity baseline: the HU values of a cube of ``sp
 the nodule, sampled on a ``size``^3 grid in world mm (so spacing and direction do not matter),
 clipped to [-1000, 400] HU, centred and L2-normalised. It is the baseline the FP-reduction
 classifier's embedding must beat on Recall@K.
+
+:class:`FprEmbedder` embeds with an FP-reduction model (``activecad train fpr``): the mean
+over the candidate's augmented patches of the classifier's mid-level feature, L2-normalised
+(Park et al., "Transferable deep features from a false-positive reduction network"). Its
+version is the SHA-256 of the model's weights, so an index is only ever searched with
+the model that built it.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +31,14 @@ from scipy.ndimage import map_coordinates
 from activecad.errors import InputError
 from activecad.retrieval.index import METADATA_COLUMNS, NoduleIndex
 
-__all__ = ["IntensityEmbedder", "build_index", "embedder_of", "folder_nodules"]
+__all__ = [
+    "Embedder",
+    "FprEmbedder",
+    "IntensityEmbedder",
+    "build_index",
+    "embedder_of",
+    "folder_nodules",
+]
 
 
 @dataclass(frozen=True)
@@ -61,6 +75,54 @@ class IntensityEmbedder:
         return np.asarray(out, dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class FprEmbedder:
+    """Embedding by an FP-reduction model's mid-level feature (see the module docs).
+
+    Attributes:
+        model: the FP-reduction model folder.
+    """
+
+    model: str
+
+    @property
+    def version(self) -> str:
+        """``fpr-`` and the first 16 hex digits of the SHA-256 of the model's weights."""
+        import hashlib
+
+        weights = Path(self.model) / "weights.pt"
+        if not weights.is_file():
+            raise InputError(
+                "the FP-reduction model is missing", path=self.model, fix="give its model folder"
+            )
+        return "fpr-" + hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+
+    def embed(self, scan: object, centres_xyz: np.ndarray) -> np.ndarray:
+        """(N, D) embeddings of N world points (mm, x-y-z) of one raw scan."""
+        from activecad.data.preprocess import preprocess_scan
+        from activecad.models.fpr import candidate_set, predict
+
+        net, config = _load_fpr_cached(self.model, self.version)
+        prepared = preprocess_scan(scan, config.preprocess)  # type: ignore[arg-type]
+        centres = np.atleast_2d(np.asarray(centres_xyz, dtype=float))
+        table = pd.DataFrame(centres, columns=["coordX", "coordY", "coordZ"])
+        table.insert(0, "seriesuid", prepared.seriesuid)
+        candidates = candidate_set(table, {prepared.seriesuid: prepared})
+        _, embeddings = predict(net, candidates, config, with_embeddings=True)
+        return np.asarray(embeddings, dtype=np.float32)
+
+
+@functools.cache
+def _load_fpr_cached(model: str, version: str) -> tuple[object, object]:
+    """The model, loaded once per weights version (a served index embeds many queries)."""
+    from activecad.models.fpr import load_fpr
+
+    return load_fpr(model)
+
+
+Embedder = IntensityEmbedder | FprEmbedder
+
+
 def folder_nodules(data_dir: str | Path) -> pd.DataFrame:
     """The nodules of a data folder with :data:`METADATA_COLUMNS` (see the module docs)."""
     from activecad.data.folders import read_luna_folder
@@ -82,7 +144,7 @@ def folder_nodules(data_dir: str | Path) -> pd.DataFrame:
 def build_index(
     data_dir: str | Path,
     *,
-    embedder: IntensityEmbedder | None = None,
+    embedder: Embedder | None = None,
     progress: bool = False,
 ) -> NoduleIndex:
     """Embed every nodule of ``data_dir`` and index them (cosine search).
@@ -128,7 +190,7 @@ def _by_scan(nodules: pd.DataFrame, progress: bool) -> Iterable[tuple[str, pd.Da
     return track(groups, description="embedding nodules", transient=True)
 
 
-def embedder_of(index: NoduleIndex) -> IntensityEmbedder:
+def embedder_of(index: NoduleIndex) -> Embedder:
     """The embedder an index was built with, to embed queries the same way.
 
     Raises:
@@ -140,10 +202,13 @@ def embedder_of(index: NoduleIndex) -> IntensityEmbedder:
             "the index does not say how its nodules were embedded",
             fix="rebuild it with 'activecad index build'",
         )
-    embedder = IntensityEmbedder(**settings)
+    embedder: Embedder = (
+        FprEmbedder(**settings) if "model" in settings else IntensityEmbedder(**settings)
+    )
     if embedder.version != index.model_version:
         raise InputError(
-            f"the index says embedder {embedder.version!r} but version {index.model_version!r}",
+            f"the index was built by {index.model_version!r}, but its embedder is now "
+            f"{embedder.version!r} (another model's weights?)",
             fix="rebuild it with 'activecad index build'",
         )
     return embedder
