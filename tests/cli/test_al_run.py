@@ -33,9 +33,7 @@ def test_example_config_is_valid() -> None:
     assert load_config(LoopConfig, example).cycles == 2
 
 
-def test_a_detector_loop_with_a_human_oracle_waits_for_the_readers(
-    tmp_path: Path, run_cli
-) -> None:
+def test_a_detector_loop_with_a_human_oracle_waits_for_the_readers(tmp_path: Path, run_cli) -> None:
     # The detector trains on the answers recorded in the store (tests/active/test_loop.py
     # checks that a reader's answer wins over annotations.csv), so a human-oracle loop that
     # trains is allowed: it proposes cycle 0 and waits for 'al label' before any training.

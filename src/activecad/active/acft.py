@@ -243,9 +243,7 @@ def training_set(
     return sorted(chosen), continual
 
 
-def misclassified_candidates(
-    labels: dict[str, int], probabilities: dict[str, Any]
-) -> list[str]:
+def misclassified_candidates(labels: dict[str, int], probabilities: dict[str, Any]) -> list[str]:
     """H of Alg. 1: labelled candidates whose mean patch prediction (threshold 0.5) differs
     from their label."""
     wrong = [

@@ -276,8 +276,7 @@ class Combined(Heuristic):
     ):
         if w_scan < 0 or w_roi < 0 or w_scan + w_roi == 0:
             raise InputError(
-                f"combined weights must be >= 0 and not both 0, got w_scan={w_scan}, "
-                f"w_roi={w_roi}",
+                f"combined weights must be >= 0 and not both 0, got w_scan={w_scan}, w_roi={w_roi}",
                 fix="e.g. w_scan: 1.0, w_roi: 1.0",
             )
         self.w_scan, self.w_roi, self.reading = w_scan, w_roi, _check_reading(reading)

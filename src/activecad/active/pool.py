@@ -311,9 +311,7 @@ class Pool:
             )
             keys = dict(
                 session.execute(
-                    select(first.c.annotation_id, Item.key).join(
-                        Item, Item.id == first.c.item_id
-                    )
+                    select(first.c.annotation_id, Item.key).join(Item, Item.id == first.c.item_id)
                 ).all()
             )
             rows = session.execute(

@@ -43,7 +43,6 @@ LUNA16_MAX_MARKS = 100
 """Marks per scan the LUNA16 script keeps (the most probable ones)."""
 
 
-
 @dataclass(frozen=True)
 class FrocMatch:
     """Marks and nodules after matching: everything a FROC curve and its bootstrap need.

@@ -31,9 +31,9 @@ def test_loss_above_tau_sums_the_losses_themselves_above_tau() -> None:
 def test_score_above_tau_sums_the_scores_above_tau() -> None:
     # s > 0.5: 0.9 + 0.6 = 1.5; the predicted losses play no part
     assert float(roi_uncertainty(LOSSES, SCORES, 0.5, "score_above_tau")) == pytest.approx(1.5)
-    assert float(
-        roi_uncertainty(torch.zeros(4), SCORES, 0.5, "score_above_tau")
-    ) == pytest.approx(1.5)
+    assert float(roi_uncertainty(torch.zeros(4), SCORES, 0.5, "score_above_tau")) == pytest.approx(
+        1.5
+    )
 
 
 def test_all_variants_at_once_and_zero_without_detections() -> None:

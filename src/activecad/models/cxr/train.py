@@ -190,9 +190,7 @@ class CxrFitTask:
     def start_epoch(self, epoch: int) -> None:
         """Nothing changes between epochs."""
 
-    def next_batch(
-        self, device: str
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def next_batch(self, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         half = max(self.cfg.batch_size // 2, 1)
         pick = torch.randint(len(self.positives), (half,), generator=self.generator).numpy()
         rest = self.cfg.batch_size - half

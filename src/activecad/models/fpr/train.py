@@ -420,7 +420,9 @@ def apply_fpr(
     if out.empty:
         return out.assign(det_probability=[], fpr_probability=[])
     prepared = prepare_scans(scans, config, cache, progress=progress)
-    fpr = predict(net.to(device), candidate_set(out, prepared), config, device=device, progress=progress)
+    fpr = predict(
+        net.to(device), candidate_set(out, prepared), config, device=device, progress=progress
+    )
     out["det_probability"] = out["probability"].to_numpy(float)
     out["fpr_probability"] = np.asarray(fpr).mean(axis=1)
     out["probability"] = combine_probabilities(out["det_probability"], out["fpr_probability"])
@@ -470,8 +472,8 @@ __all__ = [
     "FprFitTask",
     "apply_fpr",
     "build_net",
-    "combine_probabilities",
     "candidate_set",
+    "combine_probabilities",
     "is_fpr_model",
     "load_fpr",
     "predict",
