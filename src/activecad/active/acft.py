@@ -197,6 +197,15 @@ class ACFTHeuristic(Heuristic):
 
 Strategy = Literal["RFT", "AFT", "ACFT(Q)", "ACFT(LQ)", "ACFT(HQ)"]
 
+LEARNING_STRATEGIES: dict[str, str] = {
+    "RFT": "random",
+    "AFT": "acft",
+    "ACFT(Q)": "acft",
+    "ACFT(LQ)": "acft",
+    "ACFT(HQ)": "acft",
+}
+"""Each learning strategy of Zhou et al. (Table 2) and the heuristic that selects its queries."""
+
 
 def training_set(
     strategy: Strategy,

@@ -52,6 +52,17 @@ class LoopConfig(StrictConfig):
         detector: the 3D detector of the loop's learner: ``{preset: name, **overrides}``
             (see ``activecad.models.detector3d.preset_config``); None: preset ``cpu`` when a
             strategy needs scores, otherwise no detector (selection only).
+        items: ``scan`` (scan-level active learning, the detector learns) or ``candidate``
+            (candidate-level: every candidate of a pool scan is an item, the FP-reduction
+            classifier learns; Zhou et al., "Active, continual fine tuning of convolutional
+            neural networks for reducing annotation efforts", Medical Image Analysis 2021).
+            With candidates a strategy may also be one of that paper's learning strategies
+            (``RFT``, ``AFT``, ``ACFT(Q)``, ``ACFT(LQ)``, ``ACFT(HQ)``), which fix both the
+            selection and what each step trains on.
+        candidates: the candidates CSV (``activecad detect`` output or a LUNA16
+            ``candidates.csv``); default ``DATA/candidates.csv``. Candidates only.
+        fpr: the FP-reduction classifier: ``{preset: name, **overrides}`` (see
+            ``activecad.models.fpr.preset_config``). Candidates only.
     """
 
     data: Path
@@ -69,14 +80,21 @@ class LoopConfig(StrictConfig):
     oracle: Literal["simulated", "human"] = "simulated"
     annotation_cost: CostConfig = Field(default_factory=CostConfig)
     detector: dict[str, Any] | None = None
+    items: Literal["scan", "candidate"] = "scan"
+    candidates: Path | None = None
+    fpr: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _known_strategies(self) -> LoopConfig:
+        from activecad.active.acft import LEARNING_STRATEGIES
         from activecad.active.heuristics import HEURISTICS
 
-        unknown = [s for s in self.strategies if s not in HEURISTICS]
+        known = set(HEURISTICS) | (set(LEARNING_STRATEGIES) if self.items == "candidate" else set())
+        unknown = [s for s in self.strategies if s not in known]
         if unknown:
-            raise ValueError(f"unknown strategies {unknown}; known: {sorted(HEURISTICS)}")
+            raise ValueError(f"unknown strategies {unknown}; known: {sorted(known)}")
+        if self.items == "scan" and (self.candidates is not None or self.fpr is not None):
+            raise ValueError("candidates and fpr apply to items: candidate")
         if len(set(self.strategies)) != len(self.strategies):
             raise ValueError("a strategy is listed twice")
         if len(set(self.seeds)) != len(self.seeds):

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from activecad.active.acft import LEARNING_STRATEGIES
 from activecad.active.config import LoopConfig
 from activecad.active.items import ItemScores
 from activecad.active.oracles import AnnotationCost, SimulatedOracle
@@ -172,10 +173,22 @@ def run_loop(
         out.mkdir(parents=True, exist_ok=True)
         _write_atomic(out / "split.json", json.dumps({"pool": pool_uids, "test": test_uids}) + "\n")
         _write_atomic(marker, yaml.safe_dump(resolved, sort_keys=True))
+    truth = folder.annotations
+    pool_items = pool_uids
+    if config.items == "candidate":
+        keys_of_scans = getattr(learner, "keys_of_scans", None)
+        if keys_of_scans is None:
+            raise InputError(
+                "items: candidate needs a candidate learner (the FP-reduction classifier)",
+                fix="run it with 'activecad al run', which builds one",
+            )
+        # Items are the candidates of the pool scans; the split stays by patient.
+        pool_items = keys_of_scans(pool_uids)
+        truth = learner.answers()  # type: ignore[union-attr]
     oracle = None
     if config.oracle == "simulated":
         cost = AnnotationCost(**config.annotation_cost.model_dump())
-        oracle = SimulatedOracle(folder.annotations, cost=cost)
+        oracle = SimulatedOracle(truth, cost=cost)
     waiting: list[str] = []
     cycles: dict[str, int] = {}
     for strategy in config.strategies:
@@ -187,7 +200,7 @@ def run_loop(
             else:
                 run = create_run(
                     sub,
-                    pool_uids,
+                    pool_items,
                     config={**resolved, "strategy": strategy, "seed": seed},
                     seeds={"seed": seed},
                     project=name,
@@ -244,7 +257,9 @@ def _one_run(
             if size <= 0:
                 return cycle, False
             scores = None
-            if strategy != "random" and cycle > 0 and learner is not None:
+            # an ACFT learning strategy (RFT, AFT, ...) names the heuristic that selects
+            selector = LEARNING_STRATEGIES.get(strategy, strategy)
+            if selector != "random" and cycle > 0 and learner is not None:
                 say(f"{tag}: scoring the pool")
                 prev_model = run.folder / "cycles" / str(cycle - 1) / "model"
                 scores = learner.score(
@@ -260,7 +275,7 @@ def _one_run(
             query = propose_query(
                 run,
                 scores,
-                heuristic="random" if cycle == 0 else strategy,
+                heuristic="random" if cycle == 0 else selector,
                 budget=size,
                 seed=cycle_seed(seed, cycle),
             )
@@ -298,6 +313,12 @@ def _one_run(
             model_dir = cycle_dir / "model"
             init = run.folder / "cycles" / str(cycle - 1) / "model"
             init_from = init if (config.mode == "finetune" and cycle > 0) else None
+            if strategy in LEARNING_STRATEGIES and cycle > 0:
+                labels, continual = _learning_step(
+                    strategy, labels, [r.item for r in query.rows], learner, init
+                )
+                init_from = init if continual else None
+                metrics["trained_on"] = len(labels)
             steps = config.steps_per_cycle
             if cycle == 0 and config.initial_steps is not None:
                 steps = config.initial_steps
@@ -309,6 +330,26 @@ def _one_run(
         cycle += 1
         if not run.pool.unlabelled():
             return cycle, False
+
+
+def _learning_step(
+    strategy: str,
+    labels: dict[str, np.ndarray],
+    queried: Sequence[str],
+    learner: Learner,
+    previous_model: Path,
+) -> tuple[dict[str, np.ndarray], bool]:
+    """What a cycle of an ACFT learning strategy trains on, and whether it continues from
+    the previous model (Zhou et al., Medical Image Analysis 2021, Table 2 and Alg. 1)."""
+    from activecad.active.acft import training_set
+
+    new = set(queried)
+    earlier = {k: v for k, v in labels.items() if k not in new}
+    wrong: list[str] = []
+    if strategy == "ACFT(HQ)":
+        wrong = learner.misclassified(previous_model, earlier)  # type: ignore[attr-defined]
+    keys, continual = training_set(strategy, sorted(earlier), sorted(new), misclassified=wrong)  # type: ignore[arg-type]
+    return {k: labels[k] for k in keys}, continual
 
 
 def _same_first_cycle(shared: Path | None, run: Run) -> bool:

@@ -222,14 +222,19 @@ def run_command(
     per scan) every cycle when CONFIG has a ``detector:`` mapping or a strategy needs scores;
     a random-only CONFIG without ``detector:`` records the selections and labels only.
     """
+    from activecad.active.candidate_learner import CandidateLearner
     from activecad.active.config import LoopConfig
     from activecad.active.detector_learner import DetectorLearner
     from activecad.active.loop import run_loop
     from activecad.config import load_config
 
     loop_config = load_config(LoopConfig, config)
-    learner = None
-    if loop_config.detector is not None or loop_config.strategies != ["random"]:
+    learner: DetectorLearner | CandidateLearner | None = None
+    if loop_config.items == "candidate":
+        learner = CandidateLearner(
+            loop_config.data, candidates=loop_config.candidates, fpr=loop_config.fpr
+        )
+    elif loop_config.detector is not None or loop_config.strategies != ["random"]:
         learner = DetectorLearner(loop_config.data, detector=loop_config.detector)
     from rich.console import Console
 
