@@ -1,0 +1,199 @@
+"""Candidate-level active learning on the phantom: ACFT against random fine-tuning.
+
+Zhou et al., "Active, continual fine tuning of convolutional neural networks for reducing
+annotation efforts" (Medical Image Analysis 2021), Table 2's strategies through
+``activecad al run`` with ``items: candidate``: RFT (random selection, fine-tuned on
+everything labelled), AFT (ACFT's selection, retrained from scratch on everything
+labelled), ACFT(LQ) (continual, everything labelled) and ACFT(HQ) (continual, the new
+queries plus the labelled candidates the current model misclassifies), three seeds each.
+
+Candidates are the detector's marks (``benchmarks/fpr.py`` writes them: the active-learning
+experiment's random/seed-0/cycle-4 detector run over the pool and the test scans), the
+``TOP_K`` most probable per scan, labelled by the LUNA16 hit rule. The split by patient is
+the active-learning experiment's (same phantom, same test fraction), so the test scans are
+the same held-out patients. Each cycle reports the AUC of the test scans' candidates.
+
+    python benchmarks/acft.py run --work /work/exp/acft      # hours; resumable
+    python benchmarks/acft.py report --work /work/exp/acft   # anytime, from what finished
+
+Results: ``benchmarks/results/acft/`` (report.json, curves.png, metrics.jsonl per part).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import typer
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "acft"
+PHANTOM = Path("/work/exp/active/phantom")
+DETECTIONS = Path("/work/exp/fpr")
+TOP_K = 5
+STRATEGIES = ["RFT", "AFT", "ACFT(LQ)", "ACFT(HQ)"]
+LOOP = {
+    "items": "candidate",
+    "initial_fraction": 0.05,
+    "query_size": 40,
+    "cycles": 7,
+    "test_fraction": 0.35,  # the active-learning experiment's split
+    "mode": "finetune",
+    "initial_steps": 300,
+    "steps_per_cycle": 150,
+    "oracle": "simulated",
+    # seconds per candidate, not minutes per scan
+    "annotation_cost": {"base_minutes": 0.1, "per_nodule_minutes": 0.0, "per_10mm_minutes": 0.0},
+    "fpr": {"preset": "cpu"},
+}
+PARTS = {f"seed{s}": {"strategies": STRATEGIES, "seeds": [s]} for s in (0, 1, 2)}
+
+app = typer.Typer(add_completion=False, no_args_is_help=True)
+
+
+def _candidates(work: Path) -> Path:
+    out = work / "candidates.csv"
+    if not out.is_file():
+        marks = pd.concat(
+            [pd.read_csv(DETECTIONS / f"{part}_detections.csv", dtype={"seriesuid": str})
+             for part in ("pool", "test")],
+            ignore_index=True,
+        )  # fmt: skip
+        marks = marks.sort_values(["seriesuid", "probability"], ascending=[True, False])
+        marks.groupby("seriesuid").head(TOP_K).to_csv(out, index=False)
+    return out
+
+
+def _config(work: Path, part: str) -> Path:
+    config = {"data": str(PHANTOM), "candidates": str(_candidates(work)), **LOOP, **PARTS[part]}
+    path = work / f"{part}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=True), encoding="utf-8")
+    return path
+
+
+@app.command()
+def run(
+    work: Path = typer.Option(..., help="Folder for the configs and loop folders."),
+    parts: list[str] = typer.Option(list(PARTS), "--part", help="Parts to run, in order."),
+) -> None:
+    """Run (or continue) every part; each finished cycle is kept."""
+    work.mkdir(parents=True, exist_ok=True)
+    for part in parts:
+        config = _config(work, part)
+        out = work / part
+        command = [
+            sys.executable,
+            "-m",
+            "activecad",
+            "-v",
+            "al",
+            "run",
+            str(config),
+            "--out",
+            str(out),
+        ]
+        if (out / "loop.yaml").exists():
+            command.append("--resume")
+        start = time.perf_counter()
+        subprocess.run(command, check=True)
+        with (work / "timings.jsonl").open("a", encoding="utf-8") as handle:
+            handle.write(
+                json.dumps({"part": part, "seconds": round(time.perf_counter() - start, 1)}) + "\n"
+            )
+        report(work)
+
+
+@app.command()
+def report(work: Path = typer.Option(..., help="The folder given to run.")) -> None:
+    """Curves, ALC and annotation saved against RFT from what has finished."""
+    from activecad.metrics import annotation_saved, area_under_learning_curve, summarize_over_seeds
+
+    rows = []
+    for part in PARTS:
+        metrics = work / part / "metrics.jsonl"
+        if metrics.is_file():
+            rows += [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+            (RESULTS / part).mkdir(parents=True, exist_ok=True)
+            shutil.copy(metrics, RESULTS / part / "metrics.jsonl")
+            shutil.copy(work / part / "selections.csv", RESULTS / part / "selections.csv")
+    if not rows:
+        return
+    table = pd.DataFrame(rows)
+    table = table[table["auc"].notna()] if "auc" in table else table.iloc[:0]
+    curves: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+    for (strategy, seed), group in table.groupby(["strategy", "seed"]):
+        group = group.sort_values("cycle")
+        curves.setdefault(strategy, {})[int(seed)] = (
+            group["labelled"].to_numpy(float),
+            group["auc"].to_numpy(float),
+        )
+    summary: dict[str, object] = {}
+    for strategy, by_seed in curves.items():
+        alc = [area_under_learning_curve(x, y) for x, y in by_seed.values() if len(x) > 1]
+        finals = [float(y[-1]) for _, y in by_seed.values()]
+        entry: dict[str, object] = {
+            "seeds": sorted(by_seed),
+            "cycles": {str(s): len(x) for s, (x, _) in by_seed.items()},
+            "final_auc": _summary(summarize_over_seeds(finals)) if len(finals) > 1 else finals,
+            "alc": _summary(summarize_over_seeds(alc)) if len(alc) > 1 else alc,
+        }
+        saved = []
+        for seed, (x, y) in by_seed.items():
+            rft = curves.get("RFT", {}).get(seed)
+            if strategy != "RFT" and rft is not None and len(rft[0]) == len(x) > 1:
+                result = annotation_saved(x, y, rft[0], rft[1])
+                saved.append(float(np.ravel(result.saved_percent)[0]))
+        if saved:
+            entry["annotation_saved_vs_rft_percent"] = saved
+        summary[strategy] = entry
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "report.json").write_text(
+        json.dumps(
+            {
+                "what": "AUC of held-out test candidates per active-learning step "
+                "(Zhou et al. 2021, Table 2 strategies)",
+                "setup": {**LOOP, "top_k_candidates_per_scan": TOP_K, "phantom": str(PHANTOM)},
+                "strategies": summary,
+            },
+            indent=2,
+            default=float,
+        )
+    )
+    _plot(curves, RESULTS / "curves.png")
+
+
+def _summary(s: object) -> dict[str, float]:
+    return {k: float(v) for k, v in vars(s).items() if isinstance(v, (int, float, np.floating))}
+
+
+def _plot(curves: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for strategy, by_seed in sorted(curves.items()):
+        n = min(len(x) for x, _ in by_seed.values())
+        x = next(iter(by_seed.values()))[0][:n]
+        ys = np.array([y[:n] for _, y in by_seed.values()])
+        ax.plot(x, ys.mean(axis=0), marker="o", label=f"{strategy} ({len(ys)} seeds)")
+        if len(ys) > 1:
+            ax.fill_between(x, ys.min(axis=0), ys.max(axis=0), alpha=0.15)
+    ax.set_xlabel("labelled candidates")
+    ax.set_ylabel("test AUC (candidates of held-out patients)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+
+
+if __name__ == "__main__":
+    app()
