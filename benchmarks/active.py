@@ -106,7 +106,17 @@ def run(
     for part in parts:
         config = _config(work, part)
         out = work / part
-        command = [sys.executable, "-m", "activecad", "-v", "al", "run", str(config), "--out", str(out)]
+        command = [
+            sys.executable,
+            "-m",
+            "activecad",
+            "-v",
+            "al",
+            "run",
+            str(config),
+            "--out",
+            str(out),
+        ]
         if (out / "loop.yaml").exists():
             command.append("--resume")
         start = time.perf_counter()

@@ -52,7 +52,8 @@ def build_command(
     """Embed every nodule of DATA_DIR and write an index folder.
 
     With --model the embedding is the FP-reduction classifier's mid-level feature (Park et
-    al., "Transferable deep features from a false-positive reduction network"); without it,
+    al., "How transferable are the deep features from false positive reduction network for
+    lung nodule detection in CT to malignancy prediction?", 2017); without it,
     the raw-intensity baseline.
     """
     from activecad.models.fpr import load_fpr

@@ -53,7 +53,8 @@ def train_fpr_command(
 ) -> None:
     """Train the 3D encoder-decoder FP-reduction classifier (nodule vs non-nodule).
 
-    After Park et al., "Transferable deep features from a false-positive reduction network"
+    After Park, Lee, Park & Jung, "How transferable are the deep features from false positive
+    reduction network for lung nodule detection in CT to malignancy prediction?" (2017)
     and Dou et al., "Automated pulmonary nodule detection via 3D ConvNets with online sample
     filtering and hybrid-loss residual learning" (MICCAI 2017). Candidates are labelled by
     the LUNA16 hit rule; every annotated nodule is added as a candidate.

@@ -12,7 +12,8 @@ classifier's embedding must beat on Recall@K.
 
 :class:`FprEmbedder` embeds with an FP-reduction model (``activecad train fpr``): the mean
 over the candidate's augmented patches of the classifier's mid-level feature, L2-normalised
-(Park et al., "Transferable deep features from a false-positive reduction network"). Its
+(Park, Lee, Park & Jung, "How transferable are the deep features from false positive
+reduction network for lung nodule detection in CT to malignancy prediction?", 2017). Its
 version is the SHA-256 of the model's weights, so an index is only ever searched with
 the model that built it.
 """

@@ -1,8 +1,9 @@
 """Typed configuration of the FP-reduction classifier and its two presets.
 
-"Park et al." below is Park, Oh, Kim et al., "Transferable deep features from a
-false-positive reduction network" (the FP-reduction classifier whose mid-level feature is
-the nodule embedding); "Dou et al." is Dou, Chen, Jin, Lin, Qin & Heng, "Automated
+"Park et al." below is Park, Lee, Park & Jung, "How transferable are the deep features
+from false positive reduction network for lung nodule detection in CT to malignancy
+prediction?" (2017): the FP-reduction classifier whose mid-level feature is the nodule
+embedding. "Dou et al." is Dou, Chen, Jin, Lin, Qin & Heng, "Automated
 pulmonary nodule detection via 3D ConvNets with online sample filtering and hybrid-loss
 residual learning", MICCAI 2017 (the training recipe Park et al. follow).
 """
