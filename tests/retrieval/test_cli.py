@@ -74,9 +74,14 @@ def test_an_fpr_index_finds_its_nodule_and_refuses_another_models_weights(
         "search", "--index", tmp_path / "idx", "--scan", target.seriesuid,
         "--x", target.coordX, "--y", target.coordY, "--z", target.coordZ, "-k", "1", "--json",
     )  # fmt: skip
-    found = run_cli(*query)
+    found = run_cli(*query, "--montage", tmp_path / "montage.png")
     assert found.exit_code == 0, found.stderr
     assert json.loads(found.stdout)[0]["distance"] == pytest.approx(0.0, abs=1e-4)
+    from PIL import Image
+
+    with Image.open(tmp_path / "montage.png") as picture:
+        width, height = picture.size
+    assert height > width / 2  # two rows (the query and one neighbour) of three views
     # Retrain (other weights) into the same folder: the index no longer matches its model.
     torch.manual_seed(1)
     save_fpr(tmp_path / "fpr", build_net(config), config, [])

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from activecad.cli._common import atomic_output, output_folder
+from activecad.cli._common import atomic_output, output_file, output_folder
 from activecad.errors import InputError
 
 index_app = typer.Typer(
@@ -88,6 +88,13 @@ def search_command(
     y: Annotated[float, typer.Option("--y", help="World y of the query, mm.", show_default=False)],
     z: Annotated[float, typer.Option("--z", help="World z of the query, mm.", show_default=False)],
     k: Annotated[int, typer.Option("-k", "--k", min=1, max=100, help="Neighbours to return.")] = 4,
+    montage: Annotated[
+        Path | None,
+        typer.Option(
+            "--montage",
+            help="PNG to write: the query and its neighbours, three orthogonal views each.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the neighbours as JSON.")] = False,
 ) -> None:
     """The k indexed nodules most similar to the world point (x, y, z) of a scan."""
@@ -101,6 +108,8 @@ def search_command(
     from activecad.retrieval import NoduleIndex
     from activecad.retrieval.build import embedder_of
 
+    if montage is not None:
+        montage = output_file(montage, option="--montage")
     opened = NoduleIndex.load(index)
     embedder = embedder_of(opened)
     data = str(opened.extra.get("data", ""))
@@ -113,6 +122,18 @@ def search_command(
         )
     query = embedder.embed(read_scan(paths[scan]), np.array([[x, y, z]]))
     (found,) = opened.search(query, k=k)
+    if montage is not None:
+        from activecad.retrieval.plots import orthogonal_views, save_montage
+
+        rows = [
+            (f"query\n{scan[-8:]}", orthogonal_views(read_scan(paths[scan]), np.array([x, y, z])))
+        ]
+        for n in found:
+            views = orthogonal_views(read_scan(paths[n.seriesuid]), np.array([n.x, n.y, n.z]))
+            title = f"{n.rank}. {n.seriesuid[-8:]}\nmalignancy {n.malignancy:.1f}"
+            rows.append((f"{title}\nd {n.distance:.3f}", views))
+        with atomic_output(montage, folder=False) as tmp:
+            save_montage(rows, tmp)
     if as_json:
         typer.echo(json.dumps([asdict(n) for n in found]))
         return
