@@ -233,6 +233,14 @@ def main(
         for index, values in parts_:
             matrix[index] = values
         embeddings[name] = matrix
+    from activecad.retrieval.plots import save_tsne
+
+    for name, title in (("fpr", "FP-reduction embedding"), ("intensity", "raw intensity")):
+        save_tsne(
+            embeddings[name], nodules["malignancy"].to_numpy(float),
+            RESULTS / f"retrieval_tsne_{name}.png",
+            title=f"{title}: {len(nodules)} nodules, >= 3 readers",
+        )  # fmt: skip
     binary, four = _malignancy_groups(nodules["malignancy"].to_numpy(float))
     recall: dict[str, object] = {}
     for subset_name, subset in (
