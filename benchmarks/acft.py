@@ -167,6 +167,53 @@ def report(work: Path = typer.Option(..., help="The folder given to run.")) -> N
         )
     )
     _plot(curves, RESULTS / "curves.png")
+    _gallery(work, RESULTS / "gallery.png")
+
+
+def _gallery(work: Path, out: Path, strategy: str = "ACFT(HQ)", cycle: int = 1, n: int = 4) -> None:
+    """Zhou et al. Fig. 7: the top and bottom candidates ACFT selected at a step, each as the
+    middle axial slice of its first patch and the histogram of its m patch predictions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from activecad.active.candidate_learner import CandidateLearner
+
+    run = work / "seed0"
+    selections = run / "selections.csv"
+    model = run / "runs" / f"{strategy}-seed0" / "cycles" / str(cycle - 1) / "model"
+    if not selections.is_file() or not (model / "weights.pt").is_file():
+        return
+    chosen = pd.read_csv(selections)
+    chosen = chosen[(chosen.strategy == strategy) & (chosen.cycle == cycle)].sort_values("rank")
+    if len(chosen) < 2 * n:
+        return
+    picks = pd.concat([chosen.head(n), chosen.tail(n)])
+    config = yaml.safe_load((work / "seed0.yaml").read_text())
+    learner = CandidateLearner(config["data"], candidates=config["candidates"], fpr=config["fpr"])
+    keys = picks["item"].tolist()
+    probabilities = [s.probabilities for s in learner.score(model, keys, seed=0)]
+    patches = learner._set(keys).patches(np.arange(len(keys)), learner.config)
+    truth = learner.table.set_index("key").loc[keys, "label"].to_numpy()
+    fig, axes = plt.subplots(2, 2 * n, figsize=(2 * 2 * n, 4.2))
+    for i in range(len(keys)):
+        image, hist = axes[0, i], axes[1, i]
+        image.imshow(patches[i, 0, 0, patches.shape[3] // 2], cmap="gray")
+        image.set_xticks([])
+        image.set_yticks([])
+        where = "top" if i < n else "bottom"
+        image.set_title(f"{where}: {'nodule' if truth[i] else 'non-nodule'}", fontsize=8)
+        hist.hist(probabilities[i], bins=10, range=(0, 1), color="tab:blue")
+        hist.set_xlim(0, 1)
+        hist.set_xlabel("patch P(nodule)", fontsize=7)
+        hist.tick_params(labelsize=6)
+    fig.suptitle(
+        f"{strategy}, seed 0, step {cycle}: top and bottom {n} selected candidates", fontsize=9
+    )
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
 
 
 def _summary(s: object) -> dict[str, float]:
