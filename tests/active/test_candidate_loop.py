@@ -67,6 +67,13 @@ def test_rft_and_acft_hq_run_through_al_run(tiny_cohort: Path, tmp_path: Path, r
     assert selections["item"].str.contains("#").all()
     # each candidate costs 0.1 minutes
     assert by[("RFT", 1)]["minutes"] == pytest.approx(0.1 * by[("RFT", 1)]["labelled"])
+    # al report reads candidate loops too: test AUC curves, compared with RFT
+    report = run_cli("al", "report", tmp_path / "run", "--out", tmp_path / "report", "--json")
+    assert report.exit_code == 0, report.stderr
+    summary = json.loads(report.stdout)
+    assert summary["metrics"] == ["auc"] and summary["baseline"] == "RFT"
+    assert (tmp_path / "report" / "curves.png").is_file()
+    assert not (tmp_path / "report" / "scatter.png").exists()
 
 
 def test_h_is_exactly_the_misclassified_labelled_candidates() -> None:

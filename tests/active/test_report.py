@@ -40,7 +40,8 @@ def test_report_numbers_by_hand(tmp_path: Path) -> None:
     assert random_cpm["final"]["mean"] == pytest.approx(0.10) and random_cpm["final"]["n"] == 2
     # no full-data CPM given: target = 0.95 x random's last mean CPM = 0.095, which both
     # strategies first reach at 10 labels -> 0 saved
-    assert summary["target"]["cpm"] == pytest.approx(0.095)
+    assert summary["target"]["metric"] == "cpm"
+    assert summary["target"]["value"] == pytest.approx(0.095)
     reach = summary["strategies"]["learning_loss"]["labels_to_target"]
     assert reach["per_seed"] == [10.0, 10.0] and reach["saved"]["mean"] == 0.0
     # the scatter holds the scans learning_loss chose in cycles 1 and 2 (4 each, 2 seeds)

@@ -34,8 +34,13 @@ from activecad.metrics import annotation_saved, area_under_learning_curve, summa
 
 __all__ = ["Curves", "read_curves", "write_report"]
 
-METRICS = ("cpm", "sens_at_4")
-_LABELS = {"cpm": "CPM", "sens_at_4": "sensitivity at 4 FPs/scan"}
+SCAN_METRICS = ("cpm", "sens_at_4")
+CANDIDATE_METRICS = ("auc",)
+_LABELS = {
+    "cpm": "CPM",
+    "sens_at_4": "sensitivity at 4 FPs/scan",
+    "auc": "AUC of the test candidates",
+}
 
 
 @dataclass(frozen=True)
@@ -48,12 +53,19 @@ class Curves:
         runs: strategy -> seed -> DataFrame indexed by cycle with ``labelled``, ``minutes``,
             ``cpm``, ``sens_at_4``.
         folders: strategy -> seed -> the loop folder it came from.
+        metrics: the test metrics the runs report: CPM and sensitivity at 4 FPs per scan for
+            scan-level loops, the AUC of the test candidates for candidate-level ones; the
+            first is the one targets and annotation saved are measured on.
+        baseline: the strategy the others are compared with (``random``; ``RFT`` for
+            ACFT's learning strategies).
     """
 
     pool_size: int
     labelled: np.ndarray
     runs: dict[str, dict[int, pd.DataFrame]]
     folders: dict[str, dict[int, Path]]
+    metrics: tuple[str, ...] = SCAN_METRICS
+    baseline: str = "random"
 
 
 def _read_jsonl(path: Path) -> list[dict[str, object]]:
@@ -116,7 +128,10 @@ def read_curves(folders: list[Path]) -> Curves:
             "the runs labelled different numbers of scans per cycle",
             fix="report runs of one loop configuration together",
         )
-    return Curves(len(pool), longest, dict(runs), dict(where))
+    columns = {c for seeds in runs.values() for frame in seeds.values() for c in frame.columns}
+    metrics = SCAN_METRICS if "cpm" in columns or "auc" not in columns else CANDIDATE_METRICS
+    baseline = "RFT" if "RFT" in runs else "random"
+    return Curves(len(pool), longest, dict(runs), dict(where), metrics, baseline)
 
 
 def _matrix(curves: Curves, strategy: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -141,17 +156,20 @@ def summarise(
     curves: Curves, *, target_fraction: float = 0.95, full_cpm: float | None = None
 ) -> dict[str, object]:
     """Numbers of the report (see the module docs); JSON-ready (NaN as None)."""
+    main, baseline = curves.metrics[0], curves.baseline
     reference = full_cpm
-    reference_note = "full-data CPM given by the user"
-    if reference is None and "random" in curves.runs:
-        _, random_cpm = _matrix(curves, "random", "cpm")
-        reference = float(np.nanmean(random_cpm[:, -1]))
-        reference_note = "random's mean CPM at its last cycle (no full-data CPM given)"
+    reference_note = f"full-data {_LABELS[main]} given by the user"
+    if reference is None and baseline in curves.runs:
+        _, base_values = _matrix(curves, baseline, main)
+        reference = float(np.nanmean(base_values[:, -1]))
+        reference_note = (
+            f"{baseline}'s mean {_LABELS[main]} at its last cycle (no full-data value given)"
+        )
     target = None if reference is None else target_fraction * reference
     strategies: dict[str, object] = {}
     for strategy in sorted(curves.runs):
         entry: dict[str, object] = {"seeds": sorted(curves.runs[strategy])}
-        for metric in METRICS:
+        for metric in curves.metrics:
             x, y = _matrix(curves, strategy, metric)
             percent = 100.0 * x / curves.pool_size
             final = summarize_over_seeds(y[:, -1])
@@ -166,24 +184,27 @@ def summarise(
                 "final": final.__dict__,
                 "alc": None if alc is None else alc.__dict__,
             }
-        if target is not None and strategy != "random" and "random" in curves.runs:
-            x, y = _matrix(curves, strategy, "cpm")
-            xr, yr = _matrix(curves, "random", "cpm")
+        if target is not None and strategy != baseline and baseline in curves.runs:
+            x, y = _matrix(curves, strategy, main)
+            xr, yr = _matrix(curves, baseline, main)
             if len(x) >= 2 and len(xr) >= 2:
                 saved = annotation_saved(x, y, xr, np.nanmean(yr, axis=0), target=target)
                 entry["labels_to_target"] = {
                     "per_seed": saved.labels_a.tolist(),
-                    "random": float(saved.labels_b[0]),
+                    "baseline": float(saved.labels_b[0]),
                     "saved": summarize_over_seeds(saved.saved).__dict__,
                 }
         strategies[strategy] = entry
     payload = {
         "pool_size": curves.pool_size,
         "labelled": curves.labelled.tolist(),
+        "metrics": list(curves.metrics),
+        "baseline": baseline,
         "target": {
             "fraction": target_fraction,
             "reference": reference,
-            "cpm": target,
+            "metric": main,
+            "value": target,
             "reference_is": reference_note,
         },
         "strategies": strategies,
@@ -210,12 +231,13 @@ def _plot_curves(curves: Curves, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharey="row")
+    rows = len(curves.metrics)
+    fig, axes = plt.subplots(rows, 2, figsize=(11, 4 * rows), sharey="row", squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, strategy in enumerate(sorted(curves.runs)):
         colour = colours[i % len(colours)]
         minutes = _minutes(curves, strategy)
-        for row, metric in enumerate(METRICS):
+        for row, metric in enumerate(curves.metrics):
             x, y = _matrix(curves, strategy, metric)
             if not np.isfinite(y).any():
                 continue
@@ -236,7 +258,7 @@ def _plot_curves(curves: Curves, path: Path) -> None:
                         color=colour,
                         alpha=0.15,
                     )
-    for row, metric in enumerate(METRICS):
+    for row, metric in enumerate(curves.metrics):
         axes[row, 0].set_ylabel(_LABELS[metric])
         axes[row, 0].set_xlabel("% of the pool labelled")
         axes[row, 1].set_xlabel("simulated annotation minutes")
@@ -323,32 +345,35 @@ def _fmt(summary: dict[str, object] | None) -> str:
 
 def _markdown(summary: dict[str, object], scatter: bool) -> str:
     target = summary["target"]
+    metrics, baseline = summary["metrics"], summary["baseline"]
+    main = _LABELS[metrics[0]]
+    header = " | ".join(
+        [f"final {_LABELS[m]}" for m in metrics] + [f"ALC ({_LABELS[m]})" for m in metrics]
+    )
     lines = [
         "# Active-learning report",
         "",
-        f"Pool: {summary['pool_size']} scans; labelled after each cycle: "
+        f"Pool: {summary['pool_size']} items; labelled after each cycle: "
         f"{', '.join(map(str, summary['labelled']))}.",
         "Mean over seeds with a 95% Student-t interval (a single seed has none).",
         "",
-        "| strategy | seeds | final CPM | final sens@4 | ALC (CPM) | ALC (sens@4) "
-        "| labels to target CPM (random) |",
-        "|---|---|---|---|---|---|---|",
+        f"| strategy | seeds | {header} | labels to target {main} ({baseline}) |",
+        "|---|---|" + "---|" * (2 * len(metrics)) + "---|",
     ]
     for strategy, entry in summary["strategies"].items():
         reach = entry.get("labels_to_target")
         reach_text = "–"
         if reach:
             per_seed = ", ".join("never" if v is None else f"{v:.0f}" for v in reach["per_seed"])
-            reach_text = f"{per_seed} (random {reach['random']})"
-        lines.append(
-            f"| {strategy} | {len(entry['seeds'])} | {_fmt(entry['cpm']['final'])} "
-            f"| {_fmt(entry['sens_at_4']['final'])} | {_fmt(entry['cpm']['alc'])} "
-            f"| {_fmt(entry['sens_at_4']['alc'])} | {reach_text} |"
-        )
-    if target["cpm"] is not None:
+            reach_text = f"{per_seed} ({baseline} {reach['baseline']})"
+        cells = [_fmt(entry[m]["final"]) for m in metrics] + [
+            _fmt(entry[m]["alc"]) for m in metrics
+        ]
+        lines.append(f"| {strategy} | {len(entry['seeds'])} | {' | '.join(cells)} | {reach_text} |")
+    if target["value"] is not None:
         lines += [
             "",
-            f"Target CPM {target['cpm']:.3f} = {target['fraction']:.2f} x "
+            f"Target {main} {target['value']:.3f} = {target['fraction']:.2f} x "
             f"{target['reference']:.3f} ({target['reference_is']}); "
             "'never' means the run did not reach it.",
         ]
@@ -371,7 +396,8 @@ def write_report(
     summary = summarise(curves, target_fraction=target_fraction, full_cpm=full_cpm)
     out.mkdir(parents=True, exist_ok=True)
     _plot_curves(curves, out / "curves.png")
-    table = _selected_sizes(curves)
+    # The size-vs-predicted-loss scatter is about scans (candidates have no l_scan).
+    table = _selected_sizes(curves) if curves.metrics == SCAN_METRICS else pd.DataFrame()
     if len(table):
         _plot_scatter(table, out / "scatter.png")
         table.to_csv(out / "selected.csv", index=False)

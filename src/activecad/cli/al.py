@@ -299,8 +299,9 @@ def report_command(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print report.json.")] = False,
 ) -> None:
-    """Learning curves (CPM, sensitivity at 4 FPs/scan against % labelled and minutes),
-    ALC per strategy, labels saved against random, and nodule size against predicted loss."""
+    """Learning curves (CPM, sensitivity at 4 FPs/scan; for candidates the test AUC) against %
+    labelled and minutes, ALC per strategy, labels saved against random (RFT for ACFT's
+    strategies), and nodule size against predicted loss."""
     from activecad.active.report import write_report
     from activecad.cli._common import atomic_output, output_folder
 
@@ -310,13 +311,15 @@ def report_command(
     if as_json:
         typer.echo(json.dumps(summary))
         return
+    main = summary["metrics"][0]  # type: ignore[index]
     for strategy, entry in summary["strategies"].items():  # type: ignore[union-attr]
-        final = entry["cpm"]["final"]["mean"]
-        alc = entry["cpm"]["alc"]
+        final = entry[main]["final"]["mean"]
+        alc = entry[main]["alc"]
         alc_text = "–" if alc is None else f"{alc['mean']:.3f}"
         final_text = "–" if final is None else f"{final:.3f}"
         typer.echo(
-            f"{strategy}: {len(entry['seeds'])} seeds, final CPM {final_text}, ALC {alc_text}"
+            f"{strategy}: {len(entry['seeds'])} seeds, final {main} {final_text}, "
+            f"ALC {alc_text}"
         )
     typer.echo(f"report written to {out / 'report.md'}")
 
