@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import typer
 import yaml
+
+from _al_parts import run_part
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "acft"
@@ -86,27 +85,7 @@ def run(
     """Run (or continue) every part; each finished cycle is kept."""
     work.mkdir(parents=True, exist_ok=True)
     for part in parts:
-        config = _config(work, part)
-        out = work / part
-        command = [
-            sys.executable,
-            "-m",
-            "activecad",
-            "-v",
-            "al",
-            "run",
-            str(config),
-            "--out",
-            str(out),
-        ]
-        if (out / "loop.yaml").exists():
-            command.append("--resume")
-        start = time.perf_counter()
-        subprocess.run(command, check=True)
-        with (work / "timings.jsonl").open("a", encoding="utf-8") as handle:
-            handle.write(
-                json.dumps({"part": part, "seconds": round(time.perf_counter() - start, 1)}) + "\n"
-            )
+        run_part(work, part, _config(work, part))
         report(work)
 
 

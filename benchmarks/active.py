@@ -23,11 +23,12 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import typer
 import yaml
+
+from _al_parts import run_part
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "active"
@@ -104,31 +105,8 @@ def run(
     """Run (or continue) every part; each finished cycle is kept."""
     work.mkdir(parents=True, exist_ok=True)
     for part in parts:
-        config = _config(work, part)
-        out = work / part
-        command = [
-            sys.executable,
-            "-m",
-            "activecad",
-            "-v",
-            "al",
-            "run",
-            str(config),
-            "--out",
-            str(out),
-        ]
-        if (out / "loop.yaml").exists():
-            command.append("--resume")
-        start = time.perf_counter()
-        subprocess.run(command, check=True)
-        _log(work, {"part": part, "seconds": round(time.perf_counter() - start, 1)})
+        run_part(work, part, _config(work, part))
         report(work)
-
-
-def _log(work: Path, entry: dict[str, object]) -> None:
-    entry = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **entry}
-    with (work / "timings.jsonl").open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(entry) + "\n")
 
 
 @app.command()
