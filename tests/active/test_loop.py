@@ -179,6 +179,28 @@ def test_killed_between_selection_and_labelling(tmp_path: Path) -> None:
         assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
 
 
+def test_resume_accepts_a_config_saved_before_an_option_existed(tmp_path: Path) -> None:
+    # loop.yaml written by an older activecad lacks options added since; at their defaults
+    # they change nothing, so the run resumes. A changed value still refuses.
+    import yaml
+
+    data = _folder(tmp_path / "data")
+    config = _config(data).model_copy(update={"cycles": 1})
+    run_loop(config, tmp_path / "run", learner=FakeLearner())
+    marker = tmp_path / "run" / "loop.yaml"
+    saved = yaml.safe_load(marker.read_text())
+    del saved["annotation_cost"], saved["label_budget"]
+    marker.write_text(yaml.safe_dump(saved))
+    run_loop(config, tmp_path / "run", resume=True, learner=FakeLearner())
+    with pytest.raises(InputError, match="differs"):
+        run_loop(
+            config.model_copy(update={"query_size": 5}),
+            tmp_path / "run",
+            resume=True,
+            learner=FakeLearner(),
+        )
+
+
 class RecordingLearner(FakeLearner):
     """Remembers the answers each training call was given."""
 

@@ -159,8 +159,10 @@ def run_loop(
         )
     folder = read_luna_folder(config.data)
     if resume:
-        saved = yaml.safe_load(marker.read_text(encoding="utf-8"))
-        if saved != resolved:
+        # Read the saved config through the model, so options added by a later activecad
+        # (present now at their defaults, absent from the file) do not block a resume.
+        saved = type(config).model_validate(yaml.safe_load(marker.read_text(encoding="utf-8")))
+        if saved.model_dump(mode="json") != resolved:
             raise InputError(
                 "the config differs from the one this loop was started with",
                 path=marker,
