@@ -70,6 +70,17 @@ def _rows(kind: str) -> pd.DataFrame:
                 "Train_Val_Test": [1, 3],
             }
         )
+    if kind == "lesion_predictions":
+        return pd.DataFrame(
+            {
+                "File_name": ["000001_01_01_109.png", "000001_01_01/110.png"],
+                "x1": [218.5, 220],
+                "y1": [90.6, 92],
+                "x2": [252.9, 250],
+                "y2": [202.1, 200],
+                "score": [0.93, 0.4],
+            }
+        )
     if kind == "cxr_boxes":
         return pd.DataFrame(
             {

@@ -107,3 +107,49 @@ def test_key_slice_froc_counts_fps_per_slice():
     np.testing.assert_allclose(
         sensitivity_at_fp_rates(fps, sens, KEY_SLICE_FP_RATES), [0.5, 0.5, 1.0, 1.0]
     )
+
+
+def test_pixel_iou_by_hand():
+    # [0,0,9,9] vs [5,0,14,9]. Pixel convention (DeepLesion's evaluation, x2 - x1 + 1):
+    # each box 10 x 10 = 100 px, overlap columns 5..9 -> 5 x 10 = 50, union 150 -> 1/3.
+    # Continuous: each box 9 x 9 = 81, overlap 4 x 9 = 36, union 126 -> 2/7.
+    a, b = [[0, 0, 9, 9]], [[5, 0, 14, 9]]
+    assert box_iou(a, b, iou_convention="pixel")[0, 0] == pytest.approx(1 / 3)
+    assert box_iou(a, b, iou_convention="continuous")[0, 0] == pytest.approx(2 / 7)
+    assert box_iou(a, b)[0, 0] == pytest.approx(2 / 7)  # the default is unchanged
+    # Boxes sharing only the column x = 9 share 10 pixels in the pixel convention
+    # (10 / (100 + 100 - 10) = 1/19) and no area in the continuous one.
+    assert box_iou(a, [[9, 0, 18, 9]], iou_convention="pixel")[0, 0] == pytest.approx(1 / 19)
+    assert box_iou(a, [[9, 0, 18, 9]])[0, 0] == 0.0
+
+
+def test_pixel_iou_counts_every_axis_of_3d_boxes():
+    # 2 x 2 x 2 voxels each in the pixel convention, overlapping in 1 x 2 x 2 = 4: 4 / 12.
+    iou = box_iou([[0, 0, 0, 1, 1, 1]], [[1, 0, 0, 2, 1, 1]], iou_convention="pixel")
+    assert iou[0, 0] == pytest.approx(1 / 3)
+
+
+def test_the_convention_decides_a_hit_at_the_threshold():
+    # Lesion [0,0,9,9], detection [3,0,12,9]. Continuous: overlap 6 x 9 = 54, union
+    # 81 + 81 - 54 = 108, IoU exactly 0.5 -> not > 0.5, an FP. Pixel: overlap 7 x 10 = 70,
+    # union 100 + 100 - 70 = 130, IoU 7/13 ~ 0.54 -> a hit (hand).
+    args = (["s"], [[3, 0, 12, 9]], [0.9], ["s"], [[0, 0, 9, 9]])
+    continuous = match_boxes(*args)
+    pixel = match_boxes(*args, iou_convention="pixel")
+    assert (continuous.n_detected, continuous.n_fp) == (0, 1)
+    assert (pixel.n_detected, pixel.n_fp) == (1, 0)
+
+
+def test_the_convention_applies_to_ignore_boxes_too():
+    # The detection meets the ignore box with IoU 0.5 (continuous) or 7/13 (pixel).
+    kwargs = {"ignore_ids": ["s"], "ignore_boxes": [[0, 0, 9, 9]]}
+    args = (["s"], [[3, 0, 12, 9]], [0.9], [], np.empty((0, 4)))
+    assert match_boxes(*args, **kwargs).n_fp == 1
+    assert match_boxes(*args, **kwargs, iou_convention="pixel").n_ignored == 1
+
+
+def test_unknown_iou_convention_suggests_the_nearest():
+    with pytest.raises(ValueError, match=r"continuous, pixel, got 'pixels'.*Did you mean 'pixel'"):
+        box_iou([[0, 0, 1, 1]], [[0, 0, 1, 1]], iou_convention="pixels")
+    with pytest.raises(ValueError, match="iou_convention"):
+        match_boxes(["a"], [[0, 0, 1, 1]], [0.5], ["a"], [[0, 0, 1, 1]], iou_convention="x")

@@ -63,3 +63,22 @@ def test_cross_section_on_another_slice_does_not_count():
     st = _example()
     m = match_stacked_boxes(st, ["v"], [6], [[2, 0, 12, 10]])
     assert m.n_detected == 0
+
+
+def test_pixel_convention_links_and_matches_what_continuous_does_not():
+    # Slice 0 [0,0,9,9] and slice 1 [3,0,12,9]: IoU exactly 0.5 in the continuous convention
+    # (54 / 108), 7/13 in the pixel one (70 / 130), by hand. The 0.5 threshold is strict, so
+    # only the pixel convention chains them and only its cross-section on slice 1 hits the
+    # lesion drawn there as [0,0,9,9].
+    args = (["v", "v"], [0, 1], [[0, 0, 9, 9], [3, 0, 12, 9]], [0.4, 0.8])
+    continuous = stack_slice_boxes(*args)
+    pixel = stack_slice_boxes(*args, iou_convention="pixel")
+    assert len(continuous.scores) == 2 and len(pixel.scores) == 1
+    np.testing.assert_array_equal(pixel.boxes[0], [0, 0, 0, 12, 9, 2])
+    gt = (["v"], [1], [[0, 0, 9, 9]])
+    # Continuous: the slice-1 box misses (IoU 0.5 is not > 0.5); both 3D boxes are FPs.
+    m = match_stacked_boxes(continuous, *gt)
+    assert (m.n_detected, m.n_fp) == (0, 2)
+    m = match_stacked_boxes(pixel, *gt, iou_convention="pixel")
+    assert (m.n_detected, m.n_fp) == (1, 0)
+    np.testing.assert_array_equal(m.tp_probs, [0.8])

@@ -318,8 +318,7 @@ def report_command(
         alc_text = "–" if alc is None else f"{alc['mean']:.3f}"
         final_text = "–" if final is None else f"{final:.3f}"
         typer.echo(
-            f"{strategy}: {len(entry['seeds'])} seeds, final {main} {final_text}, "
-            f"ALC {alc_text}"
+            f"{strategy}: {len(entry['seeds'])} seeds, final {main} {final_text}, ALC {alc_text}"
         )
     typer.echo(f"report written to {out / 'report.md'}")
 

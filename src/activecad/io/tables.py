@@ -25,6 +25,12 @@ Kinds and the frame of each column (``TABLE_SCHEMAS`` holds them):
   x, y, z mm; ``Image_size`` (2) columns, rows; ``DICOM_windows`` (2) low, high HU.
   List-valued cells are written as comma-separated numbers, as in the real file, and read
   back as tuples of floats.
+- ``lesion_predictions``: 2D detections on the slices of DeepLesion-style series, one row
+  per box. ``File_name`` names the slice as ``lesions`` does,
+  ``<patient>_<study>_<series>_<slice>.png`` (or the image path
+  ``<patient>_<study>_<series>/<slice>.png``); ``x1, y1`` the top-left and ``x2, y2`` the
+  bottom-right corner in pixels of that slice (x = column, y = row), ``score`` the
+  detection score.
 - ``cxr_boxes``: chest-radiograph boxes in pixels of the image, ``x1, y1`` the top-left
   and ``x2, y2`` the bottom-right corner (x = column, y = row), with a ``label``.
 - ``cxr_labels``: image-level labels, ``image_id, label`` plus any extra label columns.
@@ -216,6 +222,11 @@ TABLE_SCHEMAS: dict[str, TableSchema] = {
         # DeepLesion: -1 = type unknown (test set only labelled), 1..8 = bone .. body.
         ranges={"Coarse_lesion_type": (-1, 8), "Possibly_noisy": (0, 1), "Train_Val_Test": (1, 3)},
     ),
+    "lesion_predictions": TableSchema(
+        required=("File_name", "x1", "y1", "x2", "y2", "score"),
+        text=("File_name",),
+        numeric=("x1", "y1", "x2", "y2", "score"),
+    ),
     "cxr_boxes": TableSchema(
         required=("image_id", "x1", "y1", "x2", "y2", "label"),
         text=("image_id", "label"),
@@ -393,7 +404,8 @@ def read_table(path: str | Path, kind: str) -> pd.DataFrame:
         path: the CSV file (header line + one row per item).
         kind: one of ``TABLE_SCHEMAS`` (``"annotations"``, ``"excluded"``,
             ``"candidates"``, ``"submission"``, ``"readers"``, ``"lesions"``,
-            ``"cxr_boxes"``, ``"cxr_labels"``); the module docstring gives each column's frame.
+            ``"lesion_predictions"``, ``"cxr_boxes"``, ``"cxr_labels"``); the module
+            docstring gives each column's frame.
 
     Returns:
         One row per CSV row; identifier columns as text, numeric columns as numbers,

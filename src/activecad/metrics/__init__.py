@@ -5,7 +5,12 @@ arrays and thresholds; options after ``*`` are keyword-only. Bad arguments raise
 ``ValueError`` quoting what was received.
 """
 
-from activecad.metrics._box_matching import KEY_SLICE_FP_RATES, box_iou, match_boxes
+from activecad.metrics._box_matching import (
+    KEY_SLICE_FP_RATES,
+    IouConvention,
+    box_iou,
+    match_boxes,
+)
 from activecad.metrics._dice import dice_score
 from activecad.metrics._froc import (
     LUNA16_FP_RATES,
@@ -51,6 +56,7 @@ __all__ = [
     "BootstrapComparison",
     "FrocBootstrap",
     "FrocMatch",
+    "IouConvention",
     "SeedSummary",
     "StackedBoxes",
     "annotation_saved",

@@ -3,6 +3,8 @@
 A 2.5D detector outputs 2D boxes per slice. Boxes on consecutive slices whose IoU is above
 0.5 are chained into one 3D box; a 3D box is a TP when any of its 2D cross-sections has
 IoU > 0.5 with a 2D ground-truth box on the same slice. FPs are counted per sub-volume.
+Both IoUs follow the chosen convention (``iou_convention``: ``"continuous"`` or the
+DeepLesion evaluation's ``"pixel"``, see :class:`~activecad.metrics.IouConvention`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from activecad.metrics._box_matching import check_boxes, overlapping_pairs, paired_box_iou
+from activecad.metrics._box_matching import (
+    IouConvention,
+    check_boxes,
+    check_iou_convention,
+    overlapping_pairs,
+    paired_box_iou,
+)
 from activecad.metrics._froc import FrocMatch, index_ids, resolve_hits, resolve_scans
 from activecad.metrics._validation import as_ids, check_1d, check_finite, check_same_length
 
@@ -47,6 +55,7 @@ def _link(
     cur_boxes: NDArray[np.float64],
     cur_scores: NDArray[np.float64],
     iou_threshold: float,
+    convention: IouConvention,
 ) -> NDArray[np.intp]:
     """For each current box, the previous box it continues (-1: none); one-to-one, greedy.
 
@@ -57,7 +66,7 @@ def _link(
         np.arange(len(prev_boxes)), np.arange(len(cur_boxes)), indexing="ij"
     )
     ip, ic = grid_p.ravel(), grid_c.ravel()
-    iou = paired_box_iou(prev_boxes[ip], cur_boxes[ic])
+    iou = paired_box_iou(prev_boxes[ip], cur_boxes[ic], convention)
     ok = iou > iou_threshold
     ip, ic, iou = ip[ok], ic[ok], iou[ok]
     order = np.lexsort((-(prev_scores[ip] + cur_scores[ic]), -iou))
@@ -78,6 +87,7 @@ def stack_slice_boxes(
     scores: ArrayLike,
     *,
     iou_threshold: float = 0.5,
+    iou_convention: str = "continuous",
 ) -> StackedBoxes:
     """Chain 2D boxes on consecutive slices (IoU > ``iou_threshold``) into 3D boxes.
 
@@ -87,7 +97,10 @@ def stack_slice_boxes(
         boxes: (N, 4) ``(xmin, ymin, xmax, ymax)`` pixels of the slice.
         scores: (N,) detection scores.
         iou_threshold: overlap needed to continue a chain (Yan et al. 2020: 0.5).
+        iou_convention: ``"continuous"`` (default) or ``"pixel"`` (a box is
+            ``xmax - xmin + 1`` pixels wide, as in the DeepLesion evaluation).
     """
+    convention = check_iou_convention(iou_convention)
     vol = as_ids(volume_ids, "volume_ids")
     z_float = check_1d(slice_indices, "slice_indices")
     check_finite(z_float, "slice_indices")
@@ -114,7 +127,7 @@ def stack_slice_boxes(
         cur = order[bounds[k] : bounds[k + 1]]
         link = np.full(len(cur), -1, dtype=np.intp)
         if len(prev_idx) and vol[prev_idx[0]] == vol[cur[0]] and z[prev_idx[0]] == z[cur[0]] - 1:
-            link = _link(b[prev_idx], s[prev_idx], b[cur], s[cur], iou_threshold)
+            link = _link(b[prev_idx], s[prev_idx], b[cur], s[cur], iou_threshold, convention)
         continued = link >= 0
         track[cur[continued]] = track[prev_idx[link[continued]]]
         fresh = np.flatnonzero(~continued)
@@ -146,6 +159,7 @@ def match_stacked_boxes(
     *,
     iou_threshold: float = 0.5,
     volumes: ArrayLike | None = None,
+    iou_convention: str = "continuous",
 ) -> FrocMatch:
     """Match stacked 3D boxes to 2D ground-truth boxes with the LUNA16 counting rules.
 
@@ -156,10 +170,13 @@ def match_stacked_boxes(
         gt_boxes: (G, 4) ``(xmin, ymin, xmax, ymax)`` pixels.
         iou_threshold: a cross-section must exceed it (Yan et al. 2020: 0.5).
         volumes: the evaluated sub-volumes (FPs per sub-volume); default every id seen.
+        iou_convention: ``"continuous"`` (default) or ``"pixel"``, for the cross-section
+            IoU; stack with the same convention.
 
     Returns:
         The match; read the FROC at 1/8 ... 8 FPs per sub-volume with :func:`froc_curve`.
     """
+    convention = check_iou_convention(iou_convention)
     g_vol = as_ids(gt_volume_ids, "gt_volume_ids")
     g_z = check_1d(gt_slice_indices, "gt_slice_indices")
     check_finite(g_z, "gt_slice_indices")
@@ -183,6 +200,7 @@ def match_stacked_boxes(
         g_box,
         len(keys),
         iou_threshold,
+        convention,
     )
     pairs = np.unique(np.c_[stacked.track[hit_m], hit_g], axis=0).reshape(-1, 2)
     pairs = pairs[t_in[pairs[:, 0]] & g_in[pairs[:, 1]]]
