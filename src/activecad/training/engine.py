@@ -48,7 +48,8 @@ class FitPlan:
         epochs: epochs of this fit.
         steps_per_epoch: optimiser steps per epoch.
         lr: peak learning rate.
-        optimizer: ``adamw`` or ``sgd`` (momentum 0.9).
+        optimizer: ``adamw``, ``sgd`` (momentum 0.9) or ``radam`` (Rectified Adam, Liu et
+            al. 2019, as MELD is trained).
         weight_decay: weight decay.
         schedule: ``step`` (the rate drops tenfold for the last tenth of the epochs, as
             Liu, Cao & Tian, "Deep Active Learning for Effective Pulmonary Nodule
@@ -67,7 +68,7 @@ class FitPlan:
     epochs: int
     steps_per_epoch: int
     lr: float
-    optimizer: Literal["adamw", "sgd"] = "adamw"
+    optimizer: Literal["adamw", "sgd", "radam"] = "adamw"
     weight_decay: float = 0.0
     schedule: Schedule = "step"
     lr_drops: tuple[float, ...] = ()
@@ -203,6 +204,8 @@ def _optimizer(plan: FitPlan, params: object) -> torch.optim.Optimizer:
             momentum=0.9,
             weight_decay=plan.weight_decay,
         )
+    if plan.optimizer == "radam":
+        return torch.optim.RAdam(params, lr=plan.lr, weight_decay=plan.weight_decay)  # type: ignore[arg-type]
     return torch.optim.AdamW(params, lr=plan.lr, weight_decay=plan.weight_decay)  # type: ignore[arg-type]
 
 
