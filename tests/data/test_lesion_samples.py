@@ -202,3 +202,27 @@ def test_phantom_lesion_sets_load_end_to_end(tmp_path: Path) -> None:
     )
     assert np.abs(table_boxes - stored).max(axis=1).min() < 1e-6
     assert abs(int(v.source_slices[z[0]]) - series_rows["Key_slice_index"].to_numpy()).min() <= 1
+
+
+def test_training_slices_add_unlabelled_slices_to_the_key_slices(tmp_path: Path) -> None:
+    from activecad.data.lesion_samples import deeplesion_training_slices
+    from activecad.io.lesion_sets import read_deeplesion
+
+    _write_deeplesion(tmp_path / "deeplesion")
+    sets = load_lesion_sets(tmp_path, pixel_mm=2.0, slice_mm=2.0, crop_borders=False)
+    (key,) = sets.datasets["universal"].train
+    # 2 mm slices, one every 4 mm: stored slices 0 and 2, plus the key slice 1
+    found = deeplesion_training_slices(
+        read_deeplesion(tmp_path / "deeplesion"), pixel_mm=2.0, slice_mm=2.0, every_mm=4.0,
+        crop_borders=False,
+    )  # fmt: skip
+    assert [s.image_id for s in found.samples] == [f"000001_01_01_{k:03d}" for k in (0, 1, 2)]
+    (same,) = found.key_slices
+    np.testing.assert_array_equal(same.image, key.image)  # the same sample as training uses
+    np.testing.assert_array_equal(same.boxes, key.boxes)
+    assert [len(s.boxes) for s in found.samples] == [0, 1, 0]
+    assert found.stored_slice == {"000001_01_01_000": 0, "000001_01_01_001": 1,
+                                  "000001_01_01_002": 2}  # fmt: skip
+    # mapping a box back to stored pixels (pixel-centre) gives DL_info's box
+    volume = found.volume_of["000001_01_01_001"]
+    np.testing.assert_allclose(volume.boxes_to_stored(same.boxes) - 0.5, [[16, 8, 19, 11]])

@@ -374,6 +374,78 @@ def deeplesion_samples(
 
 
 @dataclass
+class TrainingSlices:
+    """DeepLesion training slices for mining: key slices and unlabelled slices between them.
+
+    Attributes:
+        samples: ``universal`` samples; key slices carry their labelled boxes, the others
+            none. ``image_id`` is ``<series>_<slice:03d>`` (the stored slice) for both.
+        volume_of: ``image_id`` -> the prepared sub-volume it was cut from (to map boxes back
+            to stored pixels with :meth:`PreparedVolume.boxes_to_stored`).
+        stored_slice: ``image_id`` -> the stored slice index.
+    """
+
+    samples: list[SliceSample]
+    volume_of: dict[str, PreparedVolume]
+    stored_slice: dict[str, int]
+
+    @property
+    def key_slices(self) -> list[SliceSample]:
+        """The samples with at least one labelled box."""
+        return [s for s in self.samples if len(s.boxes)]
+
+
+def deeplesion_training_slices(
+    deeplesion: DeepLesionSet,
+    *,
+    pixel_mm: float,
+    slice_mm: float,
+    every_mm: float = 5.0,
+    patients: Sequence[str] | None = None,
+    crop_borders: bool = True,
+) -> TrainingSlices:
+    """Every key slice of the table and, in each sub-volume, a stored slice every ``every_mm``.
+
+    MELD applies the trained detector to "all slices in the training set ... sampling a
+    slice every 5mm" (Yan et al. 2020, section 3.2) to mine missing annotations and
+    negative regions; the unlabelled slices then join the fine-tuning set. Key-slice samples
+    are the same as :func:`deeplesion_samples` gives (same sub-volumes, crop and boxes).
+
+    Args:
+        deeplesion: the partially labelled training folder.
+        pixel_mm, slice_mm: output pixel size and slice interval of the samples, mm.
+        every_mm: distance between the unlabelled slices taken, mm.
+        patients: keep only these patients.
+        crop_borders: clip black borders.
+    """
+    every_mm = _check_positive(every_mm, "every_mm")
+    rows = deeplesion.info
+    if patients is not None:
+        rows = rows[rows["series"].str.split("_").str[0].isin(set(patients))]
+    samples: list[SliceSample] = []
+    volume_of: dict[str, PreparedVolume] = {}
+    stored: dict[str, int] = {}
+    for series, first, last, group in _sub_volumes(rows):
+        volume = _prepare_sub_volume(deeplesion, series, first, last, group, pixel_mm, crop_borders)
+        keys = group["Key_slice_index"].astype(int).to_numpy()
+        boxes, organs = _dl_boxes(volume, group), _organ_targets(group)
+        step = max(1, round(every_mm / volume.spacing_z))
+        chosen = sorted(set(keys.tolist()) | set(range(first, last + 1, step)))
+        for index in chosen:
+            here = keys == index
+            image_id = f"{series}_{index:03d}"
+            samples.append(
+                _sample(
+                    volume, float(index - first), slice_mm, boxes[here], organs[here],
+                    "universal", image_id,
+                )
+            )  # fmt: skip
+            volume_of[image_id] = volume
+            stored[image_id] = index
+    return TrainingSlices(samples, volume_of, stored)
+
+
+@dataclass
 class EvalVolume:
     """One fully annotated sub-volume, every slice position as a sample.
 

@@ -1,0 +1,305 @@
+"""Universal lesion detection on the phantom: MELD, missing-annotation matching (MAM) and
+negative-region mining (NRM) against a single-dataset baseline.
+
+Yan et al., "Universal Lesion Detection by Learning from Multiple Heterogeneously Labeled
+Datasets" (2020): Table 1 (baseline, MELD, + MAM, + NRM, + both), Table 4 (dataset
+concatenation, concatenation of positives only, multi-task = MELD, suspicious lesions as
+positives vs ignored), the precision and recall of the mined lesions and suspicious regions
+against the phantom's full truth, and the theta / sigma sweeps of Fig. 5 (mining quality;
+the sensitivity sweeps need a fine-tune per value and are left to a longer run).
+
+Set-up: ``activecad.phantom.lesion_sets`` writes a universal DeepLesion-style set (key-slice
+boxes, about half the lesions unlabelled, 2-3 studies per patient) and three fully labelled
+single-type sets on other patients. Every model is the cpu preset; the universal set is
+split 70/15/15 by patient (``Train_Val_Test``), and the test patients' sub-volumes with
+*every* lesion (``DL_info_full.csv``) are the volumetric test set, evaluated once per model.
+From-scratch models train ``EPOCHS`` epochs; mining uses the finished MELD model and each
+mining variant fine-tunes from MELD's epoch ``EPOCHS // 2`` for the remaining epochs, so all
+rows have the same number of epochs (the paper fine-tunes from an intermediate checkpoint).
+
+    python benchmarks/meld.py run --work /work/exp/meld       # hours on 2 cores; resumable
+    python benchmarks/meld.py report --work /work/exp/meld    # from what has finished
+
+Each step writes its output under ``--work`` and is skipped when it exists. Results:
+``benchmarks/results/meld.json``, ``meld_froc.png``, ``meld_mining_sweep.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import typer
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+PATIENTS = {"deeplesion": 40, "luna": 12, "lits": 12, "nih_ln": 12}
+SEED = 11
+PIXEL_MM = 2.0
+SLICE_MM = 2.5  # the small phantom's own slice interval (the paper resamples to 2 mm)
+EPOCHS = 8
+THETAS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4)
+SIGMAS = (0.3, 0.5, 0.7, 0.9)
+THETA = 0.15
+SIGMA = 0.5
+
+app = typer.Typer(add_completion=False)
+
+
+def _say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _sets(work: Path):
+    from activecad.data.lesion_samples import load_lesion_sets
+    from activecad.phantom.lesion_sets import write_lesion_sets
+
+    data = work / "data"
+    if not (data / "manifest.json").is_file():
+        _say(f"writing the lesion cohort {PATIENTS}")
+        write_lesion_sets(data, patients_per_set=PATIENTS, seed=SEED, progress=True)
+    return load_lesion_sets(data, pixel_mm=PIXEL_MM, slice_mm=SLICE_MM, split="official")
+
+
+def _universal(samples):
+    """Every sample as the universal dataset's (dataset concatenation: one task)."""
+    return [replace(s, dataset="universal") for s in samples]
+
+
+def _positive_only(samples):
+    """Single-type lesion slices only, everything but their lesions ignored."""
+    out = []
+    for s in samples:
+        if not len(s.boxes):
+            continue
+        h, w = s.image.shape[1:]
+        whole = np.array([[0.0, 0.0, float(w), float(h)]])
+        out.append(replace(s, dataset="universal", ignore_boxes=whole))
+    return out
+
+
+def _source(sets, variant: str):
+    """The training sampler of a from-scratch variant."""
+
+    def draw(rng):
+        samples = sets.train_source(rng)
+        if variant == "baseline":
+            return [s for s in samples if s.dataset == "universal"]
+        if variant == "concat":
+            return _universal(samples)
+        if variant == "concat_positive":
+            universal = [s for s in samples if s.dataset == "universal"]
+            return universal + _positive_only([s for s in samples if s.dataset != "universal"])
+        return samples  # meld: every dataset its own task
+
+    return draw
+
+
+def _val(sets, variant: str):
+    samples = sets.val_samples()
+    if variant == "meld":
+        return samples
+    return [s for s in samples if s.dataset == "universal"]
+
+
+def _fit(work: Path, name: str, source, val, *, epochs: int, init_from: Path | None = None):
+    from activecad.data.lesion_samples import augment_sample
+    from activecad.models.meld import load_meld, preset_config, train_meld
+
+    out = work / "models" / name
+    if (out / "weights.pt").is_file():
+        return load_meld(out)
+    config = preset_config("cpu", epochs=epochs, seed=SEED, amp=False)
+    if init_from is not None:
+        # the second half of MELD's schedule: one tenfold drop half-way through it
+        config = config.model_copy(update={"lr_drop_epochs": (max(1, epochs // 2),)})
+    _say(f"training {name} ({epochs} epochs{', from ' + init_from.name if init_from else ''})")
+    start = time.perf_counter()
+    net, _ = train_meld(
+        source, val, config, augment=augment_sample, out_dir=out, init_from=init_from,
+        resume=(out / "checkpoint.pt").is_file(), device="cpu", progress=True,
+    )  # fmt: skip
+    (out / "seconds.json").write_text(json.dumps({"seconds": time.perf_counter() - start}))
+    return net
+
+
+def _evaluate(work: Path, name: str, net, sets) -> dict:
+    from activecad.lesions.pipeline import evaluate_volumes
+
+    path = work / "eval" / f"{name}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    _say(f"evaluating {name} on {len(sets.evaluation)} test sub-volumes")
+    result = evaluate_volumes(net, sets.evaluation)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result))
+    return result
+
+
+@app.command()
+def run(work: Path = typer.Option(..., help="Working folder (resumable).")) -> None:
+    """Train, mine, fine-tune and evaluate every row; each finished step is kept."""
+    from activecad.data.lesion_samples import deeplesion_training_slices
+    from activecad.io.lesion_sets import read_deeplesion
+    from activecad.lesions.pipeline import finetune_samples, mine_lesions, mining_quality
+
+    torch.set_num_threads(1)  # shared cores: two threads stall against the other jobs
+    work.mkdir(parents=True, exist_ok=True)
+    sets = _sets(work)
+    meld = _fit(work, "meld", _source(sets, "meld"), _val(sets, "meld"), epochs=EPOCHS)
+    _evaluate(work, "meld", meld, sets)
+
+    # Mining with the finished MELD model over the training patients' slices.
+    deeplesion = read_deeplesion(work / "data" / "deeplesion")
+    truth = read_deeplesion(work / "data" / "deeplesion", table="DL_info_full.csv").info
+    slices = deeplesion_training_slices(
+        deeplesion, pixel_mm=PIXEL_MM, slice_mm=SLICE_MM,
+        patients=sets.datasets["universal"].train_patients,
+    )  # fmt: skip
+    sweep_path = work / "mining_sweep.json"
+    if not sweep_path.is_file():
+        _say(f"mining sweep over {len(slices.samples)} training slices")
+        sweep = {"theta": {}, "sigma": {}}
+        for theta in THETAS:
+            found = mine_lesions(meld, slices, theta=theta, sigma=SIGMA, experts=())
+            sweep["theta"][f"{theta:g}"] = mining_quality(found, truth)["mam"]
+        for sigma in SIGMAS:
+            found = mine_lesions(meld, slices, theta=THETA, sigma=sigma)
+            sweep["sigma"][f"{sigma:g}"] = mining_quality(found, truth)["nrm"]
+        sweep_path.write_text(json.dumps(sweep, indent=1))
+    mined = mine_lesions(meld, slices, theta=THETA, sigma=SIGMA)
+    quality = mining_quality(mined, truth)
+    (work / "mining_quality.json").write_text(json.dumps(quality, indent=1))
+
+    start = work / "models" / "meld" / "epochs" / f"epoch_{EPOCHS // 2:03d}.pt"
+    singles = {d: item for d, item in sets.datasets.items() if d != "universal"}
+    for name, options in (
+        ("meld_mam", {"use_mined": True, "use_suspicious": False}),
+        ("meld_nrm", {"use_mined": False, "use_suspicious": True}),
+        ("meld_mam_nrm", {"use_mined": True, "use_suspicious": True}),
+        ("meld_mam_nrm_positive", {"suspicious_as": "positive"}),
+    ):
+        universal = finetune_samples(mined, seed=SEED, **options)
+
+        def draw(rng, universal=universal):
+            out = list(universal)
+            for item in singles.values():
+                out += item.train(rng) if callable(item.train) else item.train
+            return out
+
+        net = _fit(
+            work, name, draw, _val(sets, "meld"), epochs=EPOCHS - EPOCHS // 2, init_from=start
+        )
+        _evaluate(work, name, net, sets)
+        report(work)
+    for variant in ("baseline", "concat", "concat_positive"):
+        net = _fit(work, variant, _source(sets, variant), _val(sets, variant), epochs=EPOCHS)
+        _evaluate(work, variant, net, sets)
+        report(work)
+
+
+ROWS = (
+    ("baseline", "Single dataset (universal only)"),
+    ("concat", "Dataset concatenation"),
+    ("concat_positive", "Dataset concatenation (positives only)"),
+    ("meld", "MELD (multi-task)"),
+    ("meld_mam", "MELD + MAM"),
+    ("meld_nrm", "MELD + NRM"),
+    ("meld_mam_nrm", "MELD + MAM + NRM (suspicious ignored)"),
+    ("meld_mam_nrm_positive", "MELD + MAM + NRM (suspicious as positives)"),
+)
+
+
+@app.command()
+def report(work: Path = typer.Option(..., help="The folder given to run.")) -> None:
+    """Write benchmarks/results/meld*.json / png from whatever has finished."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = {}
+    for name, label in ROWS:
+        path = work / "eval" / f"{name}.json"
+        if path.is_file():
+            result = json.loads(path.read_text())
+            seconds = work / "models" / name / "seconds.json"
+            rows[name] = {
+                "label": label,
+                "average_sensitivity": result["average_sensitivity"],
+                "sensitivities": result["sensitivities"],
+                "counts": result["counts"],
+                "train_seconds": json.loads(seconds.read_text())["seconds"]
+                if seconds.is_file()
+                else None,
+                "curve": result["curve"],
+            }
+    summary = {
+        "what": "Universal lesion detection on the phantom (Yan et al. 2020 Tables 1 and 4)",
+        "set_up": {
+            "patients": PATIENTS,
+            "seed": SEED,
+            "pixel_mm": PIXEL_MM,
+            "slice_mm": SLICE_MM,
+            "epochs": EPOCHS,
+            "theta": THETA,
+            "sigma": SIGMA,
+            "iou": "continuous",
+            "command": "python benchmarks/meld.py run --work WORK",
+        },
+        "rows": {k: {kk: vv for kk, vv in v.items() if kk != "curve"} for k, v in rows.items()},
+    }
+    for name in ("mining_quality", "mining_sweep"):
+        path = work / f"{name}.json"
+        if path.is_file():
+            summary[name] = json.loads(path.read_text())
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "meld.json").write_text(json.dumps(summary, indent=1))
+    if rows:
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        for row in rows.values():
+            ax.step(row["curve"]["fps"], row["curve"]["sensitivity"], where="post",
+                    label=f"{row['label']} ({row['average_sensitivity']:.3f})")  # fmt: skip
+        ax.set_xscale("log", base=2)
+        ax.set_xlim(1 / 8, 8)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("false positives per sub-volume")
+        ax.set_ylabel("sensitivity")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+        ax.set_title("Held-out phantom sub-volumes, every lesion annotated")
+        fig.tight_layout()
+        fig.savefig(RESULTS / "meld_froc.png", dpi=110)
+        plt.close(fig)
+    sweep = summary.get("mining_sweep")
+    if sweep:
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+        for ax, (key, part, title) in zip(
+            axes,
+            (("theta", sweep["theta"], "MAM: theta"), ("sigma", sweep["sigma"], "NRM: sigma")),
+            strict=True,
+        ):
+            x = [float(k) for k in part]
+            ax.plot(x, [v["precision"] for v in part.values()], "o-", label="precision")
+            ax.plot(x, [v["recall"] for v in part.values()], "s-", label="recall")
+            ax.set_xlabel(key)
+            ax.set_ylim(0, 1)
+            ax.set_title(title)
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(RESULTS / "meld_mining_sweep.png", dpi=110)
+        plt.close(fig)
+    print(
+        json.dumps(
+            summary["rows"] and {k: v["average_sensitivity"] for k, v in summary["rows"].items()}
+        )
+    )
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,303 @@
+"""MELD's mining on a trained model, the fine-tuning set it gives, and the volumetric FROC.
+
+Yan et al., "Universal Lesion Detection by Learning from Multiple Heterogeneously Labeled
+Datasets" (2020), sections 3.2-3.3 and 4: train MELD on the key slices, apply it to the
+training slices (key slices and unlabelled ones every 5 mm), mine missing annotations
+(MAM: proposals whose lesion embedding lies within ``theta`` of an annotation of the same
+patient) and suspicious regions (NRM: single-type experts' proposals above ``sigma`` that
+overlap no existing or mined annotation), then fine-tune from an intermediate checkpoint on
+the key slices plus unlabelled slices (about half as many), mined lesions as positives and
+suspicious regions ignored (or, as the paper's weaker alternative, as positives).
+
+The lesion embedding is the MELD network's own (the L2-normalised shared box feature of
+:func:`activecad.models.meld.predict`), not LesaNet's 256-d embedding the paper used; its
+distances have another scale, so ``theta`` must be chosen for it (the benchmark sweeps it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+
+from activecad.data.lesion_samples import EvalVolume, TrainingSlices
+from activecad.data.lesion_slices import DATASETS, ORGANS, SliceSample
+from activecad.lesions.mining import BOX_COLUMNS, mine_missing, suspicious_regions
+from activecad.metrics import (
+    LUNA16_FP_RATES,
+    froc_curve,
+    match_stacked_boxes,
+    sensitivity_at_fp_rates,
+    stack_slice_boxes,
+)
+
+__all__ = [
+    "MiningResult",
+    "evaluate_volumes",
+    "finetune_samples",
+    "mine_lesions",
+    "mining_quality",
+]
+
+EXPERT_ORGAN = dict(zip(DATASETS[1:], ORGANS, strict=True))
+"""The organ of each single-type expert (its suspicious lesions' organ target)."""
+
+
+@dataclass
+class MiningResult:
+    """What MAM and NRM found on the training slices.
+
+    Attributes:
+        mined: MAM's mined lesions: ``image``, ``patient``, ``x1, y1, x2, y2`` (pixels of the
+            sample), ``score`` (universal), ``annotation`` (row of ``annotations``),
+            ``distance`` (L2 between embeddings), ``organ_*`` (the annotation's targets).
+        suspicious: NRM's suspicious regions: ``image``, ``patient``, box, ``score`` (of the
+            expert), ``expert`` (its dataset).
+        annotations: the existing annotations: ``image``, ``patient``, box.
+        slices: the slices mined over.
+    """
+
+    mined: pd.DataFrame
+    suspicious: pd.DataFrame
+    annotations: pd.DataFrame
+    slices: TrainingSlices
+
+
+def _annotation_table(samples: Sequence[SliceSample]) -> pd.DataFrame:
+    rows = [
+        (s.image_id, s.patient, *box, *organs)
+        for s in samples
+        for box, organs in zip(s.boxes, s.organs, strict=True)
+    ]
+    columns = ["image", "patient", *BOX_COLUMNS, *(f"organ_{o}" for o in ORGANS)]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def mine_lesions(
+    net: object,
+    slices: TrainingSlices,
+    *,
+    theta: float = 0.15,
+    sigma: float = 0.5,
+    experts: Sequence[str] = DATASETS[1:],
+    batch_size: int = 8,
+) -> MiningResult:
+    """Run MAM and NRM with a trained MELD network on the training slices.
+
+    Args:
+        net: a :class:`activecad.models.meld.MeldNet`.
+        slices: key slices and unlabelled slices (:func:`deeplesion_training_slices`).
+        theta: MAM's L2 distance threshold between lesion embeddings.
+        sigma: NRM's score threshold of the single-type experts.
+        experts: the single-type experts NRM asks (paper: all three).
+        batch_size: slices per forward pass.
+    """
+    from activecad.models.meld import embed_boxes, predict
+
+    keyed = slices.key_slices
+    annotations = _annotation_table(keyed)
+    annotation_emb = embed_boxes(net, keyed, batch_size=batch_size)  # type: ignore[arg-type]
+    proposals, proposal_emb = predict(net, slices.samples, batch_size=batch_size)  # type: ignore[arg-type]
+    proposals = proposals.rename(columns={"image_id": "image"})
+    mined = mine_missing(proposals, annotations, proposal_emb, annotation_emb, theta=theta)
+    organ_columns = [f"organ_{o}" for o in ORGANS]
+    matched = annotations.iloc[mined["annotation"].to_numpy(int)][organ_columns].to_numpy()
+    mined = mined[["image", "patient", *BOX_COLUMNS, "score", "annotation", "distance"]].copy()
+    mined[organ_columns] = matched
+    expert_tables = []
+    for expert in experts:
+        table, _ = predict(net, slices.samples, dataset=expert, batch_size=batch_size)  # type: ignore[arg-type]
+        table = table.rename(columns={"image_id": "image"})
+        found = suspicious_regions(table, annotations, mined, sigma=sigma)
+        found = found[["image", "patient", *BOX_COLUMNS, "score"]].copy()
+        found["expert"] = expert
+        expert_tables.append(found)
+    suspicious = pd.concat(expert_tables, ignore_index=True) if expert_tables else pd.DataFrame()
+    return MiningResult(mined.reset_index(drop=True), suspicious, annotations, slices)
+
+
+def finetune_samples(
+    result: MiningResult,
+    *,
+    use_mined: bool = True,
+    use_suspicious: bool = True,
+    suspicious_as: str = "ignore",
+    added_fraction: float = 0.5,
+    seed: int = 0,
+) -> list[SliceSample]:
+    """The universal fine-tuning set: key slices plus unlabelled slices, with the mining.
+
+    Args:
+        result: :func:`mine_lesions`' output.
+        use_mined: add MAM's mined lesions as positive boxes.
+        use_suspicious: add NRM's suspicious regions (as ``suspicious_as`` says).
+        suspicious_as: ``"ignore"`` (neither positive nor negative; the paper's better
+            choice) or ``"positive"`` (boxes with the expert's organ as target).
+        added_fraction: unlabelled slices added, as a share of the key slices (paper: about
+            one half was best, Fig. 5b); drawn at random with ``seed``.
+        seed: seed of that draw.
+    """
+    if suspicious_as not in ("ignore", "positive"):
+        raise ValueError(f"suspicious_as must be 'ignore' or 'positive', got {suspicious_as!r}.")
+    if not added_fraction >= 0:
+        raise ValueError(f"added_fraction must be >= 0, got {added_fraction}.")
+    samples = result.slices.samples
+    keyed = [s for s in samples if len(s.boxes)]
+    unlabelled = [s for s in samples if not len(s.boxes)]
+    count = min(len(unlabelled), round(added_fraction * len(keyed)))
+    pick = np.sort(np.random.default_rng(seed).choice(len(unlabelled), count, replace=False))
+    chosen = keyed + [unlabelled[i] for i in pick]
+    organ_columns = [f"organ_{o}" for o in ORGANS]
+    mined = result.mined.groupby("image") if use_mined and len(result.mined) else None
+    suspicious = (
+        result.suspicious.groupby("image") if use_suspicious and len(result.suspicious) else None
+    )
+    out = []
+    for sample in chosen:
+        boxes, organs, ignore = [sample.boxes], [sample.organs], [sample.ignore_boxes]
+        if mined is not None and sample.image_id in mined.groups:
+            rows = mined.get_group(sample.image_id)
+            boxes.append(rows[list(BOX_COLUMNS)].to_numpy(float))
+            organs.append(rows[organ_columns].to_numpy(np.float32))
+        if suspicious is not None and sample.image_id in suspicious.groups:
+            rows = suspicious.get_group(sample.image_id)
+            found = rows[list(BOX_COLUMNS)].to_numpy(float)
+            if suspicious_as == "ignore":
+                ignore.append(found)
+            else:
+                boxes.append(found)
+                targets = np.zeros((len(rows), len(ORGANS)), np.float32)
+                for k, expert in enumerate(rows["expert"]):
+                    targets[k, ORGANS.index(EXPERT_ORGAN[expert])] = 1.0
+                organs.append(targets)
+        out.append(
+            replace(
+                sample,
+                boxes=np.concatenate(boxes).reshape(-1, 4),
+                organs=np.concatenate(organs).reshape(-1, len(ORGANS)).astype(np.float32),
+                ignore_boxes=np.concatenate(ignore).reshape(-1, 4),
+            )
+        )
+    return out
+
+
+def evaluate_volumes(
+    net: object,
+    volumes: Iterable[EvalVolume],
+    *,
+    dataset: str = "universal",
+    batch_size: int = 8,
+) -> dict[str, object]:
+    """FROC per sub-volume on fully annotated sub-volumes (Yan et al. 2020, Table 1).
+
+    Detections on consecutive slices with IoU > 0.5 are stacked into 3D boxes; a 3D box
+    detects a lesion when a cross-section has IoU > 0.5 with the lesion's box on its key
+    slice (continuous IoU). Sensitivities at 1/8..8 FPs per sub-volume and their mean.
+    """
+    from activecad.models.meld import predict
+
+    ids, z, boxes, scores = [], [], [], []
+    gt_ids, gt_z, gt_boxes, names = [], [], [], []
+    for volume in volumes:
+        names.append(volume.volume_id)
+        table, _ = predict(net, volume.samples, dataset=dataset, batch_size=batch_size)  # type: ignore[arg-type]
+        position = {s.image_id: j for j, s in enumerate(volume.samples)}
+        ids += [volume.volume_id] * len(table)
+        z.append(table["image_id"].map(position).to_numpy(np.int64))
+        boxes.append(table[list(BOX_COLUMNS)].to_numpy(float))
+        scores.append(table["score"].to_numpy(float))
+        slices, truth = volume.ground_truth()
+        gt_ids += [volume.volume_id] * len(truth)
+        gt_z.append(slices)
+        gt_boxes.append(truth)
+    if not names:
+        raise ValueError("no sub-volume to evaluate")
+    stacked = stack_slice_boxes(
+        np.asarray(ids, dtype=str),
+        np.concatenate(z) if z else np.zeros(0),
+        np.concatenate(boxes).reshape(-1, 4),
+        np.concatenate(scores),
+    )
+    match = match_stacked_boxes(
+        stacked,
+        np.asarray(gt_ids, dtype=str),
+        np.concatenate(gt_z),
+        np.concatenate(gt_boxes).reshape(-1, 4),
+        volumes=np.asarray(names, dtype=str),
+    )
+    fps, sens, _ = froc_curve(
+        match.tp_probs, match.fp_probs, n_nodules=match.n_nodules, n_scans=match.n_scans
+    )
+    points = sensitivity_at_fp_rates(fps, sens, np.asarray(LUNA16_FP_RATES))
+    return {
+        "average_sensitivity": float(np.mean(points)),
+        "sensitivities": {f"{r:g}": float(s) for r, s in zip(LUNA16_FP_RATES, points, strict=True)},
+        "curve": {"fps": fps.tolist(), "sensitivity": sens.tolist()},
+        "counts": {
+            "sub_volumes": match.n_scans,
+            "lesions": match.n_nodules,
+            "detected": match.n_detected,
+            "boxes_3d": len(stacked.scores),
+        },
+    }
+
+
+def mining_quality(result: MiningResult, truth: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Precision and recall of the mined lesions and suspicious regions against full truth.
+
+    A mined or suspicious box is *true* when its centre lies on a lesion of the full truth:
+    inside the lesion's key-slice box (stored pixels, same series) on a slice within half
+    the lesion's short axis of its key slice (the lesion taken as that thick). Recall is
+    over the lesions the training table left unlabelled (``labelled == 0``) in the mined
+    slices' series: the share hit by at least one box (for NRM: lesions of the experts'
+    three organs only, the only ones it can find).
+
+    Args:
+        result: :func:`mine_lesions`' output.
+        truth: the full-truth table (a phantom's ``DL_info_full.csv``, read with
+            :func:`activecad.io.lesion_sets.read_deeplesion`, so with a ``series`` column).
+    """
+    series_of = {image: image.rsplit("_", 1)[0] for image in result.slices.volume_of}
+    truth = truth[truth["series"].isin(set(series_of.values()))].reset_index(drop=True)
+    key_boxes = np.array([tuple(b) for b in truth["Bounding_boxes"]], float).reshape(-1, 4)
+    spacing_z = np.array([tuple(s)[2] for s in truth["Spacing_mm_px_"]], float)
+    half = truth["short_axis_mm"].to_numpy(float) / 2 / spacing_z
+    keys = truth["Key_slice_index"].to_numpy(float)
+
+    def lesions_hit(table: pd.DataFrame) -> list[np.ndarray]:
+        hits = []
+        for _, row in table.iterrows():
+            volume = result.slices.volume_of[row["image"]]
+            box = volume.boxes_to_stored(row[list(BOX_COLUMNS)].to_numpy(float)) - 0.5
+            cx, cy = (box[0, 0] + box[0, 2]) / 2, (box[0, 1] + box[0, 3]) / 2
+            s = result.slices.stored_slice[row["image"]]
+            on = (
+                (truth["series"].to_numpy() == series_of[row["image"]])
+                & (np.abs(s - keys) <= half)
+                & (key_boxes[:, 0] <= cx) & (cx <= key_boxes[:, 2])
+                & (key_boxes[:, 1] <= cy) & (cy <= key_boxes[:, 3])
+            )  # fmt: skip
+            hits.append(np.flatnonzero(on))
+        return hits
+
+    unlabelled = truth["labelled"].to_numpy(int) == 0
+    experts = truth["organ"].map(lambda o: str(o).startswith(("lung", "liver", "lymph")))
+    out: dict[str, dict[str, float]] = {}
+    for name, table, eligible in (
+        ("mam", result.mined, unlabelled),
+        ("nrm", result.suspicious, unlabelled & experts.to_numpy(bool)),
+    ):
+        hits = lesions_hit(table) if len(table) else []
+        true = np.array([len(h) > 0 for h in hits], bool)
+        found = np.zeros(len(truth), bool)
+        for h in hits:
+            found[h] = True
+        out[name] = {
+            "boxes": len(table),
+            "precision": float(true.mean()) if len(true) else float("nan"),
+            "lesions_eligible": int(eligible.sum()),
+            "recall": float(found[eligible].mean()) if eligible.any() else float("nan"),
+        }
+    return out

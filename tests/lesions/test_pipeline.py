@@ -1,0 +1,112 @@
+"""MELD's fine-tuning set and the mining's precision/recall, on hand-made slices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from activecad.data.lesion_samples import PreparedVolume, TrainingSlices
+from activecad.data.lesion_slices import SliceSample
+from activecad.lesions.pipeline import MiningResult, finetune_samples, mining_quality
+
+BOX = ["x1", "y1", "x2", "y2"]
+
+
+def _sample(image_id: str, boxes: list[list[float]]) -> SliceSample:
+    return SliceSample(
+        image=np.zeros((9, 32, 32), np.float32),
+        boxes=np.array(boxes, float).reshape(-1, 4),
+        organs=np.tile(np.array([[0, 1, 0]], np.float32), (len(boxes), 1)),
+        dataset="universal",
+        image_id=image_id,
+        patient="p1",
+    )
+
+
+def _slices() -> TrainingSlices:
+    # one key slice (10) with a labelled lesion, four unlabelled slices (0, 2, 4, 6)
+    samples = [_sample("p1_01_01_010", [[4, 4, 8, 8]])]
+    samples += [_sample(f"p1_01_01_{k:03d}", []) for k in (0, 2, 4, 6)]
+    # identity geometry: sample pixels are stored pixels + 0.5 (pixel-centre convention)
+    volume = PreparedVolume(np.zeros((11, 32, 32), np.float16), 2.0, 1.0, (1.0, 1.0), (0, 0))
+    volume_of = {s.image_id: volume for s in samples}
+    stored = {s.image_id: int(s.image_id[-3:]) for s in samples}
+    return TrainingSlices(samples, volume_of, stored)
+
+
+def _result() -> MiningResult:
+    organs = {"organ_lung": [0.0], "organ_liver": [1.0], "organ_lymph_node": [0.0]}
+    mined = pd.DataFrame(
+        {"image": ["p1_01_01_002"], "patient": ["p1"], "x1": [20.0], "y1": [20.0],
+         "x2": [24.0], "y2": [24.0], "score": [0.4], "annotation": [0], "distance": [0.1],
+         **organs}
+    )  # fmt: skip
+    suspicious = pd.DataFrame(
+        {"image": ["p1_01_01_010", "p1_01_01_004"], "patient": ["p1", "p1"],
+         "x1": [12.0, 1.0], "y1": [12.0, 1.0], "x2": [16.0, 3.0], "y2": [16.0, 3.0],
+         "score": [0.9, 0.8], "expert": ["lung_nodules", "lymph_nodes"]}
+    )  # fmt: skip
+    annotations = pd.DataFrame(
+        {"image": ["p1_01_01_010"], "patient": ["p1"], "x1": [4.0], "y1": [4.0],
+         "x2": [8.0], "y2": [8.0]}
+    )  # fmt: skip
+    return MiningResult(mined, suspicious, annotations, _slices())
+
+
+def test_finetune_set_adds_mined_positives_and_ignores_suspicious_regions() -> None:
+    # 1 key slice; added_fraction 2 -> 2 of the 4 unlabelled slices join
+    assert len(finetune_samples(_result(), added_fraction=2.0, seed=0)) == 3
+    out = finetune_samples(_result(), added_fraction=4.0)
+    by_id = {s.image_id: s for s in out}
+    key = by_id["p1_01_01_010"]
+    np.testing.assert_array_equal(key.boxes, [[4, 4, 8, 8]])  # suspicious region not a box
+    np.testing.assert_array_equal(key.ignore_boxes, [[12, 12, 16, 16]])
+    # the mined lesion, with its annotation's organ; the other expert's region ignored
+    np.testing.assert_array_equal(by_id["p1_01_01_002"].boxes, [[20, 20, 24, 24]])
+    np.testing.assert_array_equal(by_id["p1_01_01_002"].organs, [[0, 1, 0]])
+    np.testing.assert_array_equal(by_id["p1_01_01_004"].ignore_boxes, [[1, 1, 3, 3]])
+    assert len(by_id["p1_01_01_004"].boxes) == 0
+
+
+def test_suspicious_as_positive_gets_the_experts_organ() -> None:
+    out = finetune_samples(_result(), suspicious_as="positive", added_fraction=0.0)
+    (key,) = out
+    np.testing.assert_array_equal(key.boxes, [[4, 4, 8, 8], [12, 12, 16, 16]])
+    np.testing.assert_array_equal(key.organs, [[0, 1, 0], [1, 0, 0]])  # lung expert -> lung
+    assert len(key.ignore_boxes) == 0
+
+
+def test_switches_leave_out_what_is_not_used() -> None:
+    out = finetune_samples(
+        _result(), use_mined=False, use_suspicious=False, added_fraction=4.0, seed=1
+    )
+    assert len(out) == 5
+    assert sum(len(s.boxes) for s in out) == 1 and sum(len(s.ignore_boxes) for s in out) == 0
+    with pytest.raises(ValueError, match="suspicious_as"):
+        finetune_samples(_result(), suspicious_as="negative")
+
+
+def test_mining_quality_counts_boxes_on_unlabelled_truth() -> None:
+    # Truth: the labelled lesion on slice 10, an unlabelled liver lesion centred at (21.5,
+    # 21.5) stored px on key slice 3 with a 6 mm short axis (half thickness 1.5 slices of
+    # 2 mm: slices 1.5..4.5), and an unlabelled lung lesion no box touches.
+    truth = pd.DataFrame(
+        {
+            "series": ["p1_01_01"] * 3,
+            "Bounding_boxes": [(3.5, 3.5, 7.5, 7.5), (19.5, 19.5, 23.5, 23.5), (0, 20, 4, 24)],
+            "Spacing_mm_px_": [(1.0, 1.0, 2.0)] * 3,
+            "Key_slice_index": [10, 3, 6],
+            "short_axis_mm": [4.0, 6.0, 4.0],
+            "labelled": [1, 0, 0],
+            "organ": ["liver", "liver", "lung"],
+        }
+    )
+    quality = mining_quality(_result(), truth)
+    # the mined box (slice 2, centre 21.5 stored px) lies on the liver lesion: precision 1,
+    # one of the two unlabelled lesions found
+    assert quality["mam"] == {
+        "boxes": 1, "precision": 1.0, "lesions_eligible": 2, "recall": 0.5
+    }  # fmt: skip
+    # neither suspicious box lies on a lesion
+    assert quality["nrm"]["precision"] == 0.0 and quality["nrm"]["recall"] == 0.0
