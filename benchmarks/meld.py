@@ -113,7 +113,7 @@ def _val(sets, variant: str):
 
 def _fit(work: Path, name: str, source, val, *, epochs: int, init_from: Path | None = None):
     from activecad.data.lesion_samples import augment_sample
-    from activecad.models.meld import load_meld, preset_config, train_meld
+    from activecad.models.meld import MeldPreprocessing, load_meld, preset_config, train_meld
 
     out = work / "models" / name
     if (out / "weights.pt").is_file():
@@ -127,6 +127,7 @@ def _fit(work: Path, name: str, source, val, *, epochs: int, init_from: Path | N
     net, _ = train_meld(
         source, val, config, augment=augment_sample, out_dir=out, init_from=init_from,
         resume=(out / "checkpoint.pt").is_file(), device="cpu", progress=True,
+        preprocessing=MeldPreprocessing(pixel_mm=PIXEL_MM, slice_mm=SLICE_MM),
     )  # fmt: skip
     (out / "seconds.json").write_text(json.dumps({"seconds": time.perf_counter() - start}))
     return net

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from activecad.cli._common import atomic_output, output_file
+from activecad.cli._common import atomic_output, output_file, warn
 from activecad.errors import InputError
 
 _CT_SUFFIXES = (".mhd", ".mha", ".nii", ".nii.gz", ".dcm", ".dicom", ".ima")
@@ -90,11 +90,25 @@ def _check_metaimage(path: Path) -> None:
 def detect_command(
     scans: Annotated[
         list[Path],
-        typer.Argument(help="CT scans (.mhd, .nii.gz, DICOM folder).", show_default=False),
+        typer.Argument(
+            help="CT scans (.mhd, .nii.gz, DICOM folder); for a MELD model also DeepLesion "
+            "folders (DL_info.csv, Images_png/).",
+            show_default=False,
+        ),
     ],
-    model: Annotated[Path, typer.Option("--model", help="Model folder from 'train detector'.")],
+    model: Annotated[
+        Path,
+        typer.Option(
+            "--model", help="Model folder from 'train detector' (or 'train meld', 'train cxr')."
+        ),
+    ],
     out: Annotated[
-        Path, typer.Option("--out", help="Detections CSV to write (LUNA16 columns + diameter_mm).")
+        Path,
+        typer.Option(
+            "--out",
+            help="Detections CSV to write (LUNA16 columns + diameter_mm; a MELD model: "
+            "File_name, x1, y1, x2, y2, score per slice, as 'eval boxes' reads them).",
+        ),
     ],
     uncertainty: Annotated[
         Path | None,
@@ -124,15 +138,37 @@ def detect_command(
         Path | None,
         typer.Option("--heatmaps", help="Folder for heat-map overlay PNGs (radiograph models)."),
     ] = None,
+    stacked: Annotated[
+        Path | None,
+        typer.Option(
+            "--stacked",
+            help="CSV to write (MELD models): the slice detections stacked into 3D boxes "
+            "(IoU > 0.5 on consecutive slices).",
+        ),
+    ] = None,
 ) -> None:
     """Detect nodules in CT scans with a trained detector.
 
     Writes one row per detection (world mm) to --out; with --uncertainty also each scan's
     predicted loss l_scan and RoI uncertainty L_RoI. Preprocessed scans are cached, so a
-    second run on the same scans skips preprocessing.
+    second run on the same scans skips preprocessing. A MELD model ('train meld') detects
+    lesions on every stored slice instead, one row per 2D box in slice pixels.
     """
+    from activecad.cli._common import usage_error
     from activecad.cli.detect_cxr import detect_cxr, is_cxr_model
+    from activecad.cli.detect_meld import detect_meld, is_meld_model
 
+    if is_meld_model(model):  # a lesion model: 2D boxes on every stored slice
+        given = {"--uncertainty": uncertainty, "--fpr": fpr, "--heatmaps": heatmaps}
+        for option, value in given.items():
+            if value is not None:
+                raise usage_error("does not apply to a MELD model; drop it", option=option)
+        if cache is not None:
+            warn("--cache is not used by a MELD model: its slices are prepared afresh")
+        detect_meld(scans, model, out, stacked, as_json)
+        return
+    if stacked is not None:
+        raise usage_error("applies to MELD models ('train meld') only; drop it", option="--stacked")
     if is_cxr_model(model):  # a chest-radiograph model: SCANS are radiographs
         return detect_cxr(scans, model, out, heatmaps, as_json)
     from activecad.data.preprocess import PreprocessCache, default_cache_dir

@@ -44,6 +44,7 @@ from activecad.cli import (
 from activecad.cli import eval_boxes as _eval_boxes  # noqa: F401  (registers 'eval boxes')
 from activecad.cli import train_cxr as _train_cxr  # noqa: F401  (registers 'train cxr')
 from activecad.cli import train_fpr as _train_fpr  # noqa: F401  (registers 'train fpr')
+from activecad.cli import train_meld as _train_meld  # noqa: F401  (registers 'train meld')
 from activecad.cli._common import setup_logging
 from activecad.errors import ActivecadError
 

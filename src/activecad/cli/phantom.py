@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import cast
 
@@ -14,6 +15,7 @@ from activecad.cli._common import atomic_output, output_folder, usage_error
 from activecad.errors import InputError
 
 _WRITES = "ct/, annotations.csv, readers.csv, cxr/ and the other cohort files"
+_WRITES_LESION_SETS = "deeplesion/, luna/, lits/, nih_ln/ and manifest.json"
 
 
 def _check_preset(value: str) -> str:
@@ -52,7 +54,13 @@ def register(app: typer.Typer) -> None:
             help="Folder to write the cohort into (created; an earlier cohort there is "
             "replaced, any other non-empty folder refused).",
         ),
-        patients: int = typer.Option(10, "--patients", "-n", min=1, help="Number of patients."),
+        patients: int = typer.Option(
+            10,
+            "--patients",
+            "-n",
+            min=1,
+            help="Number of patients; with --lesion-sets, patients in each of the four sets.",
+        ),
         seed: int = typer.Option(
             0, "--seed", "-s", min=0, help="Seed; the same seed, the same bytes."
         ),
@@ -66,12 +74,21 @@ def register(app: typer.Typer) -> None:
             help="CT formats, comma-separated: mhd, dicom, nifti.",
         ),
         preview: bool = typer.Option(False, "--preview", help="Also write preview PNGs."),
+        lesion_sets: bool = typer.Option(
+            False,
+            "--lesion-sets",
+            help="Write instead four lesion datasets on different patients, in their real "
+            "layouts: deeplesion/ (partly labelled key slices), luna/, lits/ and nih_ln/ "
+            "(each marking one lesion type), for 'activecad train meld'.",
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
     ) -> None:
         """Generate virtual chest-CT patients with nodules, reader marks, lesions and radiographs.
 
         The files are LUNA16-, LIDC- and DeepLesion-style, so every other command reads them
-        as it reads real data.
+        as it reads real data. With --lesion-sets: the universal and single-type lesion sets
+        that MELD trains on (Yan et al., "Universal Lesion Detection by Learning from Multiple
+        Heterogeneously Labeled Datasets", 2020).
         """
         if out is not None and out_arg is not None and out != out_arg:
             raise usage_error(f"given twice ({out_arg} and {out}); pass only --out", option="--out")
@@ -80,7 +97,14 @@ def register(app: typer.Typer) -> None:
             raise usage_error(
                 "missing; pass the folder to write, e.g. --out cohort", option="--out"
             )
-        target = output_folder(target, writes=_WRITES)
+        if lesion_sets and (formats != "mhd" or preview):
+            option = "--preview" if preview else "--formats"
+            raise usage_error(
+                "applies to the patient cohort; the lesion sets are written in their "
+                "datasets' own formats, without previews",
+                option=option,
+            )
+        target = output_folder(target, writes=_WRITES_LESION_SETS if lesion_sets else _WRITES)
         if target.is_dir() and any(target.iterdir()) and not (target / "manifest.json").is_file():
             raise InputError(
                 "folder is not empty and holds no phantom cohort",
@@ -90,21 +114,36 @@ def register(app: typer.Typer) -> None:
         # Imported here so that `activecad --help` does not pay for numpy/scipy set-up.
         from activecad.phantom import generate_cohort
         from activecad.phantom.cohort import _clear_previous
+        from activecad.phantom.lesion_sets import LESION_SETS, write_lesion_sets
 
         # Generated beside the target and moved in at the end: an interrupted run leaves
         # the earlier cohort (or nothing) in place, never half a cohort.
         with atomic_output(target, folder=True) as tmp:
-            manifest = generate_cohort(
-                tmp,
-                patients=patients,
-                seed=seed,
-                preset=preset,
-                formats=formats.split(","),
-                preview=preview,
-                progress=not as_json,
-            )
-            if target.is_dir():
+            if lesion_sets:
+                manifest = write_lesion_sets(
+                    tmp,
+                    patients_per_set=patients,
+                    seed=seed,
+                    preset=preset,
+                    progress=not as_json,
+                )
+            else:
+                manifest = generate_cohort(
+                    tmp,
+                    patients=patients,
+                    seed=seed,
+                    preset=preset,
+                    formats=formats.split(","),
+                    preview=preview,
+                    progress=not as_json,
+                )
+            if target.is_dir():  # whichever kind of phantom folder was there before
                 _clear_previous(target)
+                for name in LESION_SETS:
+                    shutil.rmtree(target / name, ignore_errors=True)
+        if lesion_sets:
+            _print_lesion_sets(target, seed, preset, manifest, as_json)
+            return
         counts = cast(dict[str, int], manifest["counts"])
         if as_json:
             typer.echo(
@@ -119,3 +158,20 @@ def register(app: typer.Typer) -> None:
         for key, value in counts.items():
             table.add_row(key, str(value))
         Console().print(table)
+
+
+def _print_lesion_sets(
+    target: Path, seed: int, preset: str, manifest: dict[str, object], as_json: bool
+) -> None:
+    counts = cast(dict[str, dict[str, int]], manifest["counts"])
+    if as_json:
+        typer.echo(
+            json.dumps({"out_dir": str(target), "seed": seed, "preset": preset, "counts": counts})
+        )
+        return
+    table = Table(title=f"phantom lesion sets in {target}")
+    table.add_column("set")
+    table.add_column("counts")
+    for name, values in counts.items():
+        table.add_row(name, ", ".join(f"{k} {v}" for k, v in values.items()))
+    Console().print(table)

@@ -6,7 +6,7 @@ lesion embedding for missing-annotation matching. See :mod:`.network` for the mo
 :mod:`.train` for training, inference and model folders.
 """
 
-from activecad.models.meld.config import PRESETS, MeldConfig, preset_config
+from activecad.models.meld.config import PRESETS, MeldConfig, MeldPreprocessing, preset_config
 from activecad.models.meld.network import HEADS, MeldBatch, MeldNet, SliceDetections, make_batch
 from activecad.models.meld.train import (
     Augment,
@@ -15,6 +15,7 @@ from activecad.models.meld.train import (
     embed_boxes,
     initial_weights,
     load_meld,
+    load_meld_preprocessing,
     predict,
     save_meld,
     train_meld,
@@ -29,11 +30,13 @@ __all__ = [
     "MeldConfig",
     "MeldFitTask",
     "MeldNet",
+    "MeldPreprocessing",
     "SampleSource",
     "SliceDetections",
     "embed_boxes",
     "initial_weights",
     "load_meld",
+    "load_meld_preprocessing",
     "make_batch",
     "predict",
     "preset_config",

@@ -162,3 +162,19 @@ def preset_config(preset: str, **overrides: object) -> MeldConfig:
         return MeldConfig(**values)  # type: ignore[arg-type]
     except ValueError as exc:
         raise InputError(f"invalid MELD settings: {exc}") from None
+
+
+class MeldPreprocessing(StrictConfig):
+    """How a model's slices were prepared; inference must prepare its slices the same way.
+
+    The HU window (-1024..3071) is fixed for every model (Yan et al. 2020, appendix 7.2).
+
+    Attributes:
+        pixel_mm: in-plane pixel size every slice was resized to, mm (paper 0.8).
+        slice_mm: interval of a sample's 9 slices, mm (paper 2).
+        crop_borders: rows and columns of air on every slice were clipped.
+    """
+
+    pixel_mm: float = Field(gt=0)
+    slice_mm: float = Field(gt=0)
+    crop_borders: bool = True

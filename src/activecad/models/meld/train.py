@@ -29,7 +29,7 @@ from activecad.data.lesion_slices import DATASETS, ORGANS, SliceSample
 from activecad.errors import InputError
 from activecad.metrics import KEY_SLICE_FP_RATES, cpm_score, froc_curve, match_boxes
 from activecad.models.bundle import load_weights, read_bundle_config, read_bundle_info, write_bundle
-from activecad.models.meld.config import MeldConfig
+from activecad.models.meld.config import MeldConfig, MeldPreprocessing
 from activecad.models.meld.network import HEADS, MeldBatch, MeldNet, make_batch
 from activecad.training.engine import Callback, FitPlan, FitState, fit
 
@@ -41,6 +41,7 @@ __all__ = [
     "embed_boxes",
     "initial_weights",
     "load_meld",
+    "load_meld_preprocessing",
     "predict",
     "save_meld",
     "train_meld",
@@ -57,6 +58,7 @@ SampleSource = Sequence[SliceSample] | Callable[[np.random.Generator], Sequence[
 """Training samples: a fixed sequence, or a sampler that draws one epoch's samples."""
 
 BOX_COLUMNS = ("x1", "y1", "x2", "y2")
+PREPROCESS_FILE = "preprocess.json"
 
 
 class MeldFitTask:
@@ -324,6 +326,8 @@ def train_meld(
     resume: bool = False,
     device: str | None = None,
     progress: bool = False,
+    callbacks: Sequence[Callback] = (),
+    preprocessing: MeldPreprocessing | None = None,
 ) -> tuple[MeldNet, list[dict[str, float]]]:
     """Train (or, with ``init_from``, fine-tune) MELD on slice samples.
 
@@ -340,6 +344,9 @@ def train_meld(
         resume: continue the interrupted fit of ``out_dir``.
         device: torch device (default CUDA when available).
         progress: a line per epoch on stdout.
+        callbacks: further engine callbacks (e.g. a progress display).
+        preprocessing: how the samples were prepared, recorded in the model folder
+            (``preprocess.json``) so that inference can repeat it.
 
     Returns:
         The trained network (eval mode, CPU) and one history record per epoch.
@@ -369,7 +376,7 @@ def train_meld(
         seed=config.seed,
         amp=config.amp,
     )
-    callbacks: list[Callback] = [_Say(config.epochs)] if progress else []
+    callbacks = [*([_Say(config.epochs)] if progress else []), *callbacks]
     checkpoint = None
     if out_dir is not None:
         checkpoint = Path(out_dir) / "checkpoint.pt"
@@ -387,19 +394,29 @@ def train_meld(
     )
     net = result.model.cpu().eval()  # type: ignore[assignment]
     if out_dir is not None:
-        save_meld(out_dir, net, result.history)
+        save_meld(out_dir, net, result.history, preprocessing=preprocessing)
     return net, result.history
 
 
-def save_meld(out_dir: str | Path, net: MeldNet, history: Sequence[dict[str, float]] = ()) -> Path:
-    """Write the model folder (bundle.json, config.yaml, weights.pt, history.json)."""
+def save_meld(
+    out_dir: str | Path,
+    net: MeldNet,
+    history: Sequence[dict[str, float]] = (),
+    *,
+    preprocessing: MeldPreprocessing | None = None,
+) -> Path:
+    """Write the model folder (bundle.json, config.yaml, weights.pt, history.json and, with
+    ``preprocessing``, preprocess.json)."""
+    files = {"history.json": json.dumps(list(history), indent=1)}
+    if preprocessing is not None:
+        files[PREPROCESS_FILE] = preprocessing.model_dump_json(indent=1)
     return write_bundle(
         out_dir,
         kind=MODEL_NAME,
         preset=net.config.preset,
         config=net.config.model_dump(mode="json"),
         weights=net.state_dict(),
-        files={"history.json": json.dumps(list(history), indent=1)},
+        files=files,
     )
 
 
@@ -416,3 +433,27 @@ def load_meld(model_dir: str | Path) -> MeldNet:
     net = MeldNet(config)
     load_weights(net, model_dir)
     return net.eval()
+
+
+def load_meld_preprocessing(model_dir: str | Path) -> MeldPreprocessing:
+    """The preprocessing a MELD model folder was trained with (``preprocess.json``).
+
+    Raises:
+        InputError: not a MELD model folder, or one that records no preprocessing.
+    """
+    read_bundle_info(model_dir, MODEL_NAME, TRAINED_BY)
+    path = Path(model_dir) / PREPROCESS_FILE
+    if not path.is_file():
+        raise InputError(
+            f"the model records no preprocessing ({PREPROCESS_FILE} is missing)",
+            path=model_dir,
+            fix=f"retrain it with '{TRAINED_BY}', or write {PREPROCESS_FILE} with the "
+            '{"pixel_mm": ..., "slice_mm": ...} it was trained at',
+        )
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON ({exc})", path=path) from None
+    if not isinstance(values, dict):
+        raise InputError("must hold a JSON object", path=path, fix='e.g. {"pixel_mm": 0.8, ...}')
+    return validate_config(MeldPreprocessing, values, source=path)
