@@ -18,7 +18,7 @@ import typer.main
 from activecad.cli.main import app
 
 # `--out` is a file for commands that write one table, a folder for every other command.
-FILE_OUT = {"detect"}
+FILE_OUT = {"detect", "mine"}
 # Options that keep a run short if a command wrongly starts work despite a bad --out.
 CHEAP = {"train detector": ["--epochs", "1", "--steps", "1", "--preset", "cpu"]}
 

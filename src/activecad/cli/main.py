@@ -36,6 +36,7 @@ from activecad.cli import (
     eval,
     importer,
     info,
+    mine,
     phantom,
     search,
     serve,
@@ -233,6 +234,7 @@ al.register(app)
 serve.register(app)
 users.register(app)
 search.register(app)
+mine.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:
