@@ -210,7 +210,8 @@ def _plot(curves: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]], out: Path
         n = min(len(x) for x, _ in by_seed.values())
         x = next(iter(by_seed.values()))[0][:n]
         ys = np.array([y[:n] for _, y in by_seed.values()])
-        ax.plot(x, ys.mean(axis=0), marker="o", label=f"{strategy} ({len(ys)} seeds)")
+        seeds = f"{len(ys)} seed" + ("" if len(ys) == 1 else "s")
+        ax.plot(x, ys.mean(axis=0), marker="o", label=f"{strategy} ({seeds})")
         if len(ys) > 1:
             ax.fill_between(x, ys.min(axis=0), ys.max(axis=0), alpha=0.15)
     ax.set_xlabel("labelled candidates")
