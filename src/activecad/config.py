@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -62,3 +63,16 @@ def validate_config(
         raise InputError(
             f"invalid config ({problems})", path=source, fix=f"valid keys: {valid}"
         ) from None
+
+
+def preset_values(presets: Mapping[str, Mapping[str, object]], preset: str) -> dict[str, object]:
+    """The values of a named preset (with ``"preset": preset``), to update and validate.
+
+    Raises:
+        InputError: ``preset`` is not a key of ``presets`` (the nearest name suggested).
+    """
+    from activecad.registry import unknown_name_message
+
+    if preset not in presets:
+        raise InputError(unknown_name_message("preset", preset, presets))
+    return {"preset": preset, **presets[preset]}

@@ -315,18 +315,7 @@ def stack_detections(table: pd.DataFrame) -> pd.DataFrame:
         table[BOX].to_numpy(np.float64),
         table["score"].to_numpy(np.float64),
     )
-    return pd.DataFrame(
-        {
-            "volume": stacked.volume_ids,
-            "first_slice": stacked.boxes[:, 2].astype(np.int64),
-            "last_slice": stacked.boxes[:, 5].astype(np.int64) - 1,
-            "x1": stacked.boxes[:, 0],
-            "y1": stacked.boxes[:, 1],
-            "x2": stacked.boxes[:, 3],
-            "y2": stacked.boxes[:, 4],
-            "score": stacked.scores,
-        }
-    )
+    return stacked.to_frame()
 
 
 def detect_meld(

@@ -235,18 +235,7 @@ def _evaluate_volume(
         volumes=volumes["volume"].to_numpy(str),
         iou_convention=iou,
     )
-    table = pd.DataFrame(
-        {
-            "volume": stacked.volume_ids,
-            "first_slice": stacked.boxes[:, 2].astype(np.int64),
-            "last_slice": stacked.boxes[:, 5].astype(np.int64) - 1,
-            "x1": stacked.boxes[:, 0],
-            "y1": stacked.boxes[:, 1],
-            "x2": stacked.boxes[:, 3],
-            "y2": stacked.boxes[:, 4],
-            "score": stacked.scores,
-        }
-    )
+    table = stacked.to_frame()
     counts = {"evaluated": len(pairs), "boxes_3d": len(stacked.scores)}
     return match, counts, table
 

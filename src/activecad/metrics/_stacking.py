@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
 from activecad.metrics._box_matching import (
@@ -47,6 +48,22 @@ class StackedBoxes:
     slice_volume_ids: NDArray[np.str_]
     slice_indices: NDArray[np.int64]
     slice_boxes: NDArray[np.float64]
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per 3D box: ``volume``, ``first_slice``, ``last_slice`` (inclusive), the
+        in-plane box ``x1, y1, x2, y2`` and ``score``."""
+        return pd.DataFrame(
+            {
+                "volume": self.volume_ids,
+                "first_slice": self.boxes[:, 2].astype(np.int64),
+                "last_slice": self.boxes[:, 5].astype(np.int64) - 1,
+                "x1": self.boxes[:, 0],
+                "y1": self.boxes[:, 1],
+                "x2": self.boxes[:, 3],
+                "y2": self.boxes[:, 4],
+                "score": self.scores,
+            }
+        )
 
 
 def _link(

@@ -13,11 +13,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from activecad.config import StrictConfig, validate_config
+from activecad.config import StrictConfig, preset_values, validate_config
 from activecad.data.augment import AugmentConfig
 from activecad.data.preprocess import PreprocessConfig
-from activecad.errors import InputError
-from activecad.registry import unknown_name_message
 
 Preset = Literal["cpu", "paper"]
 
@@ -158,9 +156,7 @@ def preset_config(preset: str, **overrides: object) -> DetectorConfig:
     Raises:
         InputError: ``preset`` is not one of the known presets, or an override is invalid.
     """
-    if preset not in PRESETS:
-        raise InputError(unknown_name_message("preset", preset, PRESETS))
-    values: dict[str, object] = {"preset": preset, **PRESETS[preset]}
+    values = preset_values(PRESETS, preset)
     for key, value in overrides.items():
         if key == "preprocess" and isinstance(value, dict):
             base = dict(values.get("preprocess", {}))  # type: ignore[call-overload]

@@ -14,11 +14,9 @@ from typing import Literal
 
 from pydantic import model_validator
 
-from activecad.config import StrictConfig
+from activecad.config import StrictConfig, preset_values, validate_config
 from activecad.data.candidates import PatchPlan
 from activecad.data.preprocess import PreprocessConfig
-from activecad.errors import InputError
-from activecad.registry import unknown_name_message
 
 Preset = Literal["cpu", "paper"]
 
@@ -110,10 +108,4 @@ def preset_config(preset: str, **overrides: object) -> FprConfig:
     Raises:
         InputError: an unknown preset or an invalid override.
     """
-    if preset not in PRESETS:
-        raise InputError(unknown_name_message("preset", preset, PRESETS))
-    values = {"preset": preset, **PRESETS[preset], **overrides}
-    try:
-        return FprConfig(**values)  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise InputError(f"invalid FP-reduction settings: {exc}") from None
+    return validate_config(FprConfig, {**preset_values(PRESETS, preset), **overrides})

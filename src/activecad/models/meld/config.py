@@ -14,9 +14,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from activecad.config import StrictConfig
-from activecad.errors import InputError
-from activecad.registry import unknown_name_message
+from activecad.config import StrictConfig, preset_values, validate_config
 
 Preset = Literal["cpu", "paper"]
 
@@ -155,13 +153,7 @@ def preset_config(preset: str, **overrides: object) -> MeldConfig:
     Raises:
         InputError: an unknown preset or an invalid override.
     """
-    if preset not in PRESETS:
-        raise InputError(unknown_name_message("preset", preset, PRESETS))
-    values = {"preset": preset, **PRESETS[preset], **overrides}
-    try:
-        return MeldConfig(**values)  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise InputError(f"invalid MELD settings: {exc}") from None
+    return validate_config(MeldConfig, {**preset_values(PRESETS, preset), **overrides})
 
 
 class MeldPreprocessing(StrictConfig):
