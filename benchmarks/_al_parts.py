@@ -5,6 +5,7 @@ Shared by benchmarks/active.py (scans) and benchmarks/acft.py (candidates)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -26,3 +27,27 @@ def run_part(work: Path, part: str, config: Path) -> None:
     }
     with (work / "timings.jsonl").open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(entry) + "\n")
+
+
+def part_folder(work: Path, results: Path, part: str) -> Path | None:
+    """Where a part's finished cycles are: the work folder while it holds them, else the copy
+    committed under ``results`` by an earlier session (work folders do not outlive a machine)."""
+    for folder in (work / part, results / part):
+        if (folder / "metrics.jsonl").is_file() and (folder / "metrics.jsonl").read_text().strip():
+            return folder
+    return None
+
+
+def keep_results(work: Path, results: Path, part: str, names: tuple[str, ...]) -> None:
+    """Copy a part's result files from the work folder into ``results``, and add the work
+    folder's timings to the committed ones (each line once)."""
+    for name in names:
+        if (work / part / name).is_file():
+            (results / part).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(work / part / name, results / part / name)
+    lines: list[str] = []
+    for timings in (results / "timings.jsonl", work / "timings.jsonl"):
+        if timings.is_file():
+            lines += [line for line in timings.read_text().splitlines() if line.strip()]
+    if lines:
+        (results / "timings.jsonl").write_text("\n".join(dict.fromkeys(lines)) + "\n")

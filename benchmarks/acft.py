@@ -22,7 +22,6 @@ Results: ``benchmarks/results/acft/`` (report.json, curves.png, metrics.jsonl pe
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ import pandas as pd
 import typer
 import yaml
 
-from _al_parts import run_part
+from _al_parts import keep_results, part_folder, run_part
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "acft"
@@ -96,12 +95,11 @@ def report(work: Path = typer.Option(..., help="The folder given to run.")) -> N
 
     rows = []
     for part in PARTS:
-        metrics = work / part / "metrics.jsonl"
-        if metrics.is_file():
-            rows += [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-            (RESULTS / part).mkdir(parents=True, exist_ok=True)
-            shutil.copy(metrics, RESULTS / part / "metrics.jsonl")
-            shutil.copy(work / part / "selections.csv", RESULTS / part / "selections.csv")
+        keep_results(work, RESULTS, part, ("metrics.jsonl", "selections.csv"))
+        folder = part_folder(work, RESULTS, part)
+        if folder is not None:
+            lines = (folder / "metrics.jsonl").read_text().splitlines()
+            rows += [json.loads(line) for line in lines if line.strip()]
     if not rows:
         return
     table = pd.DataFrame(rows)

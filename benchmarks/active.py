@@ -20,7 +20,6 @@ scatter, and each part's metrics.jsonl and selections.csv).
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 import typer
 import yaml
 
-from _al_parts import run_part
+from _al_parts import keep_results, part_folder, run_part
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "active"
@@ -117,18 +116,15 @@ def report(
     from activecad.active.report import write_report
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    folders = [work / p for p in PARTS if p != "full" and (work / p / "metrics.jsonl").is_file()]
-    full_cpm = None
-    full_metrics = work / "full" / "metrics.jsonl"
-    if full_metrics.is_file() and full_metrics.read_text().strip():
-        full_cpm = json.loads(full_metrics.read_text().splitlines()[-1]).get("cpm")
     for part in PARTS:
-        for name in ("metrics.jsonl", "selections.csv", "split.json", "loop.yaml"):
-            if (work / part / name).is_file():
-                (RESULTS / part).mkdir(exist_ok=True)
-                shutil.copy2(work / part / name, RESULTS / part / name)
-    if (work / "timings.jsonl").is_file():
-        shutil.copy2(work / "timings.jsonl", RESULTS / "timings.jsonl")
+        names = ("metrics.jsonl", "selections.csv", "split.json", "loop.yaml")
+        keep_results(work, RESULTS, part, names)
+    found = {part: part_folder(work, RESULTS, part) for part in PARTS}
+    folders = [folder for part, folder in found.items() if part != "full" and folder is not None]
+    full_cpm = None
+    if found["full"] is not None:
+        last = (found["full"] / "metrics.jsonl").read_text().splitlines()[-1]
+        full_cpm = json.loads(last).get("cpm")
     if folders:
         summary = write_report(folders, RESULTS, full_cpm=full_cpm)
         steps = INITIAL_STEPS + STEPS_PER_CYCLE * (CYCLES - 1)

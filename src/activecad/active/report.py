@@ -277,12 +277,14 @@ def _selected_sizes(curves: Curves) -> pd.DataFrame:
     annotations: pd.DataFrame | None = None
     for strategy, seeds in curves.runs.items():
         for seed, folder in curves.folders[strategy].items():
+            run_dir = folder / "runs" / f"{strategy}-seed{seed}"
+            if not (run_dir / "selections.csv").is_file():
+                continue  # a loop folder's results copied without its runs (no pool scores)
             if annotations is None:
                 from activecad.data.folders import read_luna_folder
 
                 config = yaml.safe_load((folder / "loop.yaml").read_text(encoding="utf-8"))
                 annotations = read_luna_folder(config["data"]).annotations
-            run_dir = folder / "runs" / f"{strategy}-seed{seed}"
             with (run_dir / "selections.csv").open(newline="", encoding="utf-8") as handle:
                 selected = list(csv.DictReader(handle))
             for cycle in seeds[seed].index:
