@@ -32,6 +32,8 @@ def test_train_meld_writes_a_loadable_model_with_its_preprocessing(meld_model) -
     assert net.config.epochs == 2 and net.config.steps_per_epoch == 2
     prep = load_meld_preprocessing(out)
     assert (prep.pixel_mm, prep.slice_mm) == (2.8, 2.5)
+    assert prep.hu_window == (-600.0, 400.0)  # the cpu preset's window (README: why)
+    assert summary["hu_window"] == [-600.0, 400.0]
     assert set(summary["datasets"]) == set(DATASETS)
     # Three DeepLesion patients: Train_Val_Test gives one to validation, one to the test.
     assert summary["datasets"]["universal"]["val_patients"] == 1
@@ -105,6 +107,9 @@ def _other_kind_model(tmp_path: Path) -> Path:
         ("absent", 1, "--datasets names lits/ (liver_tumours), which the folder lacks"),
         ("other_kind", 1, "holds a 'fpr' model, not a 'meld' one"),
         ("pixel", 1, "--pixel-mm 1 differs from the 2.8 mm the start model was trained at"),
+        ("window", 1, "--hu-window differs from the -600,400 HU the start model was trained at"),
+        ("window_text", 2, "--hu-window takes LOW,HIGH in HU"),
+        ("window_order", 2, "--hu-window needs LOW < HIGH"),
         ("loose_file", 1, "a weights file outside a MELD model folder"),
         ("preset", 2, "unknown preset 'gpu'"),
     ],
@@ -130,6 +135,12 @@ def test_bad_inputs_are_one_line_and_write_nothing(
         extra = ["--init-from", _other_kind_model(tmp_path)]
     elif case == "pixel":
         extra = ["--init-from", meld_model[0], "--pixel-mm", "1"]
+    elif case == "window":
+        extra = ["--init-from", meld_model[0], "--hu-window=-1024,3071"]
+    elif case == "window_text":
+        extra = ["--hu-window", "soft"]
+    elif case == "window_order":
+        extra = ["--hu-window=400,-600"]
     elif case == "loose_file":
         loose = tmp_path / "epoch.pt"
         torch.save(load_meld(meld_model[0]).state_dict(), loose)
@@ -160,3 +171,15 @@ def test_phantom_lesion_sets_refuse_cohort_only_options(run_cli, tmp_path) -> No
     assert res.exit_code == 2
     assert "--formats" in _one_error_line(res)
     assert not (tmp_path / "s").exists()
+
+
+def test_a_model_folder_from_before_the_window_option_reads_as_meld_window(
+    meld_model, tmp_path
+) -> None:
+    # Folders written before hu_window existed were trained with MELD's -1024..3071.
+    import shutil
+
+    old = tmp_path / "old_model"
+    shutil.copytree(meld_model[0], old)
+    (old / "preprocess.json").write_text('{"pixel_mm": 2.8, "slice_mm": 2.5}')
+    assert load_meld_preprocessing(old).hu_window == (-1024.0, 3071.0)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from activecad.data.lesion_samples import augment_sample, load_lesion_sets
+from activecad.data.lesion_samples import augment_sample, load_lesion_sets, prepare_volume
 from activecad.data.lesion_slices import DATASETS, ORGANS, SliceSample
 from activecad.errors import InputError
 from activecad.io import Scan, write_png, write_scan, write_table
@@ -226,3 +226,20 @@ def test_training_slices_add_unlabelled_slices_to_the_key_slices(tmp_path: Path)
     # mapping a box back to stored pixels (pixel-centre) gives DL_info's box
     volume = found.volume_of["000001_01_01_001"]
     np.testing.assert_allclose(volume.boxes_to_stored(same.boxes) - 0.5, [[16, 8, 19, 11]])
+
+
+def test_hu_window_maps_low_to_0_and_high_to_1() -> None:
+    # Hand-worked: window (-600, 400) is 1000 HU wide; -600 -> 0, -100 -> 0.5, 400 -> 1,
+    # and values outside are clipped. MELD's default window maps 0 HU to 1024 / 4095.
+    hu = np.array([[[-1000.0, -600.0], [-100.0, 400.0]], [[0.0, 2000.0], [0.0, 0.0]]])
+    common = {"pixel_spacing": (1.0, 1.0), "spacing_z": 1.0, "pixel_mm": 1.0}
+    narrow = prepare_volume(hu, crop_borders=False, hu_window=(-600.0, 400.0), **common)
+    np.testing.assert_allclose(narrow.array[0].astype(float), [[0.0, 0.0], [0.5, 1.0]], atol=1e-3)
+    assert float(narrow.array[1, 0, 1]) == 1.0
+    wide = prepare_volume(hu, crop_borders=False, **common)
+    assert float(wide.array[1, 0, 0]) == pytest.approx(1024 / 4095, abs=1e-3)
+
+
+def test_a_window_with_low_not_below_high_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="hu_window must be"):
+        load_lesion_sets(tmp_path, pixel_mm=2.8, slice_mm=2.5, hu_window=(400.0, 400.0))

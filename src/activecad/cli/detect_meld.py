@@ -143,6 +143,7 @@ def _deeplesion_preparer(
             spacing_z=spacing[2],
             pixel_mm=prep.pixel_mm,
             crop_borders=prep.crop_borders,
+            hu_window=prep.hu_window,
             name=series,
             patient=series.split("_")[0],
         )
@@ -192,6 +193,7 @@ def _ct_volume(path: Path, prep: MeldPreprocessing) -> _Volume:
             spacing_z=float(standard.spacing[2]),
             pixel_mm=prep.pixel_mm,
             crop_borders=prep.crop_borders,
+            hu_window=prep.hu_window,
             name=name,
             patient=standard.patient_id or name,
         )

@@ -135,7 +135,7 @@ def mine_command(
             )
     slices = deeplesion_training_slices(
         deeplesion, pixel_mm=prep.pixel_mm, slice_mm=prep.slice_mm, every_mm=every_mm,
-        patients=patients, crop_borders=prep.crop_borders,
+        patients=patients, crop_borders=prep.crop_borders, hu_window=prep.hu_window,
     )  # fmt: skip
     with torch.inference_mode():
         found = mine_lesions(net, slices, theta=theta, sigma=sigma)

@@ -27,7 +27,13 @@ if TYPE_CHECKING:
 # slices): at 2 mm resized to 160 px its lesions became ~3 px boxes, below every anchor, and
 # a 4-epoch run found nothing; at 1.4 mm fed at its own size with anchors from 6 px the
 # smallest lesions span more than one cell of the finest feature map (benchmarks/meld.py).
-DATA_DEFAULTS = {"cpu": (1.4, 2.5), "paper": (0.8, 2.0)}
+# Per preset: pixel mm, slice mm, HU window. The cpu preset's narrower window is a
+# deviation from the paper (see README, "Universal lesions"): a small network trained from
+# scratch did not pick up soft-tissue lesions at 1 % of MELD's -1024..3071 range.
+DATA_DEFAULTS: dict[str, tuple[float, float, tuple[float, float]]] = {
+    "cpu": (1.4, 2.5, (-600.0, 400.0)),
+    "paper": (0.8, 2.0, (-1024.0, 3071.0)),
+}
 MODEL_DEFAULTS: dict[str, dict[str, object]] = {
     "cpu": {"image_size": None, "anchor_sizes": (6, 12, 24, 48)},
     "paper": {},
@@ -217,6 +223,17 @@ def train_meld_command(
             show_default=False,
         ),
     ] = None,
+    hu_window: Annotated[
+        str | None,
+        typer.Option(
+            "--hu-window",
+            metavar="LOW,HIGH",
+            help="HU range mapped to [0, 1], e.g. --hu-window=-1024,3071 (MELD's single "
+            "window, the paper preset's) or -600,400 (the cpu preset's); with --init-from, "
+            "the start model's.",
+            show_default=False,
+        ),
+    ] = None,
     init_from: Annotated[
         Path | None,
         typer.Option(
@@ -269,6 +286,7 @@ def train_meld_command(
             what, path=data_dir, fix="give the folder holding deeplesion/, luna/, lits/, nih_ln/"
         )
 
+    window = None if hu_window is None else parse_window(hu_window)
     overrides: dict[str, object] = {"seed": seed}
     if steps_per_epoch is not None:
         overrides["steps_per_epoch"] = steps_per_epoch
@@ -290,6 +308,13 @@ def train_meld_command(
                     path=start_dir,
                     fix=f"drop {option} (fine-tuning keeps the start model's preprocessing)",
                 )
+        if window is not None and window != tuple(prep.hu_window):
+            low, high = prep.hu_window
+            raise InputError(
+                f"--hu-window differs from the {low:g},{high:g} HU the start model was trained at",
+                path=start_dir,
+                fix="drop --hu-window (fine-tuning keeps the start model's preprocessing)",
+            )
         base = start
     else:
         preset = preset or "cpu"
@@ -297,6 +322,7 @@ def train_meld_command(
         prep = MeldPreprocessing(
             pixel_mm=pixel_mm if pixel_mm is not None else DATA_DEFAULTS[preset][0],
             slice_mm=slice_mm if slice_mm is not None else DATA_DEFAULTS[preset][1],
+            hu_window=window if window is not None else DATA_DEFAULTS[preset][2],
         )
     if epochs is not None:
         overrides["epochs"] = epochs
@@ -311,7 +337,8 @@ def train_meld_command(
         shown = ", ".join(f"{n} {c['train_patients']} patients" for n, c in counts.items())
         console.print(
             f"training MELD ({config.preset}, {prep.pixel_mm:g} mm pixels, {prep.slice_mm:g} mm "
-            f"slices) on {shown}; {len(val)} validation slices"
+            f"slices, window {prep.hu_window[0]:g}..{prep.hu_window[1]:g} HU) on {shown}; "
+            f"{len(val)} validation slices"
             + ("" if val else " (the last epoch's weights are kept)"),
             highlight=False,
         )
@@ -346,6 +373,7 @@ def train_meld_command(
         "preset": config.preset,
         "pixel_mm": prep.pixel_mm,
         "slice_mm": prep.slice_mm,
+        "hu_window": list(prep.hu_window),
         "datasets": counts,
         "epochs": len(history),
         "steps_per_epoch": config.steps_per_epoch,
@@ -357,6 +385,21 @@ def train_meld_command(
         return
     _print_history(history, [d for d in DATASETS if d in counts])
     typer.echo(f"model written to {out} ({len(history)} epochs, {seconds:.0f} s)")
+
+
+def parse_window(text: str) -> tuple[float, float]:
+    """``"LOW,HIGH"`` -> (low, high) HU; a usage error unless two numbers with low < high."""
+    parts = text.split(",")
+    try:
+        low, high = (float(p) for p in parts)
+    except ValueError:
+        raise usage_error(
+            f"--hu-window takes LOW,HIGH in HU (e.g. --hu-window=-1024,3071), got {text!r}",
+            option="--hu-window",
+        ) from None
+    if not low < high:
+        raise usage_error(f"--hu-window needs LOW < HIGH, got {text!r}", option="--hu-window")
+    return low, high
 
 
 def _load_sets(
@@ -381,6 +424,7 @@ def _load_sets(
         slice_mm=prep.slice_mm,
         seed=0,  # the same validation patients whatever --seed, so seeds compare
         crop_borders=prep.crop_borders,
+        hu_window=prep.hu_window,
     )
     if chosen is not None:
         sets = replace(sets, datasets={d: sets.datasets[d] for d in chosen})

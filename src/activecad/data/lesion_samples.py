@@ -1,11 +1,12 @@
 """2.5D slice samples of the four lesion datasets, preprocessed as MELD and MULAN do.
 
 Preprocessing (Yan et al. 2020, appendix 7.2, after MULAN): axes turned to one orientation
-(volumes with a direction; DeepLesion's PNGs are taken as stored), one HU window
--1024..3071 mapped to [0, 1], every axial slice resized to ``pixel_mm`` pixels (paper
-0.8 mm), 9 slices per sample at ``slice_mm`` intervals (paper 2 mm; linear interpolation
-between stored slices, the volume's end slices repeated), black borders clipped. Training
-augmentation (:func:`augment_sample`): random resize by 0.8-1.2 and shift by -8..8 px.
+(volumes with a direction; DeepLesion's PNGs are taken as stored), one HU window (MELD's
+-1024..3071 unless ``hu_window`` says otherwise) mapped to [0, 1], every axial slice
+resized to ``pixel_mm`` pixels (paper 0.8 mm), 9 slices per sample at ``slice_mm``
+intervals (paper 2 mm; linear interpolation between stored slices, the volume's end slices
+repeated), black borders clipped. Training augmentation (:func:`augment_sample`): random
+resize by 0.8-1.2 and shift by -8..8 px.
 
 What each dataset gives (``SliceSample.dataset`` in brackets):
 
@@ -206,6 +207,7 @@ def prepare_volume(
     spacing_z: float,
     pixel_mm: float,
     crop_borders: bool = True,
+    hu_window: tuple[float, float] = HU_WINDOW,
     name: str = "",
     patient: str = "",
 ) -> PreparedVolume:
@@ -217,6 +219,7 @@ def prepare_volume(
         spacing_z: mm between stored slices.
         pixel_mm: the pixel size of every output slice, mm.
         crop_borders: clip rows and columns that are air on every slice (keeping 4 px).
+        hu_window: (low, high) HU mapped to 0 and 1, values outside clipped.
         name, patient: carried along.
     """
     ratio = (pixel_mm / float(pixel_spacing[0]), pixel_mm / float(pixel_spacing[1]))
@@ -233,7 +236,7 @@ def prepare_volume(
             r1, c1 = rows[-1] + _BORDER_PX + 1, cols[-1] + _BORDER_PX + 1
             resized = resized[:, r0:r1, c0:c1]
             offset = (int(r0), int(c0))
-    low, high = HU_WINDOW
+    low, high = hu_window
     windowed = (np.clip(resized, low, high) - low) / (high - low)
     return PreparedVolume(
         windowed.astype(np.float16), float(spacing_z), float(pixel_mm), ratio, offset, name, patient
@@ -314,6 +317,7 @@ def _prepare_sub_volume(
     rows: pd.DataFrame,
     pixel_mm: float,
     crop_borders: bool,
+    hu_window: tuple[float, float],
 ) -> PreparedVolume:
     spacing = rows["Spacing_mm_px_"].iloc[0]
     hu = deeplesion.read_slices(series, first, last)
@@ -323,6 +327,7 @@ def _prepare_sub_volume(
         spacing_z=float(spacing[2]),
         pixel_mm=pixel_mm,
         crop_borders=crop_borders,
+        hu_window=hu_window,
         name=series,
         patient=series.split("_")[0],
     )
@@ -340,6 +345,7 @@ def deeplesion_samples(
     slice_mm: float,
     patients: Sequence[str] | None = None,
     crop_borders: bool = True,
+    hu_window: tuple[float, float] = HU_WINDOW,
 ) -> list[SliceSample]:
     """One ``universal`` sample per key slice of the table, boxes its lesions on that slice.
 
@@ -348,6 +354,7 @@ def deeplesion_samples(
         pixel_mm, slice_mm: output pixel size and slice interval, mm.
         patients: keep only these patients (``<patient>`` of ``<patient>_<study>_<series>``).
         crop_borders: clip black borders.
+        hu_window: (low, high) HU mapped to [0, 1]; MELD's -1024..3071 by default.
 
     Returns:
         The samples, by series and key slice; ``image_id`` is ``<series>_<slice:03d>``.
@@ -357,7 +364,9 @@ def deeplesion_samples(
         rows = rows[rows["series"].str.split("_").str[0].isin(set(patients))]
     samples = []
     for series, first, last, group in _sub_volumes(rows):
-        volume = _prepare_sub_volume(deeplesion, series, first, last, group, pixel_mm, crop_borders)
+        volume = _prepare_sub_volume(
+            deeplesion, series, first, last, group, pixel_mm, crop_borders, hu_window
+        )
         for key, on_slice in group.groupby("Key_slice_index", sort=True):
             samples.append(
                 _sample(
@@ -403,6 +412,7 @@ def deeplesion_training_slices(
     every_mm: float = 5.0,
     patients: Sequence[str] | None = None,
     crop_borders: bool = True,
+    hu_window: tuple[float, float] = HU_WINDOW,
 ) -> TrainingSlices:
     """Every key slice of the table and, in each sub-volume, a stored slice every ``every_mm``.
 
@@ -417,6 +427,7 @@ def deeplesion_training_slices(
         every_mm: distance between the unlabelled slices taken, mm.
         patients: keep only these patients.
         crop_borders: clip black borders.
+        hu_window: (low, high) HU mapped to [0, 1]; MELD's -1024..3071 by default.
     """
     every_mm = _check_positive(every_mm, "every_mm")
     rows = deeplesion.info
@@ -426,7 +437,9 @@ def deeplesion_training_slices(
     volume_of: dict[str, PreparedVolume] = {}
     stored: dict[str, int] = {}
     for series, first, last, group in _sub_volumes(rows):
-        volume = _prepare_sub_volume(deeplesion, series, first, last, group, pixel_mm, crop_borders)
+        volume = _prepare_sub_volume(
+            deeplesion, series, first, last, group, pixel_mm, crop_borders, hu_window
+        )
         keys = group["Key_slice_index"].astype(int).to_numpy()
         boxes, organs = _dl_boxes(volume, group), _organ_targets(group)
         step = max(1, round(every_mm / volume.spacing_z))
@@ -484,6 +497,7 @@ def iter_eval_volumes(
     slice_mm: float,
     patients: Sequence[str] | None = None,
     crop_borders: bool = True,
+    hu_window: tuple[float, float] = HU_WINDOW,
 ) -> Iterator[EvalVolume]:
     """The sub-volumes of ``truth`` (merged ``Slice_range`` per series), one at a time.
 
@@ -492,12 +506,15 @@ def iter_eval_volumes(
         pixel_mm, slice_mm: output pixel size and slice interval, mm.
         patients: keep only these patients.
         crop_borders: clip black borders.
+        hu_window: (low, high) HU mapped to [0, 1]; MELD's -1024..3071 by default.
     """
     rows = truth.info
     if patients is not None:
         rows = rows[rows["series"].str.split("_").str[0].isin(set(patients))]
     for series, first, last, group in _sub_volumes(rows):
-        volume = _prepare_sub_volume(truth, series, first, last, group, pixel_mm, crop_borders)
+        volume = _prepare_sub_volume(
+            truth, series, first, last, group, pixel_mm, crop_borders, hu_window
+        )
         positions = volume.positions(slice_mm)
         step = slice_mm / volume.spacing_z
         at = np.clip(np.rint((group["Key_slice_index"].to_numpy(float) - first) / step), 0, None)
@@ -592,13 +609,16 @@ def _components_on_slices(
     return boxes, ignore
 
 
-def _prepare_scan(scan: Scan, pixel_mm: float, crop_borders: bool, patient: str) -> PreparedVolume:
+def _prepare_scan(
+    scan: Scan, pixel_mm: float, crop_borders: bool, hu_window: tuple[float, float], patient: str
+) -> PreparedVolume:
     return prepare_volume(
         scan.array,
         pixel_spacing=(float(scan.spacing[1]), float(scan.spacing[0])),
         spacing_z=float(scan.spacing[2]),
         pixel_mm=pixel_mm,
         crop_borders=crop_borders,
+        hu_window=hu_window,
         name=scan.seriesuid,
         patient=patient,
     )
@@ -667,7 +687,7 @@ class EpochSampler:
 
 
 def _luna_slices(
-    data_dir: Path, pixel_mm: float, slice_mm: float, crop: bool
+    data_dir: Path, pixel_mm: float, slice_mm: float, crop: bool, window: tuple[float, float]
 ) -> tuple[list[_LesionSlices], dict[str, str]]:
     folder = read_luna_folder(data_dir)
     out, patients = [], {}
@@ -676,7 +696,7 @@ def _luna_slices(
         scan = to_standard_orientation(read_scan(path))
         patient = scan.patient_id or scan.seriesuid
         patients[scan.seriesuid] = patient
-        volume = _prepare_scan(scan, pixel_mm, crop, patient)
+        volume = _prepare_scan(scan, pixel_mm, crop, window, patient)
         positions = volume.positions(slice_mm)
         rows = folder.annotations[folder.annotations["seriesuid"] == scan.seriesuid]
         boxes, ignore = _spheres_on_slices(
@@ -702,7 +722,7 @@ def _luna_slices(
 
 
 def _lits_slices(
-    data_dir: Path, pixel_mm: float, slice_mm: float, crop: bool
+    data_dir: Path, pixel_mm: float, slice_mm: float, crop: bool, window: tuple[float, float]
 ) -> tuple[list[_LesionSlices], dict[str, str]]:
     out, patients = [], {}
     for volume_path, seg_path in find_lits_cases(data_dir):
@@ -711,7 +731,7 @@ def _lits_slices(
         patients[name] = name
         scan = to_standard_orientation(case.scan)
         labels = to_standard_orientation(replace(case.scan, array=case.labels)).array
-        volume = _prepare_scan(scan, pixel_mm, crop, name)
+        volume = _prepare_scan(scan, pixel_mm, crop, window, name)
         volume.name = name
         positions = volume.positions(slice_mm)
         boxes, ignore = _components_on_slices(volume, positions, labels == 2)
@@ -720,7 +740,7 @@ def _lits_slices(
 
 
 def _nih_slices(
-    data_dir: Path, pixel_mm: float, slice_mm: float, crop: bool
+    data_dir: Path, pixel_mm: float, slice_mm: float, crop: bool, window: tuple[float, float]
 ) -> tuple[list[_LesionSlices], dict[str, str]]:
     nih = read_nih_ln(data_dir)
     out, patients = [], {}
@@ -738,7 +758,7 @@ def _nih_slices(
         axes = rows[["short_axis_mm", "long_axis_mm"]].to_numpy(np.float64)
         radii = np.where(np.isnan(axes[:, 0]), DEFAULT_DIAMETER_MM, axes.mean(axis=1)) / 2.0
         scan = to_standard_orientation(raw)
-        volume = _prepare_scan(scan, pixel_mm, crop, patient)
+        volume = _prepare_scan(scan, pixel_mm, crop, window, patient)
         volume.name = patient
         positions = volume.positions(slice_mm)
         boxes, ignore = _spheres_on_slices(volume, scan, positions, world, radii)
@@ -916,6 +936,7 @@ def load_lesion_sets(
     test_fraction: float = 0.15,
     seed: int = 0,
     crop_borders: bool = True,
+    hu_window: tuple[float, float] = HU_WINDOW,
 ) -> LesionSets:
     """Read whichever of ``deeplesion/ luna/ lits/ nih_ln/`` ``data_dir`` holds, as samples.
 
@@ -933,6 +954,7 @@ def load_lesion_sets(
         val_fraction, test_fraction: shares of patients held out (see above).
         seed: seed of the random splits and of the validation negatives.
         crop_borders: clip black borders.
+        hu_window: (low, high) HU mapped to [0, 1]; MELD's -1024..3071 by default.
 
     Returns:
         The samples of each dataset found and the evaluation sub-volumes.
@@ -943,6 +965,10 @@ def load_lesion_sets(
     data_dir = Path(data_dir)
     pixel_mm = _check_positive(pixel_mm, "pixel_mm")
     slice_mm = _check_positive(slice_mm, "slice_mm")
+    low, high = (float(v) for v in hu_window)
+    if not low < high:
+        raise InputError(f"hu_window must be (low, high) with low < high, got {hu_window}")
+    window = (low, high)
     if split not in SPLITS:
         close = difflib.get_close_matches(split, SPLITS, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -954,7 +980,12 @@ def load_lesion_sets(
             path=data_dir,
             fix="write one with activecad.phantom.lesion_sets.write_lesion_sets",
         )
-    options = {"pixel_mm": pixel_mm, "slice_mm": slice_mm, "crop_borders": crop_borders}
+    options = {
+        "pixel_mm": pixel_mm,
+        "slice_mm": slice_mm,
+        "crop_borders": crop_borders,
+        "hu_window": window,
+    }
     datasets: dict[str, DatasetSamples] = {}
     evaluation = EvalVolumes(None, [], **options)
     test: list[str] = []
@@ -990,7 +1021,9 @@ def load_lesion_sets(
     for k, dataset in enumerate(DATASETS[1:]):
         if dataset not in present:
             continue
-        slices, patients = readers[dataset](present[dataset], pixel_mm, slice_mm, crop_borders)
+        slices, patients = readers[dataset](
+            present[dataset], pixel_mm, slice_mm, crop_borders, window
+        )
         parts = split_by_patient(
             sorted(patients), val_fraction=val_fraction, seed=seed, groups=patients
         )

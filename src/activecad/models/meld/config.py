@@ -159,14 +159,22 @@ def preset_config(preset: str, **overrides: object) -> MeldConfig:
 class MeldPreprocessing(StrictConfig):
     """How a model's slices were prepared; inference must prepare its slices the same way.
 
-    The HU window (-1024..3071) is fixed for every model (Yan et al. 2020, appendix 7.2).
-
     Attributes:
         pixel_mm: in-plane pixel size every slice was resized to, mm (paper 0.8).
         slice_mm: interval of a sample's 9 slices, mm (paper 2).
         crop_borders: rows and columns of air on every slice were clipped.
+        hu_window: (low, high) HU mapped to [0, 1]. The paper's single window -1024..3071
+            (appendix 7.2) is the default, and what a model folder written before this
+            field existed was trained with.
     """
 
     pixel_mm: float = Field(gt=0)
     slice_mm: float = Field(gt=0)
     crop_borders: bool = True
+    hu_window: tuple[float, float] = (-1024.0, 3071.0)
+
+    @model_validator(mode="after")
+    def _check_window(self) -> MeldPreprocessing:
+        if not self.hu_window[0] < self.hu_window[1]:
+            raise ValueError(f"hu_window must be (low, high) with low < high, got {self.hu_window}")
+        return self
