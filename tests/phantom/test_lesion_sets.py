@@ -64,6 +64,25 @@ def test_deeplesion_is_partially_labelled_with_several_studies(
     assert hu.min() >= -1024 and hu.max() <= 3071
     # Two patients: one trains, one is held out for testing.
     assert sorted(full.info.groupby("Patient_index")["Train_Val_Test"].first()) == [1, 3]
+    # Only RECIST-measurable lesions (long axis >= 10 mm) are in either table.
+    assert manifest["measurable_mm"] == 10.0
+    assert (full.info["long_axis_mm"] >= 10.0).all()
+
+
+def test_sub_centimetre_lesions_are_in_no_deeplesion_table_unless_asked(tmp_path: Path) -> None:
+    write_lesion_sets(
+        tmp_path / "all", patients_per_set={"deeplesion": 2}, seed=0, measurable_mm=0.0
+    )
+    full = read_deeplesion(tmp_path / "all" / "deeplesion", table="DL_info_full.csv").info
+    assert (full["long_axis_mm"] < 10.0).any()
+    write_lesion_sets(tmp_path / "default", patients_per_set={"deeplesion": 2}, seed=0)
+    kept = read_deeplesion(tmp_path / "default" / "deeplesion", table="DL_info_full.csv").info
+    # A patient drawn in both (a patient without a measurable lesion is passed over by the
+    # default) keeps exactly its lesions of 10 mm and more.
+    both = sorted(set(full["Patient_index"]) & set(kept["Patient_index"]))
+    assert both
+    expected = full[full["Patient_index"].isin(both) & (full["long_axis_mm"] >= 10.0)]
+    assert len(kept[kept["Patient_index"].isin(both)]) == len(expected)
 
 
 def test_single_type_sets_label_only_their_type(lesion_sets: tuple[Path, dict]) -> None:
@@ -124,6 +143,8 @@ def test_bad_arguments_are_input_errors(tmp_path: Path) -> None:
         write_lesion_sets(tmp_path / "a", patients_per_set={"lidc": 1})
     with pytest.raises(InputError, match="non-negative integer"):
         write_lesion_sets(tmp_path / "b", patients_per_set=-1)
+    with pytest.raises(InputError, match="measurable_mm must be >= 0"):
+        write_lesion_sets(tmp_path / "b2", patients_per_set=1, measurable_mm=-1.0)
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "notes.txt").write_text("mine")
     with pytest.raises(InputError, match="not empty"):

@@ -9,12 +9,14 @@ that situation from the phantom, one folder per dataset, each in the real set's 
 ``deeplesion/``
     ``DL_info.csv`` (the ``lesions`` table kind: DeepLesion's columns only, key-slice
     RECIST boxes of about ``PARTIAL_LABEL_RATE`` of all lesions, drawn per lesion and
-    study, so a lesion marked in one study may be unmarked in the next);
+    study, so a lesion marked in one study may be unmarked in the next), of the lesions
+    with a long axis of at least ``measurable_mm`` (RECIST's measurable lesions; smaller
+    lung nodules are in the images but in no table);
     ``Images_png/<patient>_<study>_<series>/<slice:03d>.png`` (16-bit, HU + 32768, as
     DeepLesion ships them), the slices of every lesion's ``Slice_range``, overlapping or
     touching ranges of a series merged into one sub-volume; every patient has 2-3 studies.
-    ``DL_info_full.csv`` is the *evaluation-only* truth: every lesion in the shipped
-    sub-volumes, DeepLesion columns plus ``labelled`` (1 when in ``DL_info.csv``) and the
+    ``DL_info_full.csv`` is the *evaluation-only* truth: every measurable lesion in the
+    shipped sub-volumes, DeepLesion columns plus ``labelled`` (1 when in ``DL_info.csv``) and the
     phantom's own (``lesion_id`` names one lesion across studies, ``organ``, world mm).
     Train on ``DL_info.csv`` only. ``Train_Val_Test`` is 1/2/3 per patient (70/15/15 %,
     at least one validation and one test patient from three patients on).
@@ -79,6 +81,12 @@ LESION_SETS = ("deeplesion", "luna", "lits", "nih_ln")
 
 HU_OFFSET = 32768  # DeepLesion's PNGs store HU + 32768 as uint16
 ENLARGED_NODE_MM = 10.0  # a lymph node is a lesion from this short axis on (RECIST)
+# DeepLesion's marks are the RECIST measurements radiologists made in their reports, drawn
+# on measurable lesions: RECIST 1.1 measures a lesion from a 10 mm long axis on. Without
+# this floor, sub-centimetre lung nodules were 80 % of the phantom's DeepLesion lesions
+# (median long axis 7.5 mm, 3 px of a 2.6 mm slice), which no lesion detector could learn
+# from key slices and which DeepLesion itself rarely holds.
+MEASURABLE_MM = 10.0
 _MAX_TRIES = 60  # patient indices a set may look through per patient it needs
 _DL_COLUMNS = list(TABLE_SCHEMAS["lesions"].columns)
 
@@ -156,14 +164,23 @@ def _assign_splits(n: int, rng: np.random.Generator) -> np.ndarray:
     return codes
 
 
-def _write_deeplesion(out: Path, patients: list[PatientCase], seed: int) -> dict[str, int]:
+def _measurable(rows: pd.DataFrame, measurable_mm: float) -> pd.DataFrame:
+    """The rows of lesions with a long axis of at least ``measurable_mm``."""
+    if rows.empty:
+        return rows
+    return rows[rows["long_axis_mm"] >= measurable_mm].reset_index(drop=True)
+
+
+def _write_deeplesion(
+    out: Path, patients: list[PatientCase], seed: int, measurable_mm: float
+) -> dict[str, int]:
     folder = out / "deeplesion"
     codes = _assign_splits(len(patients), np.random.default_rng([seed, 8190]))
     frames = []
     n_slices = 0
     for patient, code in zip(patients, codes, strict=True):
         for case in patient.studies:
-            rows = _visible_lesions(case)
+            rows = _measurable(_visible_lesions(case), measurable_mm)
             if rows.empty:
                 continue
             rows["Train_Val_Test"] = int(code)
@@ -308,11 +325,11 @@ def _wanted(name: str, lesions: list[Lesion]) -> bool:
     return True
 
 
-def _usable(name: str, patient: PatientCase) -> bool:
+def _usable(name: str, patient: PatientCase, measurable_mm: float) -> bool:
     """Whether the drawn patient has a lesion of the set's kind inside its scans."""
     cases = patient.studies
     if name == "deeplesion":
-        return any(len(_visible_lesions(c)) for c in cases)
+        return any(len(_measurable(_visible_lesions(c), measurable_mm)) for c in cases)
     if name == "lits":
         return bool(_visible_of_kind(cases[0], patient, "liver"))
     if name == "nih_ln":
@@ -340,6 +357,7 @@ def write_lesion_sets(
     patients_per_set: int | Mapping[str, int] = 4,
     seed: int = 0,
     preset: str = "small",
+    measurable_mm: float = MEASURABLE_MM,
     progress: bool = False,
 ) -> dict[str, object]:
     """Write the four lesion datasets (module docstring) on different phantom patients.
@@ -351,6 +369,8 @@ def write_lesion_sets(
         seed: the seed; the same seed gives byte-identical files.
         preset: phantom preset, ``"small"`` (128 x 128 slices, a test cohort in seconds)
             or ``"full"``.
+        measurable_mm: the universal set's tables hold the lesions with at least this long
+            axis (mm); 0 keeps every lesion.
         progress: show a progress bar.
 
     Returns:
@@ -364,6 +384,8 @@ def write_lesion_sets(
     """
     out = Path(out_dir)
     counts = _patient_counts(patients_per_set)
+    if not measurable_mm >= 0:
+        raise InputError(f"measurable_mm must be >= 0, got {measurable_mm}")
     _check_args(out, max(sum(counts.values()), 1), seed, ("mhd",))
     spec = get_preset(preset)
     if out.is_dir():
@@ -390,7 +412,7 @@ def write_lesion_sets(
                 if not _wanted(name, _predicted_lesions(index, seed, n_studies)):
                     continue
                 patient = generate_patient(index, seed=seed, preset=spec.name, n_studies=n_studies)
-                if _usable(name, patient):
+                if _usable(name, patient, measurable_mm):
                     chosen[name].append(patient)
                     bar.advance(task)
 
@@ -400,7 +422,7 @@ def write_lesion_sets(
         if not chosen[name]:
             continue
         if name == "deeplesion":
-            sets[name] = _write_deeplesion(out, chosen[name], seed)
+            sets[name] = _write_deeplesion(out, chosen[name], seed, measurable_mm)
         else:
             sets[name] = writers[name](out, chosen[name])
     info = {
@@ -408,6 +430,7 @@ def write_lesion_sets(
         "version": activecad.__version__,
         "seed": seed,
         "preset": spec.name,
+        "measurable_mm": measurable_mm,
         "counts": sets,
         "patients": {name: [p.patient_id for p in chosen[name]] for name in LESION_SETS},
         "evaluation_only": ["deeplesion/DL_info_full.csv"],
