@@ -183,3 +183,47 @@ def test_a_model_folder_from_before_the_window_option_reads_as_meld_window(
     shutil.copytree(meld_model[0], old)
     (old / "preprocess.json").write_text('{"pixel_mm": 2.8, "slice_mm": 2.5}')
     assert load_meld_preprocessing(old).hu_window == (-1024.0, 3071.0)
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(
+    run_cli, tmp_path, lesion_cohort, meld_model, monkeypatch
+) -> None:
+    from activecad.models.meld import train as meld_train
+
+    keep = meld_train._KeepEpochWeights.on_epoch_end
+
+    def stop_after_first_epoch(self, state, record) -> None:
+        keep(self, state, record)
+        if state.epoch == 1:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "model"
+    args = ["train", "meld", lesion_cohort, "--out", out]
+    with monkeypatch.context() as patch:
+        patch.setattr(meld_train._KeepEpochWeights, "on_epoch_end", stop_after_first_epoch)
+        res = run_cli(*args, "--epochs", "2", "--steps-per-epoch", "2", *FAST, "--json")
+    assert res.exit_code != 0
+    partial = tmp_path / ".model.partial"
+    assert not out.exists() and (partial / "checkpoint.pt").is_file()
+    assert "--resume" in res.stderr
+    # A new run into the same --out is refused while the interrupted one is kept.
+    again = run_cli(*args, "--epochs", "2")
+    assert again.exit_code == 1 and "an interrupted run of this --out" in again.stderr
+    # Settings come from the run itself.
+    mixed = run_cli(*args, "--resume", "--epochs", "3")
+    assert mixed.exit_code == 2 and "drop --epochs" in mixed.stderr
+    res = run_cli(*args, "--resume", "--json")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["epochs"] == 2 and not partial.exists()
+    # The engine reseeds every epoch, so the resumed run ends where an uninterrupted one does.
+    resumed, straight = load_meld(out).state_dict(), load_meld(meld_model[0]).state_dict()
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+    assert json.loads((out / "training.json").read_text())["resumed"] is True
+
+
+def test_resume_without_an_interrupted_run_is_an_input_error(
+    run_cli, tmp_path, lesion_cohort
+) -> None:
+    res = run_cli("train", "meld", lesion_cohort, "--out", tmp_path / "m", "--resume")
+    assert res.exit_code == 1
+    assert "nothing to resume" in _one_error_line(res)

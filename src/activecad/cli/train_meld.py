@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -252,7 +253,15 @@ def train_meld_command(
             show_default=False,
         ),
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed (default 0).")] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the interrupted run of --out from its last finished epoch, with "
+            "the settings it started with.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Train MELD, the multi-expert universal lesion detector, on several lesion datasets.
@@ -262,7 +271,9 @@ def train_meld_command(
     (DeepLesion as 'universal', LUNA, LiTS, NIH lymph nodes), organ heads and organ gating.
     Single-type datasets give all their lesion slices and as many fresh lesion-free slices
     each epoch; training samples are resized by 0.8-1.2 and shifted by up to 8 px. The
-    epoch of best validation average sensitivity is kept.
+    epoch of best validation average sensitivity is kept. Until the run ends, its
+    checkpoint lives in a hidden folder beside --out (.NAME.partial), from which --resume
+    continues; --out itself is written only when training has finished.
     """
     from activecad.config import validate_config
     from activecad.data.lesion_samples import augment_sample
@@ -278,8 +289,30 @@ def train_meld_command(
 
     if preset is not None and preset not in PRESETS:
         raise usage_error(unknown_name_message("preset", preset, PRESETS), option="--preset")
-    chosen = parse_datasets(datasets)
     out = output_folder(out, writes="weights.pt, config.yaml, preprocess.json and history.json")
+    partial = partial_folder(out)
+    if resume:
+        given = [
+            option
+            for option, value in (
+                ("--preset", preset), ("--epochs", epochs), ("--steps-per-epoch", steps_per_epoch),
+                ("--pixel-mm", pixel_mm), ("--slice-mm", slice_mm), ("--hu-window", hu_window),
+                ("--init-from", init_from), ("--datasets", datasets), ("--seed", seed),
+            )
+            if value is not None
+        ]  # fmt: skip
+        if given:
+            raise usage_error(
+                f"--resume continues with the run's own settings; drop {', '.join(given)}",
+                option="--resume",
+            )
+    elif (partial / RUN_FILE).is_file():
+        raise InputError(
+            f"an interrupted run of this --out is kept in {partial}",
+            path=out,
+            fix="continue it with --resume, or remove that folder to start again",
+        )
+    chosen = parse_datasets(datasets)
     if not data_dir.is_dir():
         what = "is a file, not a folder" if data_dir.exists() else "no such data folder"
         raise InputError(
@@ -287,10 +320,12 @@ def train_meld_command(
         )
 
     window = None if hu_window is None else parse_window(hu_window)
-    overrides: dict[str, object] = {"seed": seed}
+    overrides: dict[str, object] = {"seed": seed or 0}
     if steps_per_epoch is not None:
         overrides["steps_per_epoch"] = steps_per_epoch
-    if init_from is not None:
+    if resume:
+        config, prep, chosen, init_from = _read_run(partial, data_dir)
+    elif init_from is not None:
         start_dir, start, prep = _start_model(init_from)  # checked before any slice is read
         if preset is not None and preset != start.preset:
             raise usage_error(
@@ -324,10 +359,11 @@ def train_meld_command(
             slice_mm=slice_mm if slice_mm is not None else DATA_DEFAULTS[preset][1],
             hu_window=window if window is not None else DATA_DEFAULTS[preset][2],
         )
-    if epochs is not None:
-        overrides["epochs"] = epochs
-        overrides["lr_drop_epochs"] = scaled_drops(base.lr_drop_epochs, base.epochs, epochs)
-    config = validate_config(MeldConfig, {**base.model_dump(), **overrides})
+    if not resume:
+        if epochs is not None:
+            overrides["epochs"] = epochs
+            overrides["lr_drop_epochs"] = scaled_drops(base.lr_drop_epochs, base.epochs, epochs)
+        config = validate_config(MeldConfig, {**base.model_dump(), **overrides})
 
     sets = _load_sets(data_dir, prep, chosen)
     counts = {name: _count(item) for name, item in sets.datasets.items()}
@@ -344,30 +380,49 @@ def train_meld_command(
         )
     live = None if as_json else _LiveProgress(console)
     start_time = time.perf_counter()
+    if not resume:
+        _write_run(partial, data_dir, config, prep, chosen, init_from)
     try:
-        with atomic_output(out, folder=True) as tmp:
-            _, history = train_meld(
-                sets.train_source,
-                val or None,
-                config,
-                augment=augment_sample,
-                out_dir=tmp,
-                init_from=init_from,
-                callbacks=[] if live is None else [live],
-                preprocessing=prep,
-            )
-            seconds = time.perf_counter() - start_time
-            training = {
-                "data_dir": str(data_dir),
-                "datasets": counts,
-                "test_patients": sets.test_patients,
-                "init_from": None if init_from is None else str(init_from),
-                "seconds": round(seconds, 1),
-            }
-            (tmp / "training.json").write_text(json.dumps(training, indent=1) + "\n")
-    finally:
+        _, history = train_meld(
+            sets.train_source,
+            val or None,
+            config,
+            augment=augment_sample,
+            out_dir=partial,
+            init_from=None if resume else init_from,  # the checkpoint holds the weights
+            resume=resume,
+            callbacks=[] if live is None else [live],
+            preprocessing=prep,
+        )
+    except BaseException:
         if live is not None:
-            live.bar.stop()  # also when training fails, so no live display is left running
+            live.bar.stop()
+        if (partial / "checkpoint.pt").is_file():
+            console.print(
+                f"the run's last finished epoch is kept in {partial}; continue with "
+                f"'activecad train meld {data_dir} --out {out} --resume'",
+                highlight=False,
+            )
+        else:
+            shutil.rmtree(partial, ignore_errors=True)  # no epoch finished: nothing to keep
+        raise
+    if live is not None:
+        live.bar.stop()
+    seconds = time.perf_counter() - start_time
+    with atomic_output(out, folder=True) as tmp:
+        for child in partial.iterdir():
+            if child.name not in (RUN_FILE, "checkpoint.pt"):
+                shutil.move(str(child), tmp / child.name)
+        training = {
+            "data_dir": str(data_dir),
+            "datasets": counts,
+            "test_patients": sets.test_patients,
+            "init_from": None if init_from is None else str(init_from),
+            "resumed": resume,
+            "seconds": round(seconds, 1),
+        }
+        (tmp / "training.json").write_text(json.dumps(training, indent=1) + "\n")
+    shutil.rmtree(partial)
     summary = {
         "model_dir": str(out),
         "preset": config.preset,
@@ -385,6 +440,60 @@ def train_meld_command(
         return
     _print_history(history, [d for d in DATASETS if d in counts])
     typer.echo(f"model written to {out} ({len(history)} epochs, {seconds:.0f} s)")
+
+
+RUN_FILE = "run.json"
+
+
+def partial_folder(out: Path) -> Path:
+    """Where a run of ``out`` keeps its checkpoint until it finishes: ``.NAME.partial``."""
+    return out.parent / f".{out.name}.partial"
+
+
+def _write_run(
+    partial: Path,
+    data_dir: Path,
+    config: MeldConfig,
+    prep: MeldPreprocessing,
+    chosen: tuple[str, ...] | None,
+    init_from: Path | None,
+) -> None:
+    """Record what a run started with, for --resume."""
+    partial.mkdir(parents=True, exist_ok=True)
+    run = {
+        "data_dir": str(data_dir.resolve()),
+        "config": config.model_dump(mode="json"),
+        "preprocessing": prep.model_dump(mode="json"),
+        "datasets": None if chosen is None else list(chosen),
+        "init_from": None if init_from is None else str(init_from),
+    }
+    (partial / RUN_FILE).write_text(json.dumps(run, indent=1) + "\n")
+
+
+def _read_run(
+    partial: Path, data_dir: Path
+) -> tuple[MeldConfig, MeldPreprocessing, tuple[str, ...] | None, Path | None]:
+    """The settings of the interrupted run in ``partial`` (see :func:`_write_run`)."""
+    from activecad.config import validate_config
+    from activecad.models.meld import MeldConfig, MeldPreprocessing
+
+    if not (partial / RUN_FILE).is_file() or not (partial / "checkpoint.pt").is_file():
+        raise InputError(
+            "nothing to resume (no finished epoch of an interrupted run)",
+            path=partial,
+            fix="drop --resume to start a new run",
+        )
+    run = json.loads((partial / RUN_FILE).read_text())
+    if Path(run["data_dir"]) != data_dir.resolve():
+        raise InputError(
+            f"the run started on {run['data_dir']}, not on this data folder",
+            path=data_dir,
+            fix="give the data folder the run started with",
+        )
+    config = validate_config(MeldConfig, run["config"], source=partial / RUN_FILE)
+    prep = validate_config(MeldPreprocessing, run["preprocessing"], source=partial / RUN_FILE)
+    datasets = None if run["datasets"] is None else tuple(run["datasets"])
+    return config, prep, datasets, None if run["init_from"] is None else Path(run["init_from"])
 
 
 def parse_window(text: str) -> tuple[float, float]:
