@@ -155,6 +155,20 @@ def test_augment_drops_boxes_shifted_out() -> None:
     assert 0 in gone and 1 in gone
 
 
+def test_augment_keeps_each_boxs_detected_flag() -> None:
+    sample = _square_sample()
+    sample.boxes = np.array([[0.0, 0.0, 2.0, 2.0], [16.0, 12.0, 24.0, 20.0]])
+    sample.organs = np.zeros((2, 3), np.float32)
+    sample.detected = np.array([False, True])
+    for seed in range(20):
+        moved = augment_sample(sample, np.random.default_rng(seed), scale_range=(1.0, 1.0))
+        # The corner box may leave the image; the detected one stays and keeps its flag.
+        assert moved.detected is not None and moved.detected.tolist()[-1] is True
+        assert len(moved.detected) == len(moved.boxes)
+    with pytest.raises(ValueError, match="detected must be"):
+        SliceSample(**{**vars(sample), "detected": np.array([True])})
+
+
 def test_bad_options_are_input_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no lesion dataset folder"):
         load_lesion_sets(tmp_path, pixel_mm=2.0, slice_mm=2.0)

@@ -65,6 +65,9 @@ def test_finetune_set_adds_mined_positives_and_ignores_suspicious_regions() -> N
     # the mined lesion, with its annotation's organ; the other expert's region ignored
     np.testing.assert_array_equal(by_id["p1_01_01_002"].boxes, [[20, 20, 24, 24]])
     np.testing.assert_array_equal(by_id["p1_01_01_002"].organs, [[0, 1, 0]])
+    # A mined box is a detection: it trains the scores, not box regression.
+    assert by_id["p1_01_01_002"].regressed.tolist() == [False]
+    assert key.regressed.tolist() == [True]
     np.testing.assert_array_equal(by_id["p1_01_01_004"].ignore_boxes, [[1, 1, 3, 3]])
     assert len(by_id["p1_01_01_004"].boxes) == 0
 
@@ -74,6 +77,7 @@ def test_suspicious_as_positive_gets_the_experts_organ() -> None:
     (key,) = out
     np.testing.assert_array_equal(key.boxes, [[4, 4, 8, 8], [12, 12, 16, 16]])
     np.testing.assert_array_equal(key.organs, [[0, 1, 0], [1, 0, 0]])  # lung expert -> lung
+    assert key.regressed.tolist() == [True, False]
     assert len(key.ignore_boxes) == 0
 
 

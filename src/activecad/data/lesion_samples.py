@@ -837,6 +837,7 @@ def augment_sample(
         image=out,
         boxes=boxes[keep],
         organs=sample.organs[keep],
+        detected=None if sample.detected is None else sample.detected[keep],
         ignore_boxes=ignore[keep_ignore],
         spacing=(sample.spacing[0] / scale[1], sample.spacing[1] / scale[0]),
     )

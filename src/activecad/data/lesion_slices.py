@@ -45,6 +45,10 @@ class SliceSample:
         ignore_boxes: (K, 4) regions neither positive nor negative in training (NRM's
             suspicious lesions, excluded findings).
         spacing: (row, column) pixel size of ``image``, mm.
+        detected: (N,) bool, True for a box a detector found rather than a reader drew (a
+            mined missing annotation, a suspicious region taken as positive): it trains the
+            classification heads but not box regression, "since they are detected proposals
+            and the box may be inaccurate" (Yan et al. 2020, section 3.2). ``None``: none.
     """
 
     image: NDArray[np.float32]
@@ -55,6 +59,7 @@ class SliceSample:
     patient: str
     ignore_boxes: NDArray[np.float64] = field(default_factory=lambda: np.zeros((0, 4)))
     spacing: tuple[float, float] = (1.0, 1.0)
+    detected: NDArray[np.bool_] | None = None
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -68,3 +73,15 @@ class SliceSample:
                 f"boxes must be (N, 4) and organs (N, 3) for the same N, got "
                 f"{self.boxes.shape} and {self.organs.shape}."
             )
+        if self.detected is not None and self.detected.shape != (len(self.boxes),):
+            raise ValueError(
+                f"detected must be (N,) for the N = {len(self.boxes)} boxes, got "
+                f"{self.detected.shape}."
+            )
+
+    @property
+    def regressed(self) -> NDArray[np.bool_]:
+        """(N,) True for the boxes that train box regression (the drawn ones)."""
+        if self.detected is None:
+            return np.ones(len(self.boxes), dtype=bool)
+        return ~self.detected

@@ -157,10 +157,14 @@ def finetune_samples(
     out = []
     for sample in chosen:
         boxes, organs, ignore = [sample.boxes], [sample.organs], [sample.ignore_boxes]
+        detected = [
+            sample.detected if sample.detected is not None else np.zeros(len(sample.boxes), bool)
+        ]
         if mined is not None and sample.image_id in mined.groups:
             rows = mined.get_group(sample.image_id)
             boxes.append(rows[list(BOX_COLUMNS)].to_numpy(float))
             organs.append(rows[organ_columns].to_numpy(np.float32))
+            detected.append(np.ones(len(rows), bool))
         if suspicious is not None and sample.image_id in suspicious.groups:
             rows = suspicious.get_group(sample.image_id)
             found = rows[list(BOX_COLUMNS)].to_numpy(float)
@@ -172,12 +176,14 @@ def finetune_samples(
                 for k, expert in enumerate(rows["expert"]):
                     targets[k, ORGANS.index(EXPERT_ORGAN[expert])] = 1.0
                 organs.append(targets)
+                detected.append(np.ones(len(rows), bool))
         out.append(
             replace(
                 sample,
                 boxes=np.concatenate(boxes).reshape(-1, 4),
                 organs=np.concatenate(organs).reshape(-1, len(ORGANS)).astype(np.float32),
                 ignore_boxes=np.concatenate(ignore).reshape(-1, 4),
+                detected=np.concatenate(detected),
             )
         )
     return out

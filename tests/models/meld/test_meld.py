@@ -326,3 +326,20 @@ def test_bad_settings_are_refused_with_the_valid_choices() -> None:
         MeldNet(preset_config("cpu", **TINY)).eval().detect(
             make_batch([blob_sample(np.random.default_rng(0))], image_size=None), "lungs"
         )
+
+
+def test_a_detected_box_trains_the_scores_but_not_box_regression() -> None:
+    # Yan et al. 2020, section 3.2: mined lesions "are only used in training the
+    # classification heads but not the bounding-box regression head".
+    torch.manual_seed(0)
+    heads = MeldNet(preset_config("cpu", **TINY)).roi_heads
+    heads.sampler.batch_size_per_image = 10_000  # take every proposal: no random draw
+    features = _pyramid(0)
+    proposals = [torch.tensor([[11.0, 9.0, 27.0, 25.0], [40.0, 40.0, 56.0, 56.0]])]
+    datasets = torch.tensor([0])
+    drawn = heads.loss(features, proposals, (64, 64), datasets, [_target([])])
+    target = {**_target([]), "regressed": torch.tensor([False])}
+    detected = heads.loss(features, proposals, (64, 64), datasets, [target])
+    assert drawn["roi_box"] > 0 and detected["roi_box"] == 0
+    torch.testing.assert_close(detected["roi_cls"], drawn["roi_cls"])
+    torch.testing.assert_close(detected["gate"], drawn["gate"])

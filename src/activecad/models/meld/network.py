@@ -145,6 +145,7 @@ def make_batch(
             {
                 "boxes": torch.as_tensor(sample.boxes * scale, dtype=torch.float32).reshape(-1, 4),
                 "organs": torch.as_tensor(sample.organs, dtype=torch.float32).reshape(-1, 3),
+                "regressed": torch.as_tensor(sample.regressed, dtype=torch.bool),
                 "ignore_boxes": torch.as_tensor(
                     sample.ignore_boxes * scale, dtype=torch.float32
                 ).reshape(-1, 4),
@@ -489,7 +490,8 @@ class MultiExpertRoIHeads(nn.Module):
                 does, so every annotated lesion has a positive).
             padded: (height, width) of the padded batch.
             datasets: (B,) dataset index of each sample.
-            targets: per sample ``boxes``, ``organs``, ``ignore_boxes``.
+            targets: per sample ``boxes``, ``organs``, ``ignore_boxes`` and ``regressed``
+                (boxes a detector found train the scores, not box regression).
         """
         props, labels, matched = [], [], []
         for p, target in zip(proposals, targets, strict=True):
@@ -515,6 +517,15 @@ class MultiExpertRoIHeads(nn.Module):
                 for t, i, k, p in zip(targets, matched, keep, props, strict=True)
             ]
         )
+        # Boxes a detector found (mined lesions) train the scores but not box regression.
+        regressed = torch.cat(
+            [
+                t["regressed"][i[k]]
+                if len(t["boxes"]) and "regressed" in t
+                else torch.full_like(k, bool(len(t["boxes"])), dtype=torch.bool)
+                for t, i, k in zip(targets, matched, keep, strict=True)
+            ]
+        )
         data = torch.cat([datasets[b].expand(len(k)) for b, k in enumerate(keep)])
         logits, gate_logits, deltas = self.heads(self.box_features(features, sampled, padded))
         rows = torch.arange(len(y), device=y.device)
@@ -528,10 +539,11 @@ class MultiExpertRoIHeads(nn.Module):
         )
         n = max(len(y), 1)
         pos = y > 0
+        fit = pos & regressed.to(pos.device)
         sampled_boxes = torch.cat(sampled)
-        regression = self.box_coder.encode_single(gt_boxes[pos], sampled_boxes[pos])
+        regression = self.box_coder.encode_single(gt_boxes[fit], sampled_boxes[fit])
         box_loss = functional.smooth_l1_loss(
-            deltas[rows, data][pos], regression, beta=1 / 9, reduction="sum"
+            deltas[rows, data][fit], regression, beta=1 / 9, reduction="sum"
         )
         if pos.any():
             gate = functional.binary_cross_entropy_with_logits(gate_logits[pos], organs[pos])
