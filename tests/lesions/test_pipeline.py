@@ -8,7 +8,13 @@ import pytest
 
 from activecad.data.lesion_samples import PreparedVolume, TrainingSlices
 from activecad.data.lesion_slices import SliceSample
-from activecad.lesions.pipeline import MiningResult, finetune_samples, mining_quality
+from activecad.lesions.pipeline import (
+    MiningInputs,
+    MiningResult,
+    finetune_samples,
+    mine_from,
+    mining_quality,
+)
 
 BOX = ["x1", "y1", "x2", "y2"]
 
@@ -114,3 +120,38 @@ def test_mining_quality_counts_boxes_on_unlabelled_truth() -> None:
     }  # fmt: skip
     # neither suspicious box lies on a lesion
     assert quality["nrm"]["precision"] == 0.0 and quality["nrm"]["recall"] == 0.0
+
+
+def test_one_set_of_network_outputs_serves_every_threshold() -> None:
+    # The annotation on slice 010 has embedding (1, 0). Proposals on slice 002 of the same
+    # patient lie 0 and 0.632 away (|(1, 0) - (0.8, 0.6)| = sqrt(0.04 + 0.36)); one of
+    # another patient lies 0 away but may never match. The lung expert's 0.9 box on slice
+    # 004 overlaps nothing.
+    annotations = pd.DataFrame(
+        {"image": ["p1_01_01_010"], "patient": ["p1"], "x1": [4.0], "y1": [4.0],
+         "x2": [8.0], "y2": [8.0], "organ_lung": [0.0], "organ_liver": [1.0],
+         "organ_lymph_node": [0.0]}
+    )  # fmt: skip
+    proposals = pd.DataFrame(
+        {"image": ["p1_01_01_002", "p1_01_01_002", "p2_01_01_002"],
+         "patient": ["p1", "p1", "p2"], "x1": [20.0, 2.0, 20.0], "y1": [20.0, 2.0, 20.0],
+         "x2": [24.0, 6.0, 24.0], "y2": [24.0, 6.0, 24.0], "score": [0.6, 0.5, 0.9]}
+    )  # fmt: skip
+    expert = pd.DataFrame(
+        {"image": ["p1_01_01_004"], "patient": ["p1"], "x1": [1.0], "y1": [1.0],
+         "x2": [3.0], "y2": [3.0], "score": [0.9]}
+    )  # fmt: skip
+    inputs = MiningInputs(
+        annotations,
+        np.array([[1.0, 0.0]], np.float32),
+        proposals,
+        np.array([[1.0, 0.0], [0.8, 0.6], [1.0, 0.0]], np.float32),
+        {"lung_nodules": expert},
+        _slices(),
+    )
+    tight = mine_from(inputs, theta=0.15, sigma=0.5)
+    loose = mine_from(inputs, theta=0.7, sigma=0.95)
+    assert tight.mined["x1"].tolist() == [20.0] and set(loose.mined["x1"]) == {20.0, 2.0}
+    assert (tight.mined["patient"] == "p1").all() and (loose.mined["patient"] == "p1").all()
+    assert tight.suspicious["expert"].tolist() == ["lung_nodules"] and loose.suspicious.empty
+    assert mine_from(inputs, experts=()).suspicious.empty

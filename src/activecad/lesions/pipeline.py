@@ -34,11 +34,14 @@ from activecad.metrics import (
 )
 
 __all__ = [
+    "MiningInputs",
     "MiningResult",
     "evaluate_volumes",
     "finetune_samples",
+    "mine_from",
     "mine_lesions",
     "mining_quality",
+    "predict_for_mining",
 ]
 
 EXPERT_ORGAN = dict(zip(DATASETS[1:], ORGANS, strict=True))
@@ -75,6 +78,103 @@ def _annotation_table(samples: Sequence[SliceSample]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+@dataclass
+class MiningInputs:
+    """What mining thresholds, computed once by :func:`predict_for_mining`.
+
+    The network's passes over the training slices are the whole cost of mining; MAM's
+    ``theta`` and NRM's ``sigma`` only threshold these tables, so a sweep over them
+    (Yan et al. 2020, Fig. 5) computes this once and calls :func:`mine_from` per value.
+
+    Attributes:
+        annotations: the existing annotations (``image``, ``patient``, box, ``organ_*``).
+        annotation_embeddings: (A, E) their lesion embeddings.
+        proposals: the universal expert's detections (``image``, ``patient``, box, ...).
+        proposal_embeddings: (P, E) their lesion embeddings.
+        expert_proposals: each single-type expert's detections, by dataset.
+        slices: the slices mined over.
+    """
+
+    annotations: pd.DataFrame
+    annotation_embeddings: np.ndarray
+    proposals: pd.DataFrame
+    proposal_embeddings: np.ndarray
+    expert_proposals: dict[str, pd.DataFrame]
+    slices: TrainingSlices
+
+
+def predict_for_mining(
+    net: object,
+    slices: TrainingSlices,
+    *,
+    experts: Sequence[str] = DATASETS[1:],
+    batch_size: int = 8,
+) -> MiningInputs:
+    """The passes of a trained MELD network that MAM and NRM need (see :class:`MiningInputs`).
+
+    Args:
+        net: a :class:`activecad.models.meld.MeldNet`.
+        slices: key slices and unlabelled slices (:func:`deeplesion_training_slices`).
+        experts: the single-type experts NRM asks (paper: all three).
+        batch_size: slices per forward pass.
+    """
+    from activecad.models.meld import embed_boxes, predict
+
+    keyed = slices.key_slices
+    annotation_emb = embed_boxes(net, keyed, batch_size=batch_size)  # type: ignore[arg-type]
+    proposals, proposal_emb = predict(net, slices.samples, batch_size=batch_size)  # type: ignore[arg-type]
+    by_expert = {}
+    for expert in experts:
+        table, _ = predict(net, slices.samples, dataset=expert, batch_size=batch_size)  # type: ignore[arg-type]
+        by_expert[expert] = table.rename(columns={"image_id": "image"})
+    return MiningInputs(
+        _annotation_table(keyed),
+        annotation_emb,
+        proposals.rename(columns={"image_id": "image"}),
+        proposal_emb,
+        by_expert,
+        slices,
+    )
+
+
+def mine_from(
+    inputs: MiningInputs,
+    *,
+    theta: float = 0.15,
+    sigma: float = 0.5,
+    experts: Sequence[str] | None = None,
+) -> MiningResult:
+    """MAM and NRM on the network outputs of :func:`predict_for_mining`.
+
+    Args:
+        inputs: the network's outputs on the training slices.
+        theta: MAM's L2 distance threshold between lesion embeddings.
+        sigma: NRM's score threshold of the single-type experts.
+        experts: the single-type experts NRM asks; ``None``: every one in ``inputs``.
+    """
+    annotations = inputs.annotations
+    mined = mine_missing(
+        inputs.proposals,
+        annotations,
+        inputs.proposal_embeddings,
+        inputs.annotation_embeddings,
+        theta=theta,
+    )
+    organ_columns = [f"organ_{o}" for o in ORGANS]
+    matched = annotations.iloc[mined["annotation"].to_numpy(int)][organ_columns].to_numpy()
+    mined = mined[["image", "patient", *BOX_COLUMNS, "score", "annotation", "distance"]].copy()
+    mined[organ_columns] = matched
+    expert_tables = []
+    for expert in inputs.expert_proposals if experts is None else experts:
+        table = inputs.expert_proposals[expert]
+        found = suspicious_regions(table, annotations, mined, sigma=sigma)
+        found = found[["image", "patient", *BOX_COLUMNS, "score"]].copy()
+        found["expert"] = expert
+        expert_tables.append(found)
+    suspicious = pd.concat(expert_tables, ignore_index=True) if expert_tables else pd.DataFrame()
+    return MiningResult(mined.reset_index(drop=True), suspicious, annotations, inputs.slices)
+
+
 def mine_lesions(
     net: object,
     slices: TrainingSlices,
@@ -84,7 +184,8 @@ def mine_lesions(
     experts: Sequence[str] = DATASETS[1:],
     batch_size: int = 8,
 ) -> MiningResult:
-    """Run MAM and NRM with a trained MELD network on the training slices.
+    """Run MAM and NRM with a trained MELD network on the training slices: the network's
+    passes (:func:`predict_for_mining`), then the thresholds (:func:`mine_from`).
 
     Args:
         net: a :class:`activecad.models.meld.MeldNet`.
@@ -94,28 +195,8 @@ def mine_lesions(
         experts: the single-type experts NRM asks (paper: all three).
         batch_size: slices per forward pass.
     """
-    from activecad.models.meld import embed_boxes, predict
-
-    keyed = slices.key_slices
-    annotations = _annotation_table(keyed)
-    annotation_emb = embed_boxes(net, keyed, batch_size=batch_size)  # type: ignore[arg-type]
-    proposals, proposal_emb = predict(net, slices.samples, batch_size=batch_size)  # type: ignore[arg-type]
-    proposals = proposals.rename(columns={"image_id": "image"})
-    mined = mine_missing(proposals, annotations, proposal_emb, annotation_emb, theta=theta)
-    organ_columns = [f"organ_{o}" for o in ORGANS]
-    matched = annotations.iloc[mined["annotation"].to_numpy(int)][organ_columns].to_numpy()
-    mined = mined[["image", "patient", *BOX_COLUMNS, "score", "annotation", "distance"]].copy()
-    mined[organ_columns] = matched
-    expert_tables = []
-    for expert in experts:
-        table, _ = predict(net, slices.samples, dataset=expert, batch_size=batch_size)  # type: ignore[arg-type]
-        table = table.rename(columns={"image_id": "image"})
-        found = suspicious_regions(table, annotations, mined, sigma=sigma)
-        found = found[["image", "patient", *BOX_COLUMNS, "score"]].copy()
-        found["expert"] = expert
-        expert_tables.append(found)
-    suspicious = pd.concat(expert_tables, ignore_index=True) if expert_tables else pd.DataFrame()
-    return MiningResult(mined.reset_index(drop=True), suspicious, annotations, slices)
+    inputs = predict_for_mining(net, slices, experts=experts, batch_size=batch_size)
+    return mine_from(inputs, theta=theta, sigma=sigma)
 
 
 def finetune_samples(
