@@ -164,7 +164,12 @@ def run(work: Path = typer.Option(..., help="Working folder (resumable).")) -> N
     """Train, mine, fine-tune and evaluate every row; each finished step is kept."""
     from activecad.data.lesion_samples import deeplesion_training_slices
     from activecad.io.lesion_sets import read_deeplesion
-    from activecad.lesions.pipeline import finetune_samples, mine_lesions, mining_quality
+    from activecad.lesions.pipeline import (
+        finetune_samples,
+        mine_from,
+        mining_quality,
+        predict_for_mining,
+    )
 
     torch.set_num_threads(1)  # shared cores: two threads stall against the other jobs
     work.mkdir(parents=True, exist_ok=True)
@@ -184,18 +189,20 @@ def run(work: Path = typer.Option(..., help="Working folder (resumable).")) -> N
         deeplesion, pixel_mm=PIXEL_MM, slice_mm=SLICE_MM, hu_window=HU_WINDOW,
         patients=sets.datasets["universal"].train_patients,
     )  # fmt: skip
+    # One set of network passes; every theta and sigma only thresholds them.
+    inputs = predict_for_mining(meld, slices)
     sweep_path = work / "mining_sweep.json"
     if not sweep_path.is_file():
         _say(f"mining sweep over {len(slices.samples)} training slices")
         sweep = {"theta": {}, "sigma": {}}
         for theta in THETAS:
-            found = mine_lesions(meld, slices, theta=theta, sigma=SIGMA, experts=())
+            found = mine_from(inputs, theta=theta, sigma=SIGMA, experts=())
             sweep["theta"][f"{theta:g}"] = mining_quality(found, truth)["mam"]
         for sigma in SIGMAS:
-            found = mine_lesions(meld, slices, theta=THETA, sigma=sigma)
+            found = mine_from(inputs, theta=THETA, sigma=sigma)
             sweep["sigma"][f"{sigma:g}"] = mining_quality(found, truth)["nrm"]
         sweep_path.write_text(json.dumps(sweep, indent=1))
-    mined = mine_lesions(meld, slices, theta=THETA, sigma=SIGMA)
+    mined = mine_from(inputs, theta=THETA, sigma=SIGMA)
     quality = mining_quality(mined, truth)
     (work / "mining_quality.json").write_text(json.dumps(quality, indent=1))
 
@@ -238,11 +245,15 @@ ROWS = (
 )
 
 
-def _val_history(model: Path) -> list[float | None]:
+def _val_history(model: Path) -> list[dict[str, float]]:
+    """Per epoch, the validation key-slice sensitivities (each expert's and their mean)."""
     path = model / "history.json"
     if not path.is_file():
         return []
-    return [h.get("avg_sensitivity") for h in json.loads(path.read_text())]
+    return [
+        {k: round(v, 4) for k, v in h.items() if "sensitivity" in k}
+        for h in json.loads(path.read_text())
+    ]
 
 
 @app.command()
@@ -268,7 +279,7 @@ def report(work: Path = typer.Option(..., help="The folder given to run.")) -> N
                 if seconds.is_file()
                 else None,
                 "curve": result["curve"],
-                "val_avg_sensitivity_per_epoch": _val_history(work / "models" / name),
+                "validation_per_epoch": _val_history(work / "models" / name),
             }
     summary = {
         "what": "Universal lesion detection on the phantom (Yan et al. 2020 Tables 1 and 4)",
@@ -334,6 +345,124 @@ def report(work: Path = typer.Option(..., help="The folder given to run.")) -> N
             summary["rows"] and {k: v["average_sensitivity"] for k, v in summary["rows"].items()}
         )
     )
+
+
+# --------------------------------------------------------------------------- diagnosis
+DIAGNOSIS = RESULTS / "meld_diagnosis.json"
+SIZE_BINS = ((0, 6), (6, 10), (10, 20), (20, 1000))  # box width, network pixels
+
+
+def _record(key: str, value: dict) -> None:
+    """Add one entry to meld_diagnosis.json (the README quotes it)."""
+    found = json.loads(DIAGNOSIS.read_text()) if DIAGNOSIS.is_file() else {}
+    found[key] = value
+    DIAGNOSIS.write_text(json.dumps(found, indent=1) + "\n")
+
+
+def _training_key_slices(sets, count: int | None = None):
+    rng = np.random.default_rng(SEED)
+    samples = [s for s in sets.train_source(rng) if s.dataset == "universal"]
+    return samples if count is None else samples[:count]
+
+
+@app.command()
+def diagnose(
+    work: Path = typer.Option(..., help="The folder given to run."),
+    model: Path = typer.Option(..., help="A model folder, or an epoch file of one."),
+    name: str = typer.Option(..., help="Key of this entry in meld_diagnosis.json."),
+) -> None:
+    """Where a model's proposals and detections land on the training key slices, by size:
+    the share of annotated boxes with a proposal / a detection of IoU > 0.5, and with such a
+    detection among the slice's top 5."""
+    from torchvision.models.detection.image_list import ImageList
+    from torchvision.ops import box_iou
+
+    from activecad.models.meld import MeldNet, load_meld, predict
+    from activecad.models.meld.network import make_batch
+
+    torch.set_num_threads(1)
+    if model.suffix == ".pt":
+        net = MeldNet(load_meld(model.parent.parent).config)
+        net.load_state_dict(torch.load(model, map_location="cpu", weights_only=True))
+        net.eval()
+    else:
+        net = load_meld(model)
+    sets = _sets(work)
+    samples = _training_key_slices(sets)
+    drawn = sets.train_source(np.random.default_rng(SEED))
+    epoch_mix = {d: sum(s.dataset == d for s in drawn) for d in sets.datasets}
+    table, _ = predict(net, samples)
+    width, proposal, detection, top5 = [], [], [], []
+    for sample in samples:
+        truth = torch.as_tensor(sample.boxes, dtype=torch.float32)
+        rows = table[table["image_id"] == sample.image_id].sort_values("score", ascending=False)
+        found = torch.as_tensor(rows[["x1", "y1", "x2", "y2"]].to_numpy(), dtype=torch.float32)
+        iou = box_iou(truth, found.reshape(-1, 4))
+        hit = iou > 0.5
+        detection += hit.any(1).tolist() if len(found) else [False] * len(truth)
+        top5 += hit[:, :5].any(1).tolist() if len(found) else [False] * len(truth)
+        with torch.no_grad():
+            batch = make_batch([sample], image_size=net.config.image_size)
+            features = net.features(batch.images)
+            images = ImageList(batch.images, batch.image_sizes)
+            proposals, _ = net.rpn(images, features, torch.zeros(1, dtype=torch.int64))
+        proposal += (box_iou(truth * batch.scales[0], proposals[0]).max(1).values > 0.5).tolist()
+        width += (sample.boxes[:, 2] - sample.boxes[:, 0]).tolist()
+    width_a = np.array(width)
+    bins = {}
+    for low, high in SIZE_BINS:
+        inside = (width_a >= low) & (width_a < high)
+        if inside.any():
+            bins[f"{low}-{high} px"] = {
+                "boxes": int(inside.sum()),
+                "proposal_iou_gt_0.5": float(np.mean(np.array(proposal)[inside])),
+                "detection_iou_gt_0.5": float(np.mean(np.array(detection)[inside])),
+                "in_top_5": float(np.mean(np.array(top5)[inside])),
+            }
+    entry = {
+        "model": str(model),
+        "training_key_slices": len(samples),
+        "median_box_width_px": float(np.median(width_a)),
+        "meld_epoch_samples_by_dataset": epoch_mix,
+        "by_box_width": bins,
+    }
+    _record(name, entry)
+    print(json.dumps(entry, indent=1))
+
+
+@app.command()
+def overfit(
+    work: Path = typer.Option(..., help="The folder given to run."),
+    slices: int = typer.Option(64, help="Training key slices to fit."),
+    steps: int = typer.Option(800, help="Optimiser steps (4 epochs, one rate drop after 3)."),
+    lr: float = typer.Option(1e-3, help="Learning rate."),
+    wide: bool = typer.Option(False, help="Twice the cpu preset's widths."),
+    name: str = typer.Option(..., help="Key of this entry in meld_diagnosis.json."),
+) -> None:
+    """Train on a few training key slices and measure the sensitivity on those same slices:
+    whether the cpu preset can fit them at all within a step budget."""
+    from activecad.data.lesion_samples import augment_sample
+    from activecad.models.meld import preset_config, train_meld
+
+    torch.set_num_threads(1)
+    samples = _training_key_slices(_sets(work), slices)
+    widths = {"widths": (32, 48, 64, 96), "fpn_channels": 64, "representation": 256}
+    config = preset_config(
+        "cpu", epochs=4, steps_per_epoch=steps // 4, lr_drop_epochs=(3,), lr=lr, seed=SEED,
+        amp=False, **MODEL, **(widths if wide else {}),
+    )  # fmt: skip
+    start = time.perf_counter()
+    _, history = train_meld(samples, samples, config, augment=augment_sample, device="cpu")
+    entry = {
+        "slices": len(samples),
+        "steps": steps,
+        "lr": lr,
+        "wide": wide,
+        "train_sensitivity_per_epoch": [h.get("avg_sensitivity") for h in history],
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    _record(name, entry)
+    print(json.dumps(entry))
 
 
 if __name__ == "__main__":
