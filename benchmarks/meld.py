@@ -318,7 +318,7 @@ def report(work: Path = typer.Option(..., help="The folder given to run.")) -> N
         ax.set_xlabel("false positives per sub-volume")
         ax.set_ylabel("sensitivity")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left")
         ax.set_title("Held-out phantom sub-volumes, every measurable lesion annotated")
         fig.tight_layout()
         fig.savefig(RESULTS / "meld_froc.png", dpi=110)
