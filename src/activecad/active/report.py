@@ -251,10 +251,12 @@ def _plot_curves(curves: Curves, path: Path) -> None:
                 label = f"{strategy} ({len(y)} seeds)"
                 ax.plot(mean_x, mean, color=colour, linewidth=2, marker="o", label=label)
                 if len(y) >= 2:
+                    # Every curve metric (CPM, sensitivity, AUC) lies in [0, 1]; a t-interval
+                    # of two seeds can reach far beyond it, which says nothing more.
                     ax.fill_between(
                         mean_x,
-                        [s.lower for s in summaries],
-                        [s.upper for s in summaries],
+                        np.clip([s.lower for s in summaries], 0.0, 1.0),
+                        np.clip([s.upper for s in summaries], 0.0, 1.0),
                         color=colour,
                         alpha=0.15,
                     )
