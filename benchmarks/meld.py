@@ -127,12 +127,12 @@ def _fit(work: Path, name: str, source, val, *, epochs: int, init_from: Path | N
     out = work / "models" / name
     if (out / "weights.pt").is_file():
         return load_meld(out)
+    # Fine-tuning runs the second half of MELD's schedule: one tenfold drop half-way through.
+    drops = {} if init_from is None else {"lr_drop_epochs": (max(1, epochs // 2),)}
     config = preset_config(
-        "cpu", epochs=epochs, steps_per_epoch=STEPS_PER_EPOCH, seed=SEED, amp=False, **MODEL
-    )
-    if init_from is not None:
-        # the second half of MELD's schedule: one tenfold drop half-way through it
-        config = config.model_copy(update={"lr_drop_epochs": (max(1, epochs // 2),)})
+        "cpu", epochs=epochs, steps_per_epoch=STEPS_PER_EPOCH, seed=SEED, amp=False,
+        **MODEL, **drops,
+    )  # fmt: skip
     _say(f"training {name} ({epochs} epochs{', from ' + init_from.name if init_from else ''})")
     start = time.perf_counter()
     net, _ = train_meld(
