@@ -247,6 +247,16 @@ ROWS = (
 )
 
 
+def _wilson(sensitivity: float, lesions: int) -> list[float]:
+    """95 % Wilson interval of a sensitivity over ``lesions`` test lesions (a binomial
+    reading: lesions taken as independent, which lesions of one patient are not quite)."""
+    from scipy.stats import binomtest
+
+    found = round(sensitivity * lesions)
+    ci = binomtest(found, lesions).proportion_ci(confidence_level=0.95, method="wilson")
+    return [round(ci.low, 3), round(ci.high, 3)]
+
+
 def _val_history(model: Path) -> list[dict[str, float]]:
     """Per epoch, the validation key-slice sensitivities (each expert's and their mean)."""
     path = model / "history.json"
@@ -282,6 +292,9 @@ def report(work: Path = typer.Option(..., help="The folder given to run.")) -> N
                 else None,
                 "curve": result["curve"],
                 "validation_per_epoch": _val_history(work / "models" / name),
+                "wilson_95_at_8_fps": _wilson(
+                    result["sensitivities"]["8"], result["counts"]["lesions"]
+                ),
             }
     summary = {
         "what": "Universal lesion detection on the phantom (Yan et al. 2020 Tables 1 and 4)",
