@@ -301,3 +301,49 @@ def test_cohort_writes_one_lidc_xml_per_series(tiny_cohort: Path) -> None:
         scan = read_lidc_xml(tiny_cohort / "lidc_xml" / f"{uid}.xml")
         assert scan.seriesuid == uid
         assert len(scan.marks) == int((readers["seriesuid"] == uid).sum())
+
+
+def _drawn_hu(organ: str, hu: float, phase: str, background: float) -> tuple[float, float]:
+    """HU at a lesion's centre and 2 mm outside its surface, drawn on a flat background."""
+    from activecad.phantom.lesions import Lesion, draw_lesion
+
+    grid = Grid((41, 41, 41), np.array([1.0, 1.0, 1.0]), np.array([-20.0, -20.0, -20.0]))
+    volume = np.full(grid.shape, background, dtype=np.float32)
+    # Off the voxel grid a little: a centre exactly on a voxel has no direction to it.
+    lesion = Lesion(0, organ, np.full(3, 0.3), np.array([6.0, 6.0, 6.0]), hu)
+    draw_lesion(volume, lesion, grid, np.zeros(3), 0, phase)
+    return float(volume[20, 20, 20]), float(volume[20, 20, 28])
+
+
+def test_portal_venous_phase_makes_abdominal_nodes_and_liver_tumours_visible() -> None:
+    # Unenhanced, an abdominal node (40 HU) in the 38 HU abdomen has no contrast; in the
+    # portal venous phase it lies in fat (NODE_FAT_SHEATH_MM = 4 mm of -100 HU around it).
+    centre, outside = _drawn_hu("lymph_node_abdominal", 40.0, "unenhanced", 38.0)
+    assert (centre, outside) == pytest.approx((40.0, 38.0), abs=0.5)
+    centre, outside = _drawn_hu("lymph_node_abdominal", 40.0, "portal_venous", 38.0)
+    assert (centre, outside) == pytest.approx((40.0, -100.0), abs=0.5)
+    # Liver tumours enhance by 25 HU (hypodense) or 50 HU (hyperdense): 20 -> 45, 110 -> 160
+    # HU, against a liver the study enhances from 58 to 105 HU.
+    assert _drawn_hu("liver", 20.0, "portal_venous", 105.0)[0] == pytest.approx(45.0, abs=0.5)
+    assert _drawn_hu("liver", 110.0, "portal_venous", 105.0)[0] == pytest.approx(160.0, abs=0.5)
+    # Mediastinal nodes already lie in mediastinal fat: drawn as they are.
+    assert _drawn_hu("lymph_node_mediastinal", 40.0, "portal_venous", -85.0) == pytest.approx(
+        (40.0, -85.0), abs=0.5
+    )
+
+
+def test_portal_venous_patient_keeps_anatomy_and_enhances_the_liver() -> None:
+    plain = generate_patient(2, seed=3, n_studies=1)
+    enhanced = generate_patient(2, seed=3, n_studies=1, phase="portal_venous")
+    a, b = plain.studies[0], enhanced.studies[0]
+    assert np.array_equal(a.labels, b.labels)
+    assert b.acquisition.dose == "standard" and b.scan.meta["phase"] == "portal_venous"
+    liver = a.labels == Tissue.LIVER
+    assert liver.sum() > 1000  # the chest CT reaches 45 mm below the diaphragm
+    # Stored arrays are reoriented: carry the drawing grid's liver mask along.
+    acq = a.acquisition
+    stored_liver, _, _ = reorient(liver.astype(np.uint8), acq.grid, acq.direction)
+    gain = b.scan.array[stored_liver > 0].mean() - a.scan.array[stored_liver > 0].mean()
+    assert gain == pytest.approx(47.0, abs=10.0)  # LIVER_ENHANCEMENT_HU, less partial volume
+    with pytest.raises(ValueError, match="phase must be one of"):
+        generate_patient(2, seed=3, n_studies=1, phase="arterial")

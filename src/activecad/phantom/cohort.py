@@ -12,7 +12,7 @@ import hashlib
 import json
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +46,15 @@ from activecad.phantom.anatomy import (
     sample_anatomy,
 )
 from activecad.phantom.config import Preset, get_preset
-from activecad.phantom.lesions import DATASET, LESION_TYPE, Lesion, draw_lesion, sample_lesions
+from activecad.phantom.lesions import (
+    DATASET,
+    LESION_TYPE,
+    LIVER_ENHANCEMENT_HU,
+    PHASES,
+    Lesion,
+    draw_lesion,
+    sample_lesions,
+)
 from activecad.phantom.nodules import (
     Nodule,
     draw_nodule,
@@ -115,6 +123,7 @@ class PatientCase:
     lesions: list[Lesion]
     bumps: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
     studies: list[StudyCase] = field(default_factory=list)
+    phase: str = "unenhanced"
 
 
 def _rng(seed: int, *key: int) -> np.random.Generator:
@@ -137,6 +146,7 @@ def generate_patient(
     seed: int,
     preset: str = "small",
     n_studies: int | None = None,
+    phase: str = "unenhanced",
 ) -> PatientCase:
     """Generate one virtual patient with all its studies, in memory.
 
@@ -145,11 +155,18 @@ def generate_patient(
         seed: cohort seed; the patient depends only on ``(seed, index)``.
         preset: ``"small"`` (about 128 x 128 x 100) or ``"full"`` (512 x 512 x ~300).
         n_studies: force the number of studies (1-3); drawn (70/20/10 %) when None.
+        phase: contrast phase of every study (``PHASES``): ``"unenhanced"`` (screening
+            chest CT, the cohort's default) or ``"portal_venous"`` (diagnostic CT: the
+            liver enhanced, standard dose only, abdominal nodes in fat; see
+            :func:`activecad.phantom.lesions.draw_lesion`). The anatomy, nodules and
+            lesions are the same in both.
 
     Returns:
         The patient; each study holds its stored :class:`~activecad.io.scan.Scan` and truth.
     """
     spec = get_preset(preset)
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
     rng = _rng(seed, index, 1)
     if n_studies is None:
         n_studies = int(rng.choice([1, 2, 3], p=[0.7, 0.2, 0.1]))
@@ -166,7 +183,7 @@ def generate_patient(
     lesions = sample_lesions(anatomy, _rng(seed, index, 4), n_studies)
     bumps = sample_pleural_bumps(anatomy, _rng(seed, index, 5), nodules)
     patient = PatientCase(
-        patient_id_for(index), index, anatomy, vessels, nodules, lesions, bumps=bumps
+        patient_id_for(index), index, anatomy, vessels, nodules, lesions, bumps=bumps, phase=phase
     )
     scanners = cohort_scanners(seed)
     first_day = dt.date(2001, 1, 1) + dt.timedelta(days=int(rng.integers(0, 3650)))
@@ -240,17 +257,24 @@ def _generate_study(
     anatomy = patient.anatomy
     lowest = min(anatomy.dome_right, anatomy.dome_left) - 45.0
     acq = sample_acquisition(rng, spec, anatomy.apex_w, lowest, scanners)
+    if patient.phase == "portal_venous" and acq.dose == "low":
+        # Diagnostic contrast CT is not low dose: the drawn 35-70 HU noise maps onto the
+        # standard range, 12-30 HU (the random stream stays that of the unenhanced study).
+        noise = 12.0 + (acq.noise_sd - 35.0) * 18.0 / 35.0
+        acq = replace(acq, noise_sd=float(noise), dose="standard")
     grid, center = acq.grid, acq.body_center
     labels = draw_anatomy(anatomy, grid, center)
 
     hu = _tissue_hu(labels, grid, anatomy, center, rng, spec.border_blur)
+    if patient.phase == "portal_venous":
+        hu[labels == Tissue.LIVER] += np.float32(LIVER_ENHANCEMENT_HU)
 
     draw_bronchi(hu, patient.vessels, grid, center, wall_hu=40.0)
     draw_vessels(hu, patient.vessels, grid, center, blood_hu=42.0)
     for nodule in patient.nodules:
         draw_nodule(hu, nodule, grid, center, study, rng)
     for lesion in patient.lesions:
-        draw_lesion(hu, lesion, grid, center, study)
+        draw_lesion(hu, lesion, grid, center, study, patient.phase)
     for bump in patient.bumps:
         draw_pleural_bump(hu, bump, grid, center, density=35.0)
 
@@ -273,7 +297,12 @@ def _generate_study(
         seriesuid=seriesuid,
         patient_id=patient.patient_id,
         study_id=study_id,
-        meta={"scanner": acq.scanner.name, "dose": acq.dose, "noise_sd": acq.noise_sd},
+        meta={
+            "scanner": acq.scanner.name,
+            "dose": acq.dose,
+            "noise_sd": acq.noise_sd,
+            "phase": patient.phase,
+        },
     )
     nodules = _nodule_table(patient, study, center, seriesuid)
     lidc, geometry = _reader_marks(patient, study, center, scan, rng)

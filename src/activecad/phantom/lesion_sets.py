@@ -36,6 +36,14 @@ that situation from the phantom, one folder per dataset, each in the real set's 
     give the short axis only, its abdominal ones both). Only enlarged nodes (short axis
     >= 10 mm) are listed; normal nodes are in the images but are not lesions.
 
+Contrast phase (``SET_PHASE``): the DeepLesion, LiTS and NIH-LN studies are diagnostic CTs in
+the portal venous phase (the liver enhanced, so its tumours stand out by 35-75 HU; standard
+dose; abdominal nodes in fat), as most of the real sets' scans are; the LUNA set stays the
+unenhanced chest CT of the screening cohort. Unenhanced, the phantom's liver tumours differ
+from the liver by 23-72 HU under up to 70 HU of low-dose noise and its abdominal nodes have
+the density of the abdomen around them: they could not be seen, so a detector learnt noise
+from their boxes.
+
 Phantom chest CTs end about 45 mm below the diaphragm, so only lesions whose centre lies
 inside a scan count: abdominal nodes and low liver tumours outside it are left out of every
 table. Each patient is ``generate_patient(index, seed=seed, n_studies=...)`` and the four
@@ -77,6 +85,13 @@ from activecad.phantom.lesions import Lesion, sample_lesions
 __all__ = ["LESION_SETS", "write_lesion_sets"]
 
 LESION_SETS = ("deeplesion", "luna", "lits", "nih_ln")
+# The contrast phase each set's studies are acquired in (module docstring).
+SET_PHASE = {
+    "deeplesion": "portal_venous",
+    "luna": "unenhanced",
+    "lits": "portal_venous",
+    "nih_ln": "portal_venous",
+}
 """The dataset folders, in the order of ``activecad.data.lesion_slices.DATASETS``."""
 
 HU_OFFSET = 32768  # DeepLesion's PNGs store HU + 32768 as uint16
@@ -411,7 +426,9 @@ def write_lesion_sets(
                 n_studies = _n_studies(name, index, seed)
                 if not _wanted(name, _predicted_lesions(index, seed, n_studies)):
                     continue
-                patient = generate_patient(index, seed=seed, preset=spec.name, n_studies=n_studies)
+                patient = generate_patient(
+                    index, seed=seed, preset=spec.name, n_studies=n_studies, phase=SET_PHASE[name]
+                )
                 if _usable(name, patient, measurable_mm):
                     chosen[name].append(patient)
                     bar.advance(task)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -17,6 +17,19 @@ DATASET = {
     "lymph_node_abdominal": "lymph_nodes",
     "lung": "lung_nodules",
 }
+
+# Contrast phases a study can be acquired in. Chest screening CT (LIDC/LUNA16) is mostly
+# unenhanced; the diagnostic CTs of DeepLesion, LiTS and NIH-LN are mostly portal venous.
+PHASES = ("unenhanced", "portal_venous")
+# Portal venous phase: the liver enhances from about 58 to 105 HU; tumours enhance less
+# (hypodense ones by 25 HU, hypervascular ones by 50 HU), so they stand out by 35-75 HU.
+LIVER_ENHANCEMENT_HU = 47.0
+TUMOUR_ENHANCEMENT_HU = {"hypodense": 25.0, "hyperdense": 50.0}
+# Abdominal nodes lie in retroperitoneal and mesenteric fat; the phantom's abdomen is one
+# soft-tissue compartment (38 HU, as dense as a node), so a node is drawn in a fat sheath
+# this much wider than itself, mm, or it would be invisible.
+NODE_FAT_SHEATH_MM = 4.0
+FAT_HU = -100.0
 
 
 @dataclass
@@ -116,9 +129,32 @@ def sample_lesions(anatomy: Anatomy, rng: np.random.Generator, n_studies: int) -
 
 
 def draw_lesion(
-    hu: np.ndarray, lesion: Lesion, grid: Grid, body_center: np.ndarray, study: int
+    hu: np.ndarray,
+    lesion: Lesion,
+    grid: Grid,
+    body_center: np.ndarray,
+    study: int,
+    phase: str = "unenhanced",
 ) -> None:
-    """Blend one lesion (an ellipsoid) into ``hu`` on ``grid``, in place."""
+    """Blend one lesion (an ellipsoid) into ``hu`` on ``grid``, in place.
+
+    In the ``portal_venous`` phase a liver tumour enhances less than the liver (see
+    ``TUMOUR_ENHANCEMENT_HU``; the caller enhances the liver itself) and an abdominal
+    lymph node is drawn inside a fat sheath.
+    """
+    if phase == "portal_venous":
+        if lesion.organ == "liver":
+            kind = "hypodense" if lesion.hu < 58.0 else "hyperdense"
+            lesion = replace(lesion, hu=lesion.hu + TUMOUR_ENHANCEMENT_HU[kind])
+        elif lesion.organ == "lymph_node_abdominal":
+            sheath = replace(
+                lesion, hu=FAT_HU, axes=lesion.axes + NODE_FAT_SHEATH_MM / lesion.growth[study]
+            )
+            _blend(hu, sheath, grid, body_center, study)
+    _blend(hu, lesion, grid, body_center, study)
+
+
+def _blend(hu: np.ndarray, lesion: Lesion, grid: Grid, body_center: np.ndarray, study: int) -> None:
     axes = lesion.axes_at(study)
 
     def radius_fn(dirs: np.ndarray) -> np.ndarray:
