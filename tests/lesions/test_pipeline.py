@@ -155,3 +155,47 @@ def test_one_set_of_network_outputs_serves_every_threshold() -> None:
     assert (tight.mined["patient"] == "p1").all() and (loose.mined["patient"] == "p1").all()
     assert tight.suspicious["expert"].tolist() == ["lung_nodules"] and loose.suspicious.empty
     assert mine_from(inputs, experts=()).suspicious.empty
+
+
+def _detections(rows: list[tuple[int, list[float], float]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"slice": z, **dict(zip(BOX, box, strict=True)), "score": score}
+            for z, box, score in rows
+        ],
+        columns=["slice", *BOX, "score"],
+    )
+
+
+def test_volume_froc_on_hand_made_detections() -> None:
+    from activecad.lesions.pipeline import volume_froc
+
+    lesion_a, lesion_b = [10.0, 10.0, 20.0, 20.0], [30.0, 30.0, 40.0, 40.0]
+    detections = [
+        # a: the lesion on slices 1-3 (one 3D box, 0.9) and a false positive (0.8)
+        _detections([(1, lesion_a, 0.9), (2, lesion_a, 0.9), (3, lesion_a, 0.9),
+                     (0, [50.0, 50.0, 60.0, 60.0], 0.8)]),
+        # b: a false positive (0.7) above its lesion (0.6); c: nothing, no lesion
+        _detections([(1, [0.0, 0.0, 5.0, 5.0], 0.7), (1, lesion_b, 0.6)]),
+        _detections([]),
+    ]  # fmt: skip
+    truths = [
+        (np.array([2]), np.array([lesion_a])),
+        (np.array([1]), np.array([lesion_b])),
+        (np.zeros(0, np.int64), np.zeros((0, 4))),
+    ]
+    result = volume_froc(["a", "b", "c"], detections, truths, bootstrap=200)
+    # By hand, thresholds going down over 3 sub-volumes: 0.9 TP (sensitivity 1/2 at 0 FPs),
+    # 0.8 FP (1/3 FP per sub-volume), 0.7 FP (2/3), 0.6 TP (sensitivity 1 at 2/3). So 0.5 at
+    # 1/8, 1/4 and 1/2 FPs per sub-volume, 1.0 from 1 on: average (3 x 0.5 + 4 x 1) / 7.
+    assert list(result["sensitivities"].values()) == pytest.approx([0.5] * 3 + [1.0] * 4)
+    assert result["average_sensitivity"] == pytest.approx(5.5 / 7)
+    assert result["counts"] == {"sub_volumes": 3, "lesions": 2, "detected": 2, "boxes_3d": 4}
+    low, high = result["ci_95"]["average_sensitivity"]
+    assert low <= 5.5 / 7 <= high and low < high
+    # Only true positives: every resample finds every lesion.
+    perfect = volume_froc(["a", "b"], [detections[0].iloc[:3], detections[1].iloc[1:]],
+                          truths[:2], bootstrap=50)  # fmt: skip
+    assert perfect["ci_95"]["average_sensitivity"] == pytest.approx([1.0, 1.0])
+    with pytest.raises(ValueError, match="one detection table and one truth"):
+        volume_froc(["a"], detections, truths)

@@ -27,6 +27,7 @@ from activecad.data.lesion_slices import DATASETS, ORGANS, SliceSample
 from activecad.lesions.mining import BOX_COLUMNS, mine_missing, suspicious_regions
 from activecad.metrics import (
     LUNA16_FP_RATES,
+    froc_bootstrap,
     froc_curve,
     match_stacked_boxes,
     sensitivity_at_fp_rates,
@@ -42,6 +43,7 @@ __all__ = [
     "mine_lesions",
     "mining_quality",
     "predict_for_mining",
+    "volume_froc",
 ]
 
 EXPERT_ORGAN = dict(zip(DATASETS[1:], ORGANS, strict=True))
@@ -276,49 +278,84 @@ def evaluate_volumes(
     *,
     dataset: str = "universal",
     batch_size: int = 8,
+    bootstrap: int = 0,
+    seed: int = 0,
 ) -> dict[str, object]:
-    """FROC per sub-volume on fully annotated sub-volumes (Yan et al. 2020, Table 1).
+    """FROC per sub-volume of ``net``'s expert ``dataset`` on fully annotated sub-volumes
+    (Yan et al. 2020, Table 1): every slice position predicted, then :func:`volume_froc`.
+    """
+    from activecad.models.meld import predict
+
+    names: list[str] = []
+    detections: list[pd.DataFrame] = []
+    truths: list[tuple[np.ndarray, np.ndarray]] = []
+    for volume in volumes:
+        table, _ = predict(net, volume.samples, dataset=dataset, batch_size=batch_size)  # type: ignore[arg-type]
+        position = {s.image_id: j for j, s in enumerate(volume.samples)}
+        names.append(volume.volume_id)
+        detections.append(table.assign(slice=table["image_id"].map(position)))
+        truths.append(volume.ground_truth())
+    return volume_froc(names, detections, truths, bootstrap=bootstrap, seed=seed)
+
+
+def volume_froc(
+    volume_ids: Sequence[str],
+    detections: Sequence[pd.DataFrame],
+    truths: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    bootstrap: int = 0,
+    seed: int = 0,
+) -> dict[str, object]:
+    """FROC per sub-volume from 2D detections on fully annotated sub-volumes.
 
     Detections on consecutive slices with IoU > 0.5 are stacked into 3D boxes; a 3D box
     detects a lesion when a cross-section has IoU > 0.5 with the lesion's box on its key
     slice (continuous IoU). Sensitivities at 1/8..8 FPs per sub-volume and their mean.
-    """
-    from activecad.models.meld import predict
 
-    ids, z, boxes, scores = [], [], [], []
-    gt_ids, gt_z, gt_boxes, names = [], [], [], []
-    for volume in volumes:
-        names.append(volume.volume_id)
-        table, _ = predict(net, volume.samples, dataset=dataset, batch_size=batch_size)  # type: ignore[arg-type]
-        position = {s.image_id: j for j, s in enumerate(volume.samples)}
-        ids += [volume.volume_id] * len(table)
-        z.append(table["image_id"].map(position).to_numpy(np.int64))
-        boxes.append(table[list(BOX_COLUMNS)].to_numpy(float))
-        scores.append(table["score"].to_numpy(float))
-        slices, truth = volume.ground_truth()
-        gt_ids += [volume.volume_id] * len(truth)
-        gt_z.append(slices)
-        gt_boxes.append(truth)
-    if not names:
+    Args:
+        volume_ids: one id per sub-volume.
+        detections: per sub-volume, a table with ``slice`` (position in the sub-volume),
+            ``x1, y1, x2, y2`` and ``score``.
+        truths: per sub-volume, (G,) slice positions and (G, 4) boxes of its lesions.
+        bootstrap: when > 0, the result also holds ``ci_95``: 95 % percentile intervals of
+            the average sensitivity and of each operating point over that many resamples of
+            the sub-volumes (with replacement, as the LUNA16 script resamples scans).
+        seed: seed of the resampling.
+
+    Raises:
+        ValueError: no sub-volume, or lists of different lengths.
+    """
+    if not volume_ids:
         raise ValueError("no sub-volume to evaluate")
-    stacked = stack_slice_boxes(
-        np.asarray(ids, dtype=str),
-        np.concatenate(z) if z else np.zeros(0),
-        np.concatenate(boxes).reshape(-1, 4),
-        np.concatenate(scores),
+    if not len(volume_ids) == len(detections) == len(truths):
+        raise ValueError(
+            f"one detection table and one truth per sub-volume: got {len(volume_ids)} ids, "
+            f"{len(detections)} tables and {len(truths)} truths"
+        )
+    ids = np.concatenate(
+        [np.full(len(t), v, dtype=object) for v, t in zip(volume_ids, detections, strict=True)]
     )
+    stacked = stack_slice_boxes(
+        ids.astype(str),
+        np.concatenate([t["slice"].to_numpy(np.int64) for t in detections]),
+        np.concatenate([t[list(BOX_COLUMNS)].to_numpy(float) for t in detections]).reshape(-1, 4),
+        np.concatenate([t["score"].to_numpy(float) for t in detections]),
+    )
+    gt_ids = [
+        np.full(len(z), v, dtype=object) for v, (z, _) in zip(volume_ids, truths, strict=True)
+    ]
     match = match_stacked_boxes(
         stacked,
-        np.asarray(gt_ids, dtype=str),
-        np.concatenate(gt_z),
-        np.concatenate(gt_boxes).reshape(-1, 4),
-        volumes=np.asarray(names, dtype=str),
+        np.concatenate(gt_ids).astype(str),
+        np.concatenate([np.asarray(z) for z, _ in truths]),
+        np.concatenate([np.asarray(b, float).reshape(-1, 4) for _, b in truths]),
+        volumes=np.asarray(volume_ids, dtype=str),
     )
     fps, sens, _ = froc_curve(
         match.tp_probs, match.fp_probs, n_nodules=match.n_nodules, n_scans=match.n_scans
     )
     points = sensitivity_at_fp_rates(fps, sens, np.asarray(LUNA16_FP_RATES))
-    return {
+    result: dict[str, object] = {
         "average_sensitivity": float(np.mean(points)),
         "sensitivities": {f"{r:g}": float(s) for r, s in zip(LUNA16_FP_RATES, points, strict=True)},
         "curve": {"fps": fps.tolist(), "sensitivity": sens.tolist()},
@@ -329,6 +366,17 @@ def evaluate_volumes(
             "boxes_3d": len(stacked.scores),
         },
     }
+    if bootstrap > 0:
+        draws = froc_bootstrap(match, n_bootstrap=bootstrap, seed=seed)
+        result["ci_95"] = {
+            "average_sensitivity": [draws.cpm_lower, draws.cpm_upper],
+            "sensitivities": {
+                f"{r:g}": [float(lo), float(hi)]
+                for r, lo, hi in zip(LUNA16_FP_RATES, draws.lower, draws.upper, strict=True)
+            },
+            "resamples": bootstrap,
+        }
+    return result
 
 
 def mining_quality(result: MiningResult, truth: pd.DataFrame) -> dict[str, dict[str, float]]:
