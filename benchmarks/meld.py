@@ -54,6 +54,13 @@ EPOCHS = 8
 # first attempt's one pass an epoch (2,000 steps in all) left the classifier unconfident
 # everywhere (median top score 0.07 on training slices).
 STEPS_PER_EPOCH = 400
+# The models that see the single-type sets draw them as at most half of each epoch (about
+# their share in the paper, where DeepLesion's 22,000 key slices are the other half) and
+# take twice the steps, so their universal expert sees as many universal samples as the
+# baseline does: a first run gave every model 400 steps, and MELD's universal expert saw a
+# quarter of the baseline's universal samples (226 of 958 an epoch), most at lower rates.
+SINGLE_TYPE_SHARE = 0.5
+MIXED_STEPS_PER_EPOCH = round(STEPS_PER_EPOCH / (1 - SINGLE_TYPE_SHARE))
 THETAS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4)
 SIGMAS = (0.3, 0.5, 0.7, 0.9)
 THETA = 0.15
@@ -101,9 +108,9 @@ def _source(sets, variant: str):
     """The training sampler of a from-scratch variant."""
 
     def draw(rng):
-        samples = sets.train_source(rng)
         if variant == "baseline":
-            return [s for s in samples if s.dataset == "universal"]
+            return [s for s in sets.train_source(rng) if s.dataset == "universal"]
+        samples = sets.train_source(rng, single_type_share=SINGLE_TYPE_SHARE)
         if variant == "concat":
             return _universal(samples)
         if variant == "concat_positive":
@@ -121,18 +128,32 @@ def _val(sets, variant: str):
     return [s for s in samples if s.dataset == "universal"]
 
 
-def _fit(work: Path, name: str, source, val, *, epochs: int, init_from: Path | None = None):
+def _fit(
+    work: Path,
+    name: str,
+    source,
+    val,
+    *,
+    epochs: int,
+    init_from: Path | None = None,
+    mixed: bool = True,
+):
+    """Train (or continue) one model; ``mixed``: it sees the single-type sets too."""
     from activecad.data.lesion_samples import augment_sample
     from activecad.models.meld import MeldPreprocessing, load_meld, preset_config, train_meld
 
     out = work / "models" / name
     if (out / "weights.pt").is_file():
         return load_meld(out)
-    # Fine-tuning runs the second half of MELD's schedule: one tenfold drop half-way through.
-    drops = {} if init_from is None else {"lr_drop_epochs": (max(1, epochs // 2),)}
+    options = {}
+    if init_from is not None:
+        # Fine-tuning runs the second half of MELD's schedule from its epoch 4: the rate a
+        # tenth of the base, a hundredth after one more drop half-way through.
+        base = preset_config("cpu").lr
+        options = {"lr": base / 10, "lr_drop_epochs": (max(1, epochs // 2),)}
+    steps = MIXED_STEPS_PER_EPOCH if mixed else STEPS_PER_EPOCH
     config = preset_config(
-        "cpu", epochs=epochs, steps_per_epoch=STEPS_PER_EPOCH, seed=SEED, amp=False,
-        **MODEL, **drops,
+        "cpu", epochs=epochs, steps_per_epoch=steps, seed=SEED, amp=False, **MODEL, **options,
     )  # fmt: skip
     _say(f"training {name} ({epochs} epochs{', from ' + init_from.name if init_from else ''})")
     start = time.perf_counter()
@@ -179,7 +200,10 @@ def run(work: Path = typer.Option(..., help="Working folder (resumable).")) -> N
     _evaluate(work, "meld", meld, sets)
     report(work)
     # The single-dataset baseline next: with MELD it is the comparison Table 1 starts from.
-    net = _fit(work, "baseline", _source(sets, "baseline"), _val(sets, "baseline"), epochs=EPOCHS)
+    net = _fit(
+        work, "baseline", _source(sets, "baseline"), _val(sets, "baseline"), epochs=EPOCHS,
+        mixed=False,
+    )  # fmt: skip
     _evaluate(work, "baseline", net, sets)
     report(work)
 
@@ -214,7 +238,6 @@ def run(work: Path = typer.Option(..., help="Working folder (resumable).")) -> N
     (work / "mining_quality.json").write_text(json.dumps(quality, indent=1))
 
     start = work / "models" / "meld" / "epochs" / f"epoch_{EPOCHS // 2:03d}.pt"
-    singles = {d: item for d, item in sets.datasets.items() if d != "universal"}
     for name, options in (
         ("meld_mam", {"use_mined": True, "use_suspicious": False}),
         ("meld_nrm", {"use_mined": False, "use_suspicious": True}),
@@ -224,10 +247,7 @@ def run(work: Path = typer.Option(..., help="Working folder (resumable).")) -> N
         universal = finetune_samples(mined, seed=SEED, **options)
 
         def draw(rng, universal=universal):
-            out = list(universal)
-            for item in singles.values():
-                out += item.train(rng) if callable(item.train) else item.train
-            return out
+            return sets.train_source(rng, single_type_share=SINGLE_TYPE_SHARE, universal=universal)
 
         net = _fit(
             work, name, draw, _val(sets, "meld"), epochs=EPOCHS - EPOCHS // 2, init_from=start
@@ -309,6 +329,8 @@ def report(work: Path = typer.Option(..., help="The folder given to run.")) -> N
             "hu_window": HU_WINDOW,
             "epochs": EPOCHS,
             "steps_per_epoch": STEPS_PER_EPOCH,
+            "single_type_share": SINGLE_TYPE_SHARE,
+            "steps_per_epoch_with_single_type_sets": MIXED_STEPS_PER_EPOCH,
             "model": {"preset": "cpu", **MODEL},
             "theta": THETA,
             "sigma": SIGMA,

@@ -257,3 +257,58 @@ def test_hu_window_maps_low_to_0_and_high_to_1() -> None:
 def test_a_window_with_low_not_below_high_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="hu_window must be"):
         load_lesion_sets(tmp_path, pixel_mm=2.8, slice_mm=2.5, hu_window=(400.0, 400.0))
+
+
+def test_node_slices_beyond_the_sphere_but_within_reach_are_ignored_not_negative() -> None:
+    from activecad.data.lesion_samples import PreparedVolume, _spheres_on_slices
+
+    volume = PreparedVolume(np.zeros((20, 32, 32), np.float16), 2.0, 1.0, (1.0, 1.0), (0, 0))
+    scan = Scan(
+        array=np.zeros((20, 32, 32), np.float32),
+        spacing=np.array([1.0, 1.0, 2.0]),
+        origin=np.zeros(3),
+        direction=np.eye(3),
+    )
+    centre, radius = np.array([[16.0, 16.0, 20.0]]), np.array([3.0])  # z index 10, 2 mm slices
+    positions = np.arange(20, dtype=np.float64)
+    boxes, ignore = _spheres_on_slices(volume, scan, positions, centre, radius)
+    # The sphere reaches 3 mm: slices 9-11 (|dz| 2, 0, 2 mm) are lesion, no slice is ignored.
+    assert [j for j, b in enumerate(boxes) if len(b)] == [9, 10, 11]
+    assert not any(len(i) for i in ignore)
+    boxes, ignore = _spheres_on_slices(
+        volume, scan, positions, centre, radius, reach_mm=np.array([8.0])
+    )
+    # Reaching 8 mm: slices 7, 8, 12, 13 (|dz| 6 and 4 mm) are ignored with the sphere's
+    # width (centre 16.5 +- 3 px); slice 6 (8 mm) is not, so it may be drawn as a negative.
+    assert [j for j, b in enumerate(boxes) if len(b)] == [9, 10, 11]
+    assert [j for j, i in enumerate(ignore) if len(i)] == [7, 8, 12, 13]
+    np.testing.assert_allclose(ignore[7], [[13.5, 13.5, 19.5, 19.5]])
+
+
+def test_single_type_share_caps_the_single_type_sets_in_proportion() -> None:
+    from activecad.data.lesion_samples import DatasetSamples, EvalVolumes, LesionSets
+
+    def samples(dataset: str, n: int) -> list[SliceSample]:
+        image, none = np.zeros((9, 8, 8), np.float32), np.zeros((0, 4))
+        organs = np.zeros((0, 3), np.float32)
+        return [
+            SliceSample(image, none, organs, dataset, f"{dataset}_{k:03d}", "p") for k in range(n)
+        ]
+
+    sizes = {"universal": 10, "lung_nodules": 24, "lymph_nodes": 16}
+    sets = LesionSets(
+        {d: DatasetSamples(d, samples(d, n), [], ["p"], []) for d, n in sizes.items()},
+        EvalVolumes(None, []),
+        [],
+        1.0,
+        1.0,
+    )
+    assert len(sets.train_source(0)) == 50
+    # Half single-type: at most 10 beside the 10 universal, 24 : 16 kept as 6 : 4.
+    epoch = sets.train_source(0, single_type_share=0.5)
+    counts = {d: sum(s.dataset == d for s in epoch) for d in sizes}
+    assert counts == {"universal": 10, "lung_nodules": 6, "lymph_nodes": 4}
+    other = sets.train_source(1, single_type_share=0.5)
+    assert {s.image_id for s in other} != {s.image_id for s in epoch}  # drawn afresh
+    with pytest.raises(ValueError, match="single_type_share"):
+        sets.train_source(0, single_type_share=1.0)

@@ -21,7 +21,9 @@ What each dataset gives (``SliceSample.dataset`` in brackets):
   come from LUNA's centres and diameters (spheres), NIH-LN's centres and axis lengths
   (spheres of the mean axis), LiTS's tumour label (3D connected components, each cut by
   the slice). A slice that cuts a lesion's cap (less than half its largest width) gives
-  an ignore box, not a positive; LUNA's excluded findings are ignore boxes too.
+  an ignore box, not a positive; LUNA's excluded findings are ignore boxes too, and so
+  are NIH-LN slices beyond a node's sphere but within one long axis of its centre (the
+  lists give no craniocaudal extent).
 - Evaluation (:class:`EvalVolume`): every slice position of the DeepLesion test
   sub-volumes with the boxes of the full truth (``DL_info_full.csv`` where a phantom wrote
   it; otherwise ``DL_info.csv``, which real DeepLesion only labels in part), for FROC per
@@ -88,6 +90,10 @@ SPLITS = ("official", "random")
 _BODY_HU = -500.0  # voxels above this are body (or table), not the air around it
 _BORDER_PX = 4  # kept around the body when black borders are clipped
 _CAP = 0.5  # a cross-section narrower than this share of the lesion's width is ignored
+# NIH-LN's lists measure nodes in the axial plane only, and nodes are longer along the body
+# axis than across (the phantom's up to 1.8 times their short axis): slices up to this many
+# long-axis lengths from a centre that its sphere misses are ignored, not negatives.
+NODE_REACH = 1.0
 _HALF = SLICES_PER_SAMPLE // 2
 
 
@@ -564,20 +570,28 @@ def _spheres_on_slices(
     radii_mm: NDArray[np.float64],
     *,
     all_ignored: bool = False,
+    reach_mm: NDArray[np.float64] | None = None,
 ) -> tuple[list[NDArray[np.float64]], list[NDArray[np.float64]]]:
-    """Per slice position, boxes of the spheres it cuts: (boxes, ignore boxes)."""
+    """Per slice position, boxes of the spheres it cuts: (boxes, ignore boxes).
+
+    ``reach_mm`` (per lesion, default the radius) is how far from its centre along z a
+    lesion may still show: slices beyond the sphere but within it get an ignore box of the
+    sphere's width, neither lesion nor background.
+    """
     # Standard orientation: index (x, y, z) = (world - origin) / spacing.
     idx = (centres_world.reshape(-1, 3) - scan.origin) / scan.spacing
+    reach = radii_mm if reach_mm is None else np.maximum(reach_mm, radii_mm)
     boxes: list[list[NDArray[np.float64]]] = [[] for _ in positions]
     ignore: list[list[NDArray[np.float64]]] = [[] for _ in positions]
-    for (cx, cy, cz), radius in zip(idx, radii_mm, strict=True):
+    for (cx, cy, cz), radius, far in zip(idx, radii_mm, reach, strict=True):
         dz = (positions - cz) * scan.spacing[2]
-        for j in np.flatnonzero(np.abs(dz) < radius):
-            rho = float(np.sqrt(radius**2 - dz[j] ** 2))
+        for j in np.flatnonzero(np.abs(dz) < far):
+            inside = abs(dz[j]) < radius
+            rho = float(np.sqrt(radius**2 - dz[j] ** 2)) if inside else float(radius)
             hx, hy = rho / scan.spacing[0], rho / scan.spacing[1]
             stored = np.array([cx + 0.5 - hx, cy + 0.5 - hy, cx + 0.5 + hx, cy + 0.5 + hy])
-            target = ignore if all_ignored or rho < _CAP * radius else boxes
-            target[j].append(volume.boxes_from_stored(stored)[0])
+            positive = inside and not all_ignored and rho >= _CAP * radius
+            (boxes if positive else ignore)[j].append(volume.boxes_from_stored(stored)[0])
     return [np.array(b).reshape(-1, 4) for b in boxes], [np.array(b).reshape(-1, 4) for b in ignore]
 
 
@@ -757,11 +771,15 @@ def _nih_slices(
             ).reshape(-1, 3)
         axes = rows[["short_axis_mm", "long_axis_mm"]].to_numpy(np.float64)
         radii = np.where(np.isnan(axes[:, 0]), DEFAULT_DIAMETER_MM, axes.mean(axis=1)) / 2.0
+        # The lists give in-plane axes only; nodes run longer along z than across, so a
+        # node may show up to one long axis from its centre (see NODE_REACH).
+        longest = np.fmax(axes[:, 1], axes[:, 0])
+        reach = NODE_REACH * np.where(np.isnan(longest), DEFAULT_DIAMETER_MM, longest)
         scan = to_standard_orientation(raw)
         volume = _prepare_scan(scan, pixel_mm, crop, window, patient)
         volume.name = patient
         positions = volume.positions(slice_mm)
-        boxes, ignore = _spheres_on_slices(volume, scan, positions, world, radii)
+        boxes, ignore = _spheres_on_slices(volume, scan, positions, world, radii, reach_mm=reach)
         out.append(_LesionSlices(volume, positions, boxes, ignore))
     return out, patients
 
@@ -900,13 +918,48 @@ class LesionSets:
     pixel_mm: float
     slice_mm: float
 
-    def train_source(self, rng: np.random.Generator | int) -> list[SliceSample]:
-        """One epoch of every dataset's training samples (samplers drawn with ``rng``)."""
+    def train_source(
+        self,
+        rng: np.random.Generator | int,
+        *,
+        single_type_share: float | None = None,
+        universal: Sequence[SliceSample] | None = None,
+    ) -> list[SliceSample]:
+        """One epoch of every dataset's training samples (samplers drawn with ``rng``).
+
+        Args:
+            rng: generator (or seed) of the epoch's draws.
+            universal: samples to use in place of the universal set's (MELD's fine-tuning
+                set: key slices with mined lesions, and unlabelled slices).
+            single_type_share: at most this share of the epoch comes from the single-type
+                sets; when they hold more, each keeps a random subset in proportion to its
+                size. In the paper DeepLesion's key slices are about half of all samples;
+                on a small universal set the single-type sets would otherwise swamp it.
+                ``None``: every sample of every set.
+
+        Raises:
+            ValueError: ``single_type_share`` outside (0, 1).
+        """
+        if single_type_share is not None and not 0 < single_type_share < 1:
+            raise ValueError(f"single_type_share must lie in (0, 1), got {single_type_share}")
         rng = np.random.default_rng(rng) if isinstance(rng, int) else rng
-        out: list[SliceSample] = []
-        for item in self.datasets.values():
-            out += item.train(rng) if callable(item.train) else item.train
-        return out
+        drawn = {
+            name: list(item.train(rng) if callable(item.train) else item.train)
+            for name, item in self.datasets.items()
+        }
+        if universal is not None:
+            drawn["universal"] = list(universal)
+        single = sum(len(v) for k, v in drawn.items() if k != "universal")
+        universal = len(drawn.get("universal", []))
+        if single_type_share is not None and single and universal:
+            cap = universal * single_type_share / (1 - single_type_share)
+            if single > cap:
+                for name, samples in drawn.items():
+                    if name != "universal":
+                        keep = round(len(samples) * cap / single)
+                        picked = np.sort(rng.choice(len(samples), keep, replace=False))
+                        drawn[name] = [samples[i] for i in picked]
+        return [s for samples in drawn.values() for s in samples]
 
     def val_samples(self) -> list[SliceSample]:
         """Every dataset's validation samples."""

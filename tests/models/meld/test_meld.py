@@ -343,3 +343,24 @@ def test_a_detected_box_trains_the_scores_but_not_box_regression() -> None:
     assert drawn["roi_box"] > 0 and detected["roi_box"] == 0
     torch.testing.assert_close(detected["roi_cls"], drawn["roi_cls"])
     torch.testing.assert_close(detected["gate"], drawn["gate"])
+
+
+def test_augmentation_resize_survives_the_network_resize() -> None:
+    from activecad.data.lesion_samples import augment_sample
+    from activecad.models.meld.train import MeldFitTask
+
+    config = preset_config("cpu", **{**TINY, "image_size": 32, "batch_size": 1})
+    sample = blob_sample(np.random.default_rng(1))  # 64 px: the network halves it
+
+    def enlarge(s: SliceSample, rng: np.random.Generator) -> SliceSample:
+        return augment_sample(s, rng, scale_range=(1.5, 1.5), max_shift_px=0)
+
+    task = MeldFitTask(MeldNet(config), [sample], None, config, augment=enlarge)
+    task.start_epoch(0)
+    batch = task.next_batch("cpu")
+    # Scaled by 0.5 from the size before augmentation: a 96 px image becomes 48 px (resized
+    # to 32 from its own size, it would undo the 1.5 and every lesion would keep its size).
+    assert batch.image_sizes == [(48, 48)] and batch.scales == [0.5]
+    torch.testing.assert_close(
+        batch.targets[0]["boxes"].double(), torch.tensor(sample.boxes) * 1.5 * 0.5
+    )

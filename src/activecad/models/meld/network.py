@@ -113,7 +113,11 @@ class MeldBatch:
 
 
 def make_batch(
-    samples: Sequence[SliceSample], *, image_size: int | None, device: str | torch.device = "cpu"
+    samples: Sequence[SliceSample],
+    *,
+    image_size: int | None,
+    device: str | torch.device = "cpu",
+    sizes_before: Sequence[tuple[int, int]] | None = None,
 ) -> MeldBatch:
     """Resize, pad and stack samples; move their boxes into network pixels.
 
@@ -122,17 +126,23 @@ def make_batch(
         image_size: each image's longer side is resized to this (bilinear, aspect kept);
             ``None`` keeps it.
         device: where the tensors go.
+        sizes_before: (height, width) per sample to take the resize factor from instead of
+            its image's: training passes the sizes before augmentation, which would
+            otherwise be undone by resizing the augmented image to ``image_size``.
 
     Raises:
-        ValueError: no samples.
+        ValueError: no samples, or ``sizes_before`` of another length.
     """
     if not samples:
         raise ValueError("make_batch needs at least one sample, got none.")
+    if sizes_before is not None and len(sizes_before) != len(samples):
+        raise ValueError(f"sizes_before has {len(sizes_before)} sizes for {len(samples)} samples.")
     images, sizes, scales, targets = [], [], [], []
-    for sample in samples:
+    for k, sample in enumerate(samples):
         image = torch.from_numpy(np.ascontiguousarray(sample.image, dtype=np.float32))
         height, width = image.shape[-2:]
-        scale = 1.0 if image_size is None else image_size / max(height, width)
+        reference = max(height, width) if sizes_before is None else max(sizes_before[k])
+        scale = 1.0 if image_size is None else image_size / reference
         if scale != 1.0:
             size = (max(1, round(height * scale)), max(1, round(width * scale)))
             image = functional.interpolate(

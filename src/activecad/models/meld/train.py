@@ -95,14 +95,17 @@ class MeldFitTask:
         self.cursor = 0
 
     def next_batch(self, device: str) -> MeldBatch:
-        picked = []
+        picked, sizes = [], []
         for _ in range(self.config.batch_size):
             if self.cursor == len(self.order):
                 self.order, self.cursor = self.rng.permutation(len(self.samples)), 0
             sample = self.samples[self.order[self.cursor]]
             self.cursor += 1
+            sizes.append((int(sample.image.shape[-2]), int(sample.image.shape[-1])))
             picked.append(sample if self.augment is None else self.augment(sample, self.rng))
-        return make_batch(picked, image_size=self.config.image_size, device=device)
+        return make_batch(
+            picked, image_size=self.config.image_size, device=device, sizes_before=sizes
+        )
 
     def validate(self) -> dict[str, float]:
         return validation_metrics(self.net, self.val) if self.val else {}
@@ -262,6 +265,12 @@ def validation_metrics(net: MeldNet, samples: Sequence[SliceSample]) -> dict[str
     return metrics
 
 
+def _selection_metric(val: Sequence[SliceSample] | None) -> str:
+    """The validation metric that picks the kept epoch (see :func:`train_meld`)."""
+    universal = any(s.dataset == "universal" and len(s.boxes) for s in val or ())
+    return "sensitivity_universal" if universal else "avg_sensitivity"
+
+
 class _KeepEpochWeights(Callback):
     """Writes each epoch's weights, so fine-tuning can start from an intermediate epoch."""
 
@@ -333,8 +342,10 @@ def train_meld(
 
     Args:
         train: the training samples, or a sampler drawing each epoch's samples.
-        val: validation samples; the epoch of best ``avg_sensitivity`` is kept. ``None``:
-            the last epoch's weights are kept.
+        val: validation samples; the epoch of best ``sensitivity_universal`` is kept (the
+            whole-body detector is what MELD is for; the experts serve the mining), or of
+            best ``avg_sensitivity`` when no universal sample has a box. ``None``: the last
+            epoch's weights are kept.
         config: network and training settings (epochs, rate, drops; for the paper's
             fine-tuning, e.g. ``epochs=4, lr=1e-5, lr_drop_epochs=(2, 3)``).
         augment: applied to every training sample as it is drawn.
@@ -372,7 +383,7 @@ def train_meld(
         weight_decay=config.weight_decay,
         schedule="drops",
         lr_drops=tuple(e / config.epochs for e in config.lr_drop_epochs),
-        best_metric="avg_sensitivity",
+        best_metric=_selection_metric(val),
         seed=config.seed,
         amp=config.amp,
     )
