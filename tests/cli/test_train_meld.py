@@ -227,3 +227,17 @@ def test_resume_without_an_interrupted_run_is_an_input_error(
     res = run_cli("train", "meld", lesion_cohort, "--out", tmp_path / "m", "--resume")
     assert res.exit_code == 1
     assert "nothing to resume" in _one_error_line(res)
+
+
+def test_single_type_share_is_kept_in_the_model_config(run_cli, tmp_path, lesion_cohort) -> None:
+    out = tmp_path / "shared"
+    res = run_cli(
+        "train", "meld", lesion_cohort, "--out", out, "--datasets", "universal,lymph_nodes",
+        "--single-type-share", "0.5", "--epochs", "1", "--steps-per-epoch", "1", *FAST, "--json",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.stderr
+    assert load_meld(out).config.single_type_share == 0.5
+    res = run_cli(
+        "train", "meld", lesion_cohort, "--out", tmp_path / "bad", "--single-type-share", "1.5"
+    )
+    assert res.exit_code == 2 and "--single-type-share" in res.stderr

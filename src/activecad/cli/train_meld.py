@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -204,6 +205,17 @@ def train_meld_command(
             help="Optimiser steps per epoch (default: one pass over the epoch's samples).",
         ),
     ] = None,
+    single_type_share: Annotated[
+        float | None,
+        typer.Option(
+            "--single-type-share",
+            min=0.01,
+            max=0.99,
+            help="At most this share of each epoch from the single-type sets (e.g. 0.5 when "
+            "the universal set is small beside them; default: all their samples).",
+            show_default=False,
+        ),
+    ] = None,
     pixel_mm: Annotated[
         float | None,
         typer.Option(
@@ -271,7 +283,8 @@ def train_meld_command(
     (DeepLesion as 'universal', LUNA, LiTS, NIH lymph nodes), organ heads and organ gating.
     Single-type datasets give all their lesion slices and as many fresh lesion-free slices
     each epoch; training samples are resized by 0.8-1.2 and shifted by up to 8 px. The
-    epoch of best validation average sensitivity is kept. Until the run ends, its
+    epoch of best validation sensitivity of the universal expert is kept (of the experts'
+    mean without universal validation slices). Until the run ends, its
     checkpoint lives in a hidden folder beside --out (.NAME.partial), from which --resume
     continues; --out itself is written only when training has finished.
     """
@@ -296,6 +309,7 @@ def train_meld_command(
             option
             for option, value in (
                 ("--preset", preset), ("--epochs", epochs), ("--steps-per-epoch", steps_per_epoch),
+                ("--single-type-share", single_type_share),
                 ("--pixel-mm", pixel_mm), ("--slice-mm", slice_mm), ("--hu-window", hu_window),
                 ("--init-from", init_from), ("--datasets", datasets), ("--seed", seed),
             )
@@ -323,6 +337,8 @@ def train_meld_command(
     overrides: dict[str, object] = {"seed": seed or 0}
     if steps_per_epoch is not None:
         overrides["steps_per_epoch"] = steps_per_epoch
+    if single_type_share is not None:
+        overrides["single_type_share"] = single_type_share
     if resume:
         config, prep, chosen, init_from = _read_run(partial, data_dir)
     elif init_from is not None:
@@ -384,7 +400,7 @@ def train_meld_command(
         _write_run(partial, data_dir, config, prep, chosen, init_from)
     try:
         _, history = train_meld(
-            sets.train_source,
+            functools.partial(sets.train_source, single_type_share=config.single_type_share),
             val or None,
             config,
             augment=augment_sample,

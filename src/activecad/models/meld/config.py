@@ -55,6 +55,10 @@ class MeldConfig(StrictConfig):
         epochs: epochs of a training run (paper: 8).
         steps_per_epoch: optimiser steps per epoch; ``None``: one pass over the epoch's
             samples.
+        single_type_share: when the data come as lesion sets, at most this share of each
+            epoch is drawn from the single-type sets (see
+            :meth:`activecad.data.lesion_samples.LesionSets.train_source`); ``None``: all
+            of their samples. Use it when the universal set is small beside them.
         optimizer: ``radam`` (the paper's Rectified Adam) or ``adamw``. The CPU preset uses
             AdamW: RAdam's variance rectification damps its first few hundred steps like a
             warm-up, and a CPU budget has only a few hundred steps in all (on bright-blob
@@ -92,6 +96,7 @@ class MeldConfig(StrictConfig):
     batch_size: int = Field(default=4, ge=1)
     epochs: int = Field(default=8, ge=1)
     steps_per_epoch: int | None = Field(default=None, ge=1)
+    single_type_share: float | None = Field(default=None, gt=0, lt=1)
     optimizer: Literal["radam", "adamw"] = "adamw"
     lr: float = Field(default=1e-3, gt=0)
     lr_drop_epochs: tuple[int, ...] = (4, 6)
