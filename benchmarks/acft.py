@@ -8,7 +8,8 @@ labelled), ACFT(LQ) (continual, everything labelled) and ACFT(HQ) (continual, th
 queries plus the labelled candidates the current model misclassifies), three seeds each.
 
 Candidates are the detector's marks (``benchmarks/fpr.py`` writes them: the active-learning
-experiment's random/seed-0/cycle-4 detector run over the pool and the test scans), the
+experiment's random/seed-0/cycle-4 detector run over the pool and the test scans, committed
+under ``benchmarks/results/fpr_detections/`` so that every session uses the same set), the
 ``TOP_K`` most probable per scan, labelled by the LUNA16 hit rule. The split by patient is
 the active-learning experiment's (same phantom, same test fraction), so the test scans are
 the same held-out patients. Each cycle reports the AUC of the test scans' candidates.
@@ -56,14 +57,19 @@ PARTS = {f"seed{s}": {"strategies": STRATEGIES, "seeds": [s]} for s in (0, 1, 2)
 app = typer.Typer(add_completion=False, no_args_is_help=True)
 
 
+def _marks(part: str) -> pd.DataFrame:
+    """The detector's marks on the pool or test scans: benchmarks/fpr.py's work folder, or
+    the copy it commits (the same set in every session)."""
+    path = DETECTIONS / f"{part}_detections.csv"
+    if not path.is_file():
+        path = RESULTS.parent / "fpr_detections" / f"{part}_detections.csv.gz"
+    return pd.read_csv(path, dtype={"seriesuid": str})
+
+
 def _candidates(work: Path) -> Path:
     out = work / "candidates.csv"
     if not out.is_file():
-        marks = pd.concat(
-            [pd.read_csv(DETECTIONS / f"{part}_detections.csv", dtype={"seriesuid": str})
-             for part in ("pool", "test")],
-            ignore_index=True,
-        )  # fmt: skip
+        marks = pd.concat([_marks(part) for part in ("pool", "test")], ignore_index=True)
         marks = marks.sort_values(["seriesuid", "probability"], ascending=[True, False])
         marks.groupby("seriesuid").head(TOP_K).to_csv(out, index=False)
     return out
