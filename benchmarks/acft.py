@@ -52,7 +52,20 @@ LOOP = {
     "annotation_cost": {"base_minutes": 0.1, "per_nodule_minutes": 0.0, "per_10mm_minutes": 0.0},
     "fpr": {"preset": "cpu"},
 }
-PARTS = {f"seed{s}": {"strategies": STRATEGIES, "seeds": [s]} for s in (0, 1, 2)}
+
+
+def _slug(strategy: str) -> str:
+    """``ACFT(HQ)`` -> ``acft-hq``: a folder name."""
+    return strategy.lower().replace("(", "-").replace(")", "")
+
+
+# One part per seed and strategy (about half an hour to an hour each on two shared cores):
+# a part is the unit a new machine restarts, so a short one loses little.
+PARTS = {
+    f"seed{seed}-{_slug(strategy)}": {"strategies": [strategy], "seeds": [seed]}
+    for seed in (0, 1, 2)
+    for strategy in STRATEGIES
+}
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
 
@@ -163,7 +176,8 @@ def _gallery(work: Path, out: Path, strategy: str = "ACFT(HQ)", cycle: int = 1, 
 
     from activecad.active.candidate_learner import CandidateLearner
 
-    run = work / "seed0"
+    part = f"seed0-{_slug(strategy)}"
+    run = work / part
     selections = run / "selections.csv"
     model = run / "runs" / f"{strategy}-seed0" / "cycles" / str(cycle - 1) / "model"
     if not selections.is_file() or not (model / "weights.pt").is_file():
@@ -173,7 +187,7 @@ def _gallery(work: Path, out: Path, strategy: str = "ACFT(HQ)", cycle: int = 1, 
     if len(chosen) < 2 * n:
         return
     picks = pd.concat([chosen.head(n), chosen.tail(n)])
-    config = yaml.safe_load((work / "seed0.yaml").read_text())
+    config = yaml.safe_load((work / f"{part}.yaml").read_text())
     learner = CandidateLearner(config["data"], candidates=config["candidates"], fpr=config["fpr"])
     keys = picks["item"].tolist()
     probabilities = [s.probabilities for s in learner.score(model, keys, seed=0)]
