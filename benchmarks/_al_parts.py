@@ -12,9 +12,30 @@ import time
 from pathlib import Path
 
 
-def run_part(work: Path, part: str, config: Path) -> None:
-    """Run (or continue) the loop of ``config`` in ``work/part``; -v keeps a traceback."""
+def committed_complete(results: Path, part: str, config: Path) -> bool:
+    """Whether ``results/part`` holds every strategy and seed of ``config`` up to its last
+    cycle (a part finished on an earlier machine)."""
+    import yaml
+
+    metrics = results / part / "metrics.jsonl"
+    if not metrics.is_file():
+        return False
+    spec = yaml.safe_load(config.read_text())
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    done = {(r["strategy"], r["seed"]) for r in rows if r["cycle"] == spec["cycles"] - 1}
+    return all((s, seed) in done for s in spec["strategies"] for seed in spec["seeds"])
+
+
+def run_part(work: Path, part: str, config: Path, results: Path) -> None:
+    """Run (or continue) the loop of ``config`` in ``work/part``; -v keeps a traceback.
+
+    A part with no work folder whose finished results are committed under ``results`` is
+    skipped: work folders do not outlive a machine, and rerunning would cost hours.
+    """
     out = work / part
+    if not (out / "loop.yaml").exists() and committed_complete(results, part, config):
+        print(f"{part}: finished on an earlier machine ({results / part}); skipped", flush=True)
+        return
     command = [sys.executable, "-m", "activecad", "-v", "al", "run", str(config), "--out", str(out)]
     if (out / "loop.yaml").exists():
         command.append("--resume")

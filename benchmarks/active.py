@@ -104,7 +104,7 @@ def run(
     """Run (or continue) every part; each finished cycle is kept."""
     work.mkdir(parents=True, exist_ok=True)
     for part in parts:
-        run_part(work, part, _config(work, part))
+        run_part(work, part, _config(work, part), RESULTS)
         report(work)
 
 
