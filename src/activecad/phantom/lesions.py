@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from activecad.phantom.anatomy import Anatomy, Tissue
+from activecad.phantom.anatomy import TISSUE_HU, Anatomy, Tissue
 from activecad.phantom.raster import Grid, blob_occupancy
 
 # DeepLesion coarse lesion types (Yan et al.): 2 abdomen, 3 mediastinum, 4 liver, 5 lung.
@@ -144,7 +144,7 @@ def draw_lesion(
     """
     if phase == "portal_venous":
         if lesion.organ == "liver":
-            kind = "hypodense" if lesion.hu < 58.0 else "hyperdense"
+            kind = "hypodense" if lesion.hu < TISSUE_HU[Tissue.LIVER][0] else "hyperdense"
             lesion = replace(lesion, hu=lesion.hu + TUMOUR_ENHANCEMENT_HU[kind])
         elif lesion.organ == "lymph_node_abdominal":
             sheath = replace(
