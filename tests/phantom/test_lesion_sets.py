@@ -46,8 +46,16 @@ def test_deeplesion_is_partially_labelled_with_several_studies(
     counts = manifest["counts"]["deeplesion"]
     assert len(partial.info) == counts["lesions_labelled"] == int(full.info["labelled"].sum())
     assert 0 < len(partial.info) < len(full.info)
-    # The training table leaks nothing of the truth: DeepLesion's own columns only.
+    # The training table leaks nothing of the truth: DeepLesion's own columns and the organ
+    # targets MELD's gate takes from LesaNet's tags.
     assert not {"labelled", "lesion_id", "organ", "coordX"} & set(partial.info.columns)
+    # Those targets are one-hot by organ; an abdominal node (coarse type 2, "abdomen") is a
+    # lymph node to the gate as NIH-LN's nodes are.
+    organs = full.info[["organ_lung", "organ_liver", "organ_lymph_node"]].to_numpy()
+    assert (organs.sum(axis=1) == 1).all()
+    nodes = full.info["organ"].str.startswith("lymph_node").to_numpy()
+    assert (organs[:, 2] == nodes).all()
+    assert {"organ_lung", "organ_liver", "organ_lymph_node"} <= set(partial.info.columns)
     # Every patient has two or more studies, and a lesion is marked in one study but not
     # in another (what missing-annotation matching recovers).
     studies = full.info.groupby("Patient_index")["Study_index"].nunique()

@@ -7,7 +7,8 @@ its own lesion type although its patients have others. :func:`write_lesion_sets`
 that situation from the phantom, one folder per dataset, each in the real set's layout:
 
 ``deeplesion/``
-    ``DL_info.csv`` (the ``lesions`` table kind: DeepLesion's columns only, key-slice
+    ``DL_info.csv`` (the ``lesions`` table kind: DeepLesion's columns plus the organ targets
+    ``organ_lung, organ_liver, organ_lymph_node`` that stand in for LesaNet's tags, key-slice
     RECIST boxes of about ``PARTIAL_LABEL_RATE`` of all lesions, drawn per lesion and
     study, so a lesion marked in one study may be unmarked in the next), of the lesions
     with a long axis of at least ``measurable_mm`` (RECIST's measurable lesions; smaller
@@ -85,6 +86,7 @@ from activecad.phantom.lesions import Lesion, sample_lesions
 __all__ = ["LESION_SETS", "write_lesion_sets"]
 
 LESION_SETS = ("deeplesion", "luna", "lits", "nih_ln")
+"""The dataset folders, in the order of ``activecad.data.lesion_slices.DATASETS``."""
 # The contrast phase each set's studies are acquired in (module docstring).
 SET_PHASE = {
     "deeplesion": "portal_venous",
@@ -92,7 +94,6 @@ SET_PHASE = {
     "lits": "portal_venous",
     "nih_ln": "portal_venous",
 }
-"""The dataset folders, in the order of ``activecad.data.lesion_slices.DATASETS``."""
 
 HU_OFFSET = 32768  # DeepLesion's PNGs store HU + 32768 as uint16
 ENLARGED_NODE_MM = 10.0  # a lymph node is a lesion from this short axis on (RECIST)
@@ -104,6 +105,12 @@ ENLARGED_NODE_MM = 10.0  # a lymph node is a lesion from this short axis on (REC
 MEASURABLE_MM = 10.0
 _MAX_TRIES = 60  # patient indices a set may look through per patient it needs
 _DL_COLUMNS = list(TABLE_SCHEMAS["lesions"].columns)
+# MELD trains its organ gate on the organs LesaNet predicts from report-mined tags (soft
+# 0-1 targets). The phantom knows each lesion's organ and writes it as one-hot targets in
+# the columns the sample loader reads. DeepLesion's coarse type cannot stand in: its
+# "abdomen" (2) holds the abdominal lymph nodes, which would teach the gate "not a lymph
+# node" where NIH-LN's abdominal nodes teach "lymph node".
+_ORGAN_TARGETS = {"organ_lung": "lung", "organ_liver": "liver", "organ_lymph_node": "lymph_node"}
 
 
 def _patient_counts(patients_per_set: int | Mapping[str, int]) -> dict[str, int]:
@@ -210,8 +217,10 @@ def _write_deeplesion(
     full = pd.concat(frames, ignore_index=True)
     labelled = np.random.default_rng([seed, 8191]).random(len(full)) < PARTIAL_LABEL_RATE
     full["labelled"] = labelled.astype(int)
+    for column, organ in _ORGAN_TARGETS.items():
+        full[column] = full["organ"].str.startswith(organ).astype(float)
     write_table(full, folder / "DL_info_full.csv", "lesions")
-    dl_info = full.loc[labelled, [c for c in _DL_COLUMNS if c in full.columns]]
+    dl_info = full.loc[labelled, [c for c in (*_DL_COLUMNS, *_ORGAN_TARGETS) if c in full.columns]]
     write_table(dl_info, folder / "DL_info.csv", "lesions")
     return {
         "patients": len(patients),
