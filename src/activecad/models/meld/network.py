@@ -10,8 +10,9 @@ carry boxes, not masks.
   at every level the three groups' feature maps are concatenated and fused by a 1x1
   convolution before the feature pyramid.
 - **Dataset experts**: "each dataset has its own RPN and bounding-box regression layer", so
-  the RPN's objectness and delta convolutions, and the box regressor, have one output group
-  per dataset (``DATASETS`` order); a sample of dataset ``d`` uses and trains group ``d``.
+  there is one RPN head (3x3 convolution, objectness, deltas) per dataset and the box
+  regressor has one output group per dataset (``DATASETS`` order); a sample of dataset
+  ``d`` uses and trains head and group ``d`` only.
 - **Organ heads**: K = 4 classification heads (whole body, lung, liver, lymph node; paper:
   two FC-1024 and an FC-4 each) read a shared box feature. Each head "splits in the last
   layer and outputs 4 detection scores", one per dataset; "when a training sample comes from
@@ -53,7 +54,11 @@ from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.rpn import RegionProposalNetwork, concat_box_prediction_layers
+from torchvision.models.detection.rpn import (
+    RegionProposalNetwork,
+    RPNHead,
+    concat_box_prediction_layers,
+)
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign, box_iou
 from torchvision.ops import boxes as box_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
@@ -284,38 +289,31 @@ class ContextFeaturePyramid(nn.Module):
 
 
 class MultiDatasetRPNHead(nn.Module):
-    """torchvision's RPN head with one objectness and one delta output group per dataset.
+    """One torchvision RPN head (3x3 convolution, objectness, deltas) per dataset.
 
-    The 3x3 convolution is shared; each sample reads the outputs of its own dataset.
+    "Each dataset has its own RPN": each sample goes through its own dataset's head only, so
+    a single-type set's missing labels of other lesion types never train the universal
+    expert's convolution (a first version shared the 3x3 convolution across datasets).
     """
 
     def __init__(self, channels: int, num_anchors: int, num_datasets: int) -> None:
         super().__init__()
-        self.num_anchors, self.num_datasets = num_anchors, num_datasets
-        self.conv = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True)
-        )
-        self.cls_logits = nn.Conv2d(channels, num_anchors * num_datasets, 1)
-        self.bbox_pred = nn.Conv2d(channels, 4 * num_anchors * num_datasets, 1)
-        for layer in self.modules():
-            if isinstance(layer, nn.Conv2d):
-                nn.init.normal_(layer.weight, std=0.01)
-                if layer.bias is not None:
-                    nn.init.zeros_(layer.bias)
+        self.num_anchors = num_anchors
+        self.experts = nn.ModuleList(RPNHead(channels, num_anchors) for _ in range(num_datasets))
 
     def forward(
         self, features: list[Tensor], datasets: Tensor
     ) -> tuple[list[Tensor], list[Tensor]]:
         """Per level: objectness (B, A, h, w) and deltas (B, 4A, h, w) of each sample's dataset."""
-        objectness, deltas = [], []
-        rows = torch.arange(len(datasets), device=datasets.device)
-        for feature in features:
-            t = self.conv(feature)
-            b, _, h, w = t.shape
-            logits = self.cls_logits(t).view(b, self.num_datasets, self.num_anchors, h, w)
-            boxes = self.bbox_pred(t).view(b, self.num_datasets, 4 * self.num_anchors, h, w)
-            objectness.append(logits[rows, datasets])
-            deltas.append(boxes[rows, datasets])
+        b = len(datasets)
+        objectness = [f.new_zeros(b, self.num_anchors, *f.shape[-2:]) for f in features]
+        deltas = [f.new_zeros(b, 4 * self.num_anchors, *f.shape[-2:]) for f in features]
+        for d in datasets.unique().tolist():
+            rows = (datasets == d).nonzero(as_tuple=True)[0]
+            logits, boxes = self.experts[d]([f[rows] for f in features])
+            for level in range(len(features)):
+                objectness[level] = objectness[level].index_copy(0, rows, logits[level])
+                deltas[level] = deltas[level].index_copy(0, rows, boxes[level])
         return objectness, deltas
 
 
