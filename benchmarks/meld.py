@@ -18,15 +18,21 @@ mining variant fine-tunes from MELD's epoch ``EPOCHS // 2`` for the remaining ep
 rows have the same number of epochs (the paper fine-tunes from an intermediate checkpoint).
 
     python benchmarks/meld.py run --work /work/exp/meld       # hours on 2 cores; resumable
-    python benchmarks/meld.py report --work /work/exp/meld    # from what has finished
+    python benchmarks/meld.py report                          # from what has finished
 
-Each step writes its output under ``--work`` and is skipped when it exists. Results:
-``benchmarks/results/meld.json``, ``meld_froc.png``, ``meld_mining_sweep.png``.
+Each step writes its output under ``--work`` and is skipped when it exists. A finished row
+(its evaluation, training time and validation history), the mining measurements and the
+MELD model that mining and fine-tuning start from are also kept in
+``benchmarks/results/meld_state/`` and committed, so that a new machine goes on from there
+instead of training them again. Results: ``benchmarks/results/meld.json``,
+``meld_froc.png``, ``meld_mining_sweep.png``. The rows measured before the phantom and model
+fixes of December 2026 are kept in ``benchmarks/results/meld_before_fixes/``.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -66,6 +72,19 @@ SIGMAS = (0.3, 0.5, 0.7, 0.9)
 THETA = 0.15
 SIGMA = 0.5
 BOOTSTRAP = 1000  # resamples of the test sub-volumes for the 95 % intervals
+STATE = RESULTS / "meld_state"
+# The mining rows: fine-tunes of MELD's epoch EPOCHS // 2 with what mining found.
+FINETUNES = {
+    "meld_mam": {"use_mined": True, "use_suspicious": False},
+    "meld_nrm": {"use_mined": False, "use_suspicious": True},
+    "meld_mam_nrm": {"use_mined": True, "use_suspicious": True},
+    "meld_mam_nrm_positive": {"suspicious_as": "positive"},
+}
+# What mining and the fine-tunes need of the finished MELD model (weights only, 1.7 MB each).
+MELD_FILES = (
+    "bundle.json", "config.yaml", "weights.pt", "history.json", "preprocess.json",
+    f"epochs/epoch_{EPOCHS // 2:03d}.pt",
+)  # fmt: skip
 
 app = typer.Typer(add_completion=False)
 
@@ -143,6 +162,10 @@ def _fit(
     from activecad.models.meld import MeldPreprocessing, load_meld, preset_config, train_meld
 
     out = work / "models" / name
+    kept = STATE / "model" / name
+    if not (out / "weights.pt").is_file() and (kept / "weights.pt").is_file():
+        _say(f"restoring {name} from {kept}")
+        shutil.copytree(kept, out, dirs_exist_ok=True)
     if (out / "weights.pt").is_file():
         return load_meld(out)
     options = {}
@@ -168,17 +191,35 @@ def _fit(
     return net
 
 
-def _evaluate(work: Path, name: str, net, sets) -> dict:
+def _keep_model(work: Path, name: str) -> None:
+    """Commit-ready copy of a model that later steps start from."""
+    for file in MELD_FILES:
+        target = STATE / "model" / name / file
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(work / "models" / name / file, target)
+
+
+def _row_done(name: str) -> bool:
+    return (STATE / "rows" / f"{name}.json").is_file()
+
+
+def _evaluate(work: Path, name: str, net, sets) -> None:
+    """One row: the test evaluation, the training time and the validation history."""
     from activecad.lesions.pipeline import evaluate_volumes
 
-    path = work / "eval" / f"{name}.json"
+    path = STATE / "rows" / f"{name}.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        return
     _say(f"evaluating {name} on {len(sets.evaluation)} test sub-volumes")
     result = evaluate_volumes(net, sets.evaluation, bootstrap=BOOTSTRAP)
+    seconds = work / "models" / name / "seconds.json"
+    result["train_seconds"] = (
+        json.loads(seconds.read_text())["seconds"] if seconds.is_file() else None
+    )
+    result["validation_per_epoch"] = _val_history(work / "models" / name)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result))
-    return result
 
 
 @app.command()
@@ -197,22 +238,23 @@ def run(work: Path = typer.Option(..., help="Working folder (resumable).")) -> N
     work.mkdir(parents=True, exist_ok=True)
     sets = _sets(work)
     meld = _fit(work, "meld", _source(sets, "meld"), _val(sets, "meld"), epochs=EPOCHS)
+    _keep_model(work, "meld")
     _evaluate(work, "meld", meld, sets)
-    report(work)
-    # The single-dataset baseline next: with MELD it is the comparison Table 1 starts from.
-    net = _fit(
-        work, "baseline", _source(sets, "baseline"), _val(sets, "baseline"), epochs=EPOCHS,
-        mixed=False,
-    )  # fmt: skip
-    _evaluate(work, "baseline", net, sets)
-    report(work)
+    report()
+    # The single-dataset baseline next: with MELD it is the comparison Table 1 starts from;
+    # then Table 4's other ways of using the four sets (whether the sets or MELD's heads
+    # matter).
+    for variant in ("baseline", "concat", "concat_positive"):
+        if not _row_done(variant):
+            net = _fit(
+                work, variant, _source(sets, variant), _val(sets, variant), epochs=EPOCHS,
+                mixed=variant != "baseline",
+            )  # fmt: skip
+            _evaluate(work, variant, net, sets)
+            report()
 
-    # Table 4's other ways of using the four sets: whether the sets or MELD's heads matter.
-    for variant in ("concat", "concat_positive"):
-        net = _fit(work, variant, _source(sets, variant), _val(sets, variant), epochs=EPOCHS)
-        _evaluate(work, variant, net, sets)
-        report(work)
-
+    if all(map(_row_done, FINETUNES)) and (STATE / "mining_quality.json").is_file():
+        return
     # Mining with the finished MELD model over the training patients' slices.
     deeplesion = read_deeplesion(work / "data" / "deeplesion")
     truth = read_deeplesion(work / "data" / "deeplesion", table="DL_info_full.csv").info
@@ -222,7 +264,7 @@ def run(work: Path = typer.Option(..., help="Working folder (resumable).")) -> N
     )  # fmt: skip
     # One set of network passes; every theta and sigma only thresholds them.
     inputs = predict_for_mining(meld, slices)
-    sweep_path = work / "mining_sweep.json"
+    sweep_path = STATE / "mining_sweep.json"
     if not sweep_path.is_file():
         _say(f"mining sweep over {len(slices.samples)} training slices")
         sweep = {"theta": {}, "sigma": {}}
@@ -235,15 +277,12 @@ def run(work: Path = typer.Option(..., help="Working folder (resumable).")) -> N
         sweep_path.write_text(json.dumps(sweep, indent=1))
     mined = mine_from(inputs, theta=THETA, sigma=SIGMA)
     quality = mining_quality(mined, truth)
-    (work / "mining_quality.json").write_text(json.dumps(quality, indent=1))
+    (STATE / "mining_quality.json").write_text(json.dumps(quality, indent=1))
 
     start = work / "models" / "meld" / "epochs" / f"epoch_{EPOCHS // 2:03d}.pt"
-    for name, options in (
-        ("meld_mam", {"use_mined": True, "use_suspicious": False}),
-        ("meld_nrm", {"use_mined": False, "use_suspicious": True}),
-        ("meld_mam_nrm", {"use_mined": True, "use_suspicious": True}),
-        ("meld_mam_nrm_positive", {"suspicious_as": "positive"}),
-    ):
+    for name, options in FINETUNES.items():
+        if _row_done(name):
+            continue
         universal = finetune_samples(mined, seed=SEED, **options)
 
         def draw(rng, universal=universal):
@@ -253,7 +292,7 @@ def run(work: Path = typer.Option(..., help="Working folder (resumable).")) -> N
             work, name, draw, _val(sets, "meld"), epochs=EPOCHS - EPOCHS // 2, init_from=start
         )
         _evaluate(work, name, net, sets)
-        report(work)
+        report()
 
 
 ROWS = (
@@ -290,8 +329,8 @@ def _val_history(model: Path) -> list[dict[str, float]]:
 
 
 @app.command()
-def report(work: Path = typer.Option(..., help="The folder given to run.")) -> None:
-    """Write benchmarks/results/meld*.json / png from whatever has finished."""
+def report() -> None:
+    """Write benchmarks/results/meld*.json / png from the rows finished so far."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -299,20 +338,17 @@ def report(work: Path = typer.Option(..., help="The folder given to run.")) -> N
 
     rows = {}
     for name, label in ROWS:
-        path = work / "eval" / f"{name}.json"
+        path = STATE / "rows" / f"{name}.json"
         if path.is_file():
             result = json.loads(path.read_text())
-            seconds = work / "models" / name / "seconds.json"
             rows[name] = {
                 "label": label,
                 "average_sensitivity": result["average_sensitivity"],
                 "sensitivities": result["sensitivities"],
                 "counts": result["counts"],
-                "train_seconds": json.loads(seconds.read_text())["seconds"]
-                if seconds.is_file()
-                else None,
+                "train_seconds": result["train_seconds"],
                 "curve": result["curve"],
-                "validation_per_epoch": _val_history(work / "models" / name),
+                "validation_per_epoch": result["validation_per_epoch"],
                 "wilson_95_at_8_fps": _wilson(
                     result["sensitivities"]["8"], result["counts"]["lesions"]
                 ),
@@ -340,7 +376,7 @@ def report(work: Path = typer.Option(..., help="The folder given to run.")) -> N
         "rows": {k: {kk: vv for kk, vv in v.items() if kk != "curve"} for k, v in rows.items()},
     }
     for name in ("mining_quality", "mining_sweep"):
-        path = work / f"{name}.json"
+        path = STATE / f"{name}.json"
         if path.is_file():
             summary[name] = json.loads(path.read_text())
     RESULTS.mkdir(exist_ok=True)
