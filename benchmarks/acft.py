@@ -67,6 +67,7 @@ PARTS = {
     for strategy in STRATEGIES
 }
 
+UNIT = (0.0, 1.0)  # AUC and its learning-curve area cannot leave it
 app = typer.Typer(add_completion=False, no_args_is_help=True)
 
 
@@ -137,8 +138,10 @@ def report(work: Path = typer.Option(..., help="The folder given to run.")) -> N
         entry: dict[str, object] = {
             "seeds": sorted(by_seed),
             "cycles": {str(s): len(x) for s, (x, _) in by_seed.items()},
-            "final_auc": _summary(summarize_over_seeds(finals)) if len(finals) > 1 else finals,
-            "alc": _summary(summarize_over_seeds(alc)) if len(alc) > 1 else alc,
+            "final_auc": _summary(summarize_over_seeds(finals, bounds=UNIT))
+            if len(finals) > 1
+            else finals,
+            "alc": _summary(summarize_over_seeds(alc, bounds=UNIT)) if len(alc) > 1 else alc,
         }
         saved = []
         for seed, (x, y) in by_seed.items():

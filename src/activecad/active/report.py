@@ -36,6 +36,7 @@ __all__ = ["Curves", "read_curves", "write_report"]
 
 SCAN_METRICS = ("cpm", "sens_at_4")
 CANDIDATE_METRICS = ("auc",)
+UNIT = (0.0, 1.0)  # every curve metric (CPM, sensitivity, AUC) and its ALC lies in it
 _LABELS = {
     "cpm": "CPM",
     "sens_at_4": "sensitivity at 4 FPs/scan",
@@ -172,9 +173,9 @@ def summarise(
         for metric in curves.metrics:
             x, y = _matrix(curves, strategy, metric)
             percent = 100.0 * x / curves.pool_size
-            final = summarize_over_seeds(y[:, -1])
+            final = summarize_over_seeds(y[:, -1], bounds=UNIT)
             alc = (
-                summarize_over_seeds(area_under_learning_curve(percent, y))
+                summarize_over_seeds(area_under_learning_curve(percent, y), bounds=UNIT)
                 if len(x) >= 2 and np.isfinite(y).all()
                 else None
             )
@@ -246,17 +247,15 @@ def _plot_curves(curves: Curves, path: Path) -> None:
                 for seed_x, seed_y in zip(xs, y, strict=True):
                     ax.plot(seed_x, seed_y, color=colour, alpha=0.25, linewidth=0.8)
                 mean_x = np.nanmean(xs, axis=0)
-                summaries = [summarize_over_seeds(y[:, j]) for j in range(y.shape[1])]
+                summaries = [summarize_over_seeds(y[:, j], bounds=UNIT) for j in range(y.shape[1])]
                 mean = [s.mean for s in summaries]
                 label = f"{strategy} ({len(y)} seeds)"
                 ax.plot(mean_x, mean, color=colour, linewidth=2, marker="o", label=label)
                 if len(y) >= 2:
-                    # Every curve metric (CPM, sensitivity, AUC) lies in [0, 1]; a t-interval
-                    # of two seeds can reach far beyond it, which says nothing more.
                     ax.fill_between(
                         mean_x,
-                        np.clip([s.lower for s in summaries], 0.0, 1.0),
-                        np.clip([s.upper for s in summaries], 0.0, 1.0),
+                        [s.lower for s in summaries],
+                        [s.upper for s in summaries],
                         color=colour,
                         alpha=0.15,
                     )

@@ -138,8 +138,17 @@ class SeedSummary:
     n: int
 
 
-def summarize_over_seeds(values: ArrayLike, confidence: float = 0.95) -> SeedSummary:
-    """Mean, sd and t-interval over seeds; NaN values (e.g. never reached) are left out."""
+def summarize_over_seeds(
+    values: ArrayLike,
+    confidence: float = 0.95,
+    bounds: tuple[float, float] | None = None,
+) -> SeedSummary:
+    """Mean, sd and t-interval over seeds; NaN values (e.g. never reached) are left out.
+
+    ``bounds``: the range the quantity cannot leave (``(0, 1)`` for an AUC, a CPM or a
+    learning-curve area); the interval is clipped to it, since a t-interval over two or three
+    seeds easily reaches past 1, which says nothing more.
+    """
     check_confidence(confidence)
     v = check_1d(values, "values")
     v = v[np.isfinite(v)]
@@ -151,4 +160,7 @@ def summarize_over_seeds(values: ArrayLike, confidence: float = 0.95) -> SeedSum
         return SeedSummary(mean, math.nan, math.nan, math.nan, 1)
     std = float(v.std(ddof=1))
     half = float(student_t.ppf(0.5 + confidence / 2.0, n - 1)) * std / math.sqrt(n)
-    return SeedSummary(mean, std, mean - half, mean + half, n)
+    lower, upper = mean - half, mean + half
+    if bounds is not None:
+        lower, upper = max(lower, bounds[0]), min(upper, bounds[1])
+    return SeedSummary(mean, std, lower, upper, n)
