@@ -232,11 +232,12 @@ def _plot(curves: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]], out: Path
         x = next(iter(by_seed.values()))[0][:n]
         ys = np.array([y[:n] for _, y in by_seed.values()])
         seeds = f"{len(ys)} seed" + ("" if len(ys) == 1 else "s")
-        ax.plot(x, ys.mean(axis=0), marker="o", label=f"{strategy} ({seeds})")
-        if len(ys) > 1:
-            ax.fill_between(x, ys.min(axis=0), ys.max(axis=0), alpha=0.15)
+        (line,) = ax.plot(x, ys.mean(axis=0), marker="o", label=f"{strategy} ({seeds})")
+        if len(ys) > 1:  # the band: lowest to highest seed
+            ax.fill_between(x, ys.min(axis=0), ys.max(axis=0), color=line.get_color(), alpha=0.15)
     ax.set_xlabel("labelled candidates")
     ax.set_ylabel("test AUC (candidates of held-out patients)")
+    ax.set_title("mean over seeds; bands from the lowest to the highest seed", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
