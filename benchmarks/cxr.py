@@ -61,10 +61,40 @@ def labels() -> None:
             "sensitivity": cc.REPORT_SENSITIVITY,
             "specificity": cc.REPORT_SPECIFICITY,
         },
+        "phantom_visible_nodules": _phantom_visible_nodules(),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "cxr_labels.json").write_text(json.dumps(result, indent=1))
     typer.echo(json.dumps(result, indent=1))
+
+
+def _phantom_visible_nodules(patients: int = 80, seed: int = 0) -> dict[str, object]:
+    """Sizes of the nodules that show on the internal site's radiographs of ``patients``
+    nodule patients: what ``MEAN_VISIBLE_MM`` and the box-size comparison with NIH rest on."""
+    from activecad.phantom import cxr_cohort as cc
+    from activecad.phantom.radiograph import MIN_VISIBLE_MM
+
+    diameters, shares, drawn, showing = [], [], 0, 0
+    for index in range(patients):
+        cxr = cc.generate_cxr(index, seed, cc.SITES["internal"], with_nodules=True)
+        drawn += len(cxr.visible)
+        showing += bool(cxr.visible.any())
+        diameters += list(2 * cxr.radius_px[cxr.visible] * cxr.pixel_mm)
+        side = cxr.image.shape[0]
+        shares += [np.sqrt((x2 - x1 + 1) * (y2 - y1 + 1)) / side for x1, y1, x2, y2 in cxr.boxes]
+    d, share = np.array(diameters), np.array(shares)
+    return {
+        "command": f"generate_cxr(0..{patients - 1}, seed={seed}, internal, with_nodules=True)",
+        "nodules_drawn": drawn,
+        "visible": len(d),
+        "patients_with_a_visible_nodule": showing,
+        "diameter_mm": {"mean": float(d.mean()), "median": float(np.median(d)),
+                        "p10": float(np.percentile(d, 10)), "p90": float(np.percentile(d, 90))},
+        "box_side_share_of_image": {"median": float(np.median(share)),
+                                    "p10": float(np.percentile(share, 10)),
+                                    "p90": float(np.percentile(share, 90))},
+        "min_visible_mm": MIN_VISIBLE_MM,
+    }  # fmt: skip
 
 
 def _predict(net, cfg, folder: Path):
