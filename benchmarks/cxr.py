@@ -4,19 +4,25 @@ Subcommands::
 
     python benchmarks/cxr.py labels      # NIH vs Google vs VinDr figures (torchxrayvision's
                                          # tables) beside the phantom's -> results/cxr_labels.json
-    python benchmarks/cxr.py table2 --n-noisy 30 --n-clean 15 --n-external 10 --steps 150
-                                         # four models, internal + two external sets
-                                         # -> results/cxr_table2_small.json, ROC + heat-map PNGs
+    python benchmarks/cxr.py table2 --work DIR
+                                         # four models x three seeds, internal + two external
+                                         # sets; resumable by seed (results/cxr_state_main/)
+                                         # -> results/cxr_table2_main.json, ROC + heat-map PNGs
+    python benchmarks/cxr.py report      # the table from the seeds finished so far
 
 Models (as the paper): 1 = Network 1 on the noisy set (report-mined labels); 2 = Network 1
 on the clean set; 3 = Network 1 pretrained on noisy, fine-tuned on clean; 4 = Network 2
 (pixel labels) pretrained on noisy (Network 1), fine-tuned on clean with masks. The
-internal test set is a held-out part of the clean set (other patients).
+internal test set is a held-out third of the clean set (other patients), the same for every
+seed. ``results/cxr_table2_small.json`` is an earlier, smaller run of a previous version of
+this command (one seed, 128 px, 80 steps, the radiograph phantom before its 10 mm
+visibility floor).
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +32,6 @@ import typer
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-WORK = Path("/tmp/activecad_bench_cxr")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
 
@@ -127,104 +132,185 @@ def _predict(net, cfg, folder: Path):
     return items, y, probs, maps, masks, boxes, len(items) / seconds
 
 
-@app.command()
-def table2(
-    n_noisy: int = typer.Option(30, help="Noisy set, images per class."),
-    n_clean: int = typer.Option(15, help="Clean set, images per class (1/3 held out)."),
-    n_external: int = typer.Option(10, help="Each external set, images per class."),
-    steps: int = typer.Option(150, help="Training steps per model."),
-    size: int = typer.Option(256, help="Network input side (cpu preset: 256)."),
-    seed: int = typer.Option(0, help="Training seed."),
-    data_seed: int = typer.Option(0, help="Phantom seed."),
-    name: str = typer.Option("small", help="Result name: results/cxr_table2_NAME.json."),
-) -> None:
-    """Train the four models and evaluate them on the internal and both external sets."""
-    import torch
+MODELS = ("1_noisy_image", "2_clean_image", "3_noisy_to_clean_image", "4_noisy_to_clean_pixel")
+TEST_SETS = ("internal", "external_a", "external_b")
 
+
+def _sets(work: Path, data_seed: int, n_noisy: int, n_clean: int, n_external: int):
+    """The phantom sets (written once) and a fixed internal test split: a third of the clean
+    set's patients, the same for every training seed so that seeds differ in training only."""
     from activecad.models.cxr.data import load_cxr_items
-    from activecad.models.cxr.evaluate import ModelPredictions, compare_models, evaluate_predictions
-    from activecad.models.cxr.train import preset_cxr_config, train_cxr
     from activecad.phantom.cxr_cohort import write_cxr_sets
 
-    torch.set_num_threads(2)
-    data = WORK / f"data_{data_seed}_{n_noisy}_{n_clean}_{n_external}"
-    t0 = time.perf_counter()
+    data = work / "data"
     if not (data / "done.json").is_file():
+        t0 = time.perf_counter()
         info = write_cxr_sets(data, data_seed, n_noisy, n_clean, n_external)
+        info["seconds"] = round(time.perf_counter() - t0, 1)  # type: ignore[assignment]
         (data / "done.json").write_text(json.dumps(info))
-    gen_s = time.perf_counter() - t0
-    clean_items = load_cxr_items(data / "clean")
-    # Hold out a third of the clean set (by patient = by image here) as the internal test.
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(clean_items))
-    n_test = len(clean_items) // 3
-    test_ids = sorted(clean_items[i].image_id for i in order[:n_test])
-    train_ids = [clean_items[i].image_id for i in order[n_test:]]
-    internal = WORK / f"internal_{data_seed}_{seed}"
+    clean = load_cxr_items(data / "clean")
+    order = np.random.default_rng([data_seed, 2]).permutation(len(clean))
+    test_ids = sorted(clean[i].image_id for i in order[: len(clean) // 3])
+    internal = work / "internal"
     if not internal.exists():
         for sub in ("images", "masks", "lungs"):
             (internal / sub).mkdir(parents=True, exist_ok=True)
             for i in test_ids:
                 (internal / sub / f"{i}.png").symlink_to(data / "clean" / sub / f"{i}.png")
-        lab = pd.read_csv(data / "clean" / "labels.csv")
-        lab[lab["image_id"].isin(test_ids)].to_csv(internal / "labels.csv", index=False)
-    noisy_items = load_cxr_items(data / "noisy", "label_noisy")
-    clean_train = load_cxr_items(data / "clean", ids=train_ids)
-    models = WORK / f"models_{data_seed}_{seed}_{steps}_{size}"
-    cfg1 = preset_cxr_config("cpu", network=1, steps=steps, seed=seed, size=size)
-    cfg2 = preset_cxr_config("cpu", network=2, steps=steps, seed=seed, size=size)
-    timings = {}
-    plan = [
-        ("1_noisy_image", noisy_items, cfg1, None),
-        ("2_clean_image", clean_train, cfg1, None),
-        ("3_noisy_to_clean_image", clean_train, cfg1, models / "1_noisy_image"),
-        ("4_noisy_to_clean_pixel", clean_train, cfg2, models / "1_noisy_image"),
-    ]
-    nets = {}
-    for mname, items, cfg, init in plan:
-        t = time.perf_counter()
-        net, hist = train_cxr(items, cfg, models / mname, init_from=init)
-        timings[mname] = {"train_s": round(time.perf_counter() - t, 1), "last": hist[-1]}
-        nets[mname] = (net, cfg)
-        typer.echo(f"{mname}: {timings[mname]}", err=True)
-    sets = {
+        labels = pd.read_csv(data / "clean" / "labels.csv")
+        labels[labels["image_id"].isin(test_ids)].to_csv(internal / "labels.csv", index=False)
+    train_ids = [it.image_id for it in clean if it.image_id not in set(test_ids)]
+    folders = {
         "internal": internal,
         "external_a": data / "external_a",
         "external_b": data / "external_b",
     }
-    gt_all = pd.concat(
+    return data, train_ids, folders
+
+
+@app.command()
+def table2(
+    work: Path = typer.Option(..., help="Working folder (phantom sets, models); resumable."),
+    seeds: list[int] = typer.Option([0, 1, 2], "--seed", help="Training seeds, in order."),
+    n_noisy: int = typer.Option(400, help="Noisy set, images per class."),
+    n_clean: int = typer.Option(150, help="Clean set, images per class (1/3 held out)."),
+    n_external: int = typer.Option(100, help="Each external set, images per class."),
+    steps: int = typer.Option(1500, help="Training steps per model."),
+    size: int = typer.Option(128, help="Network input side (cpu preset: 256)."),
+    data_seed: int = typer.Option(0, help="Phantom seed."),
+    name: str = typer.Option("main", help="Result name: results/cxr_table2_NAME.json."),
+) -> None:
+    """Train the four models per seed and score them on the internal and both external sets.
+
+    A finished seed's predictions and figures are kept in ``results/cxr_state_NAME/`` (to
+    commit): a run on a new machine regenerates the phantom and goes on with the next seed.
+    """
+    import torch
+
+    from activecad.models.cxr.data import load_cxr_items
+    from activecad.models.cxr.evaluate import ModelPredictions, evaluate_predictions
+    from activecad.models.cxr.train import preset_cxr_config, train_cxr
+
+    torch.set_num_threads(1)  # shared cores
+    settings = {
+        "n_noisy": n_noisy, "n_clean": n_clean, "n_external": n_external, "steps": steps,
+        "size": size, "data_seed": data_seed,
+        "preset": f"cpu ({size} px, DenseNet growth 12, blocks 4-8-12-8, batch 8, Adam 1e-3)",
+    }  # fmt: skip
+    state = RESULTS / f"cxr_state_{name}"
+    state.mkdir(parents=True, exist_ok=True)
+    kept = state / "settings.json"
+    if kept.is_file() and json.loads(kept.read_text()) != settings:
+        raise typer.BadParameter(f"{kept} holds other settings; choose another --name")
+    kept.write_text(json.dumps(settings, indent=1))
+    data, train_ids, folders = _sets(work, data_seed, n_noisy, n_clean, n_external)
+    truth_boxes = pd.concat(
         [pd.read_csv(data / s / "boxes.csv") for s in ("clean", "external_a", "external_b")]
     )
-    result: dict[str, object] = {
-        "command": f"python benchmarks/cxr.py table2 --n-noisy {n_noisy} --n-clean {n_clean} "
-        f"--n-external {n_external} --steps {steps} --size {size} --seed {seed} "
-        f"--data-seed {data_seed} --name {name}",
-        "preset": f"cpu ({size} px, DenseNet growth 12, blocks 4-8-12-8, batch 8, Adam 1e-3)",
-        "sets_per_class": {"noisy": n_noisy, "clean": n_clean, "external": n_external},
-        "phantom_seconds": round(gen_s, 1),
-        "training": timings,
-        "results": {},
-        "delong": {},
-        "images_per_s": {},
-    }
+    noisy = load_cxr_items(data / "noisy", "label_noisy")
+    clean_train = load_cxr_items(data / "clean", ids=train_ids)
+    for seed in seeds:
+        out = state / f"seed{seed}.json"
+        if out.is_file():
+            continue
+        models = work / "models" / f"seed{seed}"
+        cfg1 = preset_cxr_config("cpu", network=1, steps=steps, seed=seed, size=size)
+        cfg2 = preset_cxr_config("cpu", network=2, steps=steps, seed=seed, size=size)
+        plan = {
+            "1_noisy_image": (noisy, cfg1, None),
+            "2_clean_image": (clean_train, cfg1, None),
+            "3_noisy_to_clean_image": (clean_train, cfg1, models / "1_noisy_image"),
+            "4_noisy_to_clean_pixel": (clean_train, cfg2, models / "1_noisy_image"),
+        }
+        result: dict[str, dict] = {"training": {}, "sets": {}}
+        for model, (items, cfg, init) in plan.items():
+            t = time.perf_counter()
+            net, history = train_cxr(items, cfg, models / model, init_from=init)
+            seconds = round(time.perf_counter() - t, 1)
+            result["training"][model] = {
+                "seconds": seconds,
+                "images": len(items),
+                "last": history[-1],
+            }
+            typer.echo(f"seed {seed} {model}: trained in {seconds} s", err=True)
+            for set_name, folder in folders.items():
+                items_t, y, p, maps, masks, boxes, per_s = _predict(net, cfg, folder)
+                ids = [it.image_id for it in items_t]
+                figures = evaluate_predictions(
+                    y, ModelPredictions(p, maps, boxes), masks, ids, truth_boxes
+                )
+                entry = result["sets"].setdefault(set_name, {"image_id": ids, "label": y.tolist()})
+                entry[model] = {
+                    **figures,
+                    "probability": p.tolist(),
+                    "images_per_s": round(per_s, 2),
+                }
+                if seed == seeds[0] and set_name == "external_a" and model in MODELS[1::2]:
+                    _heatmap_examples(
+                        items_t, maps, y, RESULTS / f"cxr_heatmaps_{name}_{model}.png"
+                    )
+        out.write_text(json.dumps(result, default=float))
+        report(name)
+
+
+@app.command()
+def report(name: str = typer.Option("main", help="The --name given to table2.")) -> None:
+    """Table 2 over the finished seeds: per set and model the mean AUC (t-interval over
+    seeds), Se/Sp, Dice and box FROC; DeLong's test between models within each seed."""
+    from activecad.metrics import summarize_over_seeds
+    from activecad.models.cxr.evaluate import compare_models
+
+    state = RESULTS / f"cxr_state_{name}"
+    runs = {int(p.stem[4:]): json.loads(p.read_text()) for p in sorted(state.glob("seed*.json"))}
+    if not runs:
+        return
+    figures = ("auc", "sensitivity_youden", "specificity_youden", "sensitivity_at_sp90",
+               "dice", "froc_sens_at_1")  # fmt: skip
+    table: dict[str, dict] = {}
+    delong: dict[str, dict] = {}
     curves = {}
-    for sname, folder in sets.items():
-        probs = {}
-        for mname, (net, cfg) in nets.items():
-            items, y, p, maps, masks, boxes, ips = _predict(net, cfg, folder)
-            ids = [it.image_id for it in items]
-            r = evaluate_predictions(y, ModelPredictions(p, maps, boxes), masks, ids, gt_all)
-            result["results"].setdefault(sname, {})[mname] = r  # type: ignore[union-attr]
-            result["images_per_s"][f"{sname}/{mname}"] = round(ips, 2)  # type: ignore[index]
-            probs[mname] = p
-            curves[(sname, mname)] = (y, p)
-            if sname == "external_a" and mname in ("2_clean_image", "4_noisy_to_clean_pixel"):
-                _heatmap_examples(items, maps, y, RESULTS / f"cxr_heatmaps_{name}_{mname}.png")
-        result["delong"][sname] = compare_models(y, probs).to_dict(orient="records")  # type: ignore[index]
+    for set_name in TEST_SETS:
+        for model in MODELS:
+            row = {}
+            for figure in figures:
+                values = [r["sets"][set_name][model].get(figure, np.nan) for r in runs.values()]
+                row[figure] = {
+                    "per_seed": values,
+                    **summarize_over_seeds(values, bounds=(0.0, 1.0)).__dict__,
+                }
+            table.setdefault(set_name, {})[model] = row
+        for seed, r in runs.items():
+            entry = r["sets"][set_name]
+            y = np.asarray(entry["label"])
+            probs = {m: np.asarray(entry[m]["probability"]) for m in MODELS}
+            delong.setdefault(set_name, {})[str(seed)] = compare_models(y, probs).to_dict(
+                orient="records"
+            )
+            if seed == min(runs):
+                curves.update({(set_name, m): (y, p) for m, p in probs.items()})
+    first = runs[min(runs)]
+    summary = {
+        "what": "Kim et al. Table 2 on the radiograph phantom: four models, internal and "
+        "two external test sets",
+        "command": f"python benchmarks/cxr.py table2 --work WORK --name {name}",
+        "settings": json.loads((state / "settings.json").read_text()),
+        "seeds": sorted(runs),
+        "test_images": {s: len(first["sets"][s]["label"]) for s in TEST_SETS},
+        "training": {str(k): r["training"] for k, r in runs.items()},
+        "results": table,
+        "delong_per_seed": delong,
+        "images_per_s": {
+            s: {m: [r["sets"][s][m]["images_per_s"] for r in runs.values()] for m in MODELS}
+            for s in TEST_SETS
+        },
+    }
+    (RESULTS / f"cxr_table2_{name}.json").write_text(json.dumps(summary, indent=1, default=float))
     _roc_plot(curves, RESULTS / f"cxr_roc_{name}.png")
-    out = RESULTS / f"cxr_table2_{name}.json"
-    out.write_text(json.dumps(result, indent=1, default=float))
-    typer.echo(str(out))
+    typer.echo(
+        json.dumps(
+            {s: {m: round(table[s][m]["auc"]["mean"], 3) for m in MODELS} for s in TEST_SETS}
+        )
+    )
 
 
 def _roc_plot(curves: dict, path: Path) -> None:
@@ -261,11 +347,12 @@ def _heatmap_examples(items, maps, y, path: Path) -> None:
 
     pos = [i for i in range(len(items)) if y[i] == 1][:4]
     tiles = []
-    for i in pos:
-        tmp = WORK / "overlay.png"
-        write_overlay(read_cxr_image(items[i].image), maps[i], tmp)
-        with Image.open(tmp) as im:
-            tiles.append(np.asarray(im.convert("RGB").resize((256, 256))))
+    with tempfile.TemporaryDirectory() as folder:
+        for i in pos:
+            tmp = Path(folder) / "overlay.png"
+            write_overlay(read_cxr_image(items[i].image), maps[i], tmp)
+            with Image.open(tmp) as im:
+                tiles.append(np.asarray(im.convert("RGB").resize((256, 256))))
     if tiles:
         Image.fromarray(np.concatenate(tiles, axis=1)).save(path)
 
