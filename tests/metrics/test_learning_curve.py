@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from activecad.metrics import annotation_saved, area_under_learning_curve, summarize_over_seeds
+from activecad.metrics import (
+    annotation_saved,
+    area_under_learning_curve,
+    labels_to_reach,
+    summarize_over_seeds,
+)
 
 
 def test_alc_by_hand():
@@ -29,6 +34,14 @@ def test_annotation_saved_when_never_reached():
     assert np.isnan(res.labels_a[0]) and res.labels_a[1] == 20
     summary = summarize_over_seeds(res.saved)
     assert summary.n == 1
+
+
+def test_labels_to_reach_by_hand():
+    # 0.85 is first reached at 30 labels; 0.99 never; one row per seed.
+    assert labels_to_reach([10, 20, 30, 40], [0.7, 0.8, 0.9, 0.85], 0.85) == 30
+    assert np.isnan(labels_to_reach([10, 20], [0.7, 0.8], 0.99))
+    per_seed = labels_to_reach([10, 20], [[0.9, 0.9], [0.5, 0.9]], 0.9)
+    np.testing.assert_array_equal(per_seed, [10, 20])
 
 
 def test_seed_summary_by_hand():

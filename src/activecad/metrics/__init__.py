@@ -29,6 +29,7 @@ from activecad.metrics._learning_curve import (
     SeedSummary,
     annotation_saved,
     area_under_learning_curve,
+    labels_to_reach,
     summarize_over_seeds,
 )
 from activecad.metrics._retrieval import recall_at_k
@@ -68,6 +69,7 @@ __all__ = [
     "dice_score",
     "froc_bootstrap",
     "froc_curve",
+    "labels_to_reach",
     "luna16_summary",
     "match_boxes",
     "match_luna16",

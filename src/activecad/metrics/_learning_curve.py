@@ -61,6 +61,19 @@ def _first_reaching(x: NDArray, y: NDArray, target: NDArray) -> NDArray[np.float
     return np.where(reached.any(axis=1), x[np.argmax(reached, axis=1)], np.nan)
 
 
+def labels_to_reach(
+    n_labels: ArrayLike, performance: ArrayLike, target: float
+) -> float | NDArray[np.float64]:
+    """Fewest labels at which a learning curve first reaches ``target`` (NaN: never).
+
+    Returns:
+        A float, or (seeds,) values for a 2-D ``performance``.
+    """
+    x, y = _check_curve(n_labels, performance, "learning curve")
+    found = _first_reaching(x, np.atleast_2d(y), np.full(len(np.atleast_2d(y)), float(target)))
+    return float(found[0]) if np.ndim(y) == 1 else found
+
+
 @dataclass(frozen=True)
 class AnnotationSaved:
     """Labels method A needs to match method B, per seed.
