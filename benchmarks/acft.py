@@ -144,10 +144,11 @@ def report(work: Path = typer.Option(..., help="The folder given to run.")) -> N
         entry: dict[str, object] = {
             "seeds": sorted(by_seed),
             "cycles": {str(s): len(x) for s, (x, _) in by_seed.items()},
-            "final_auc": _summary(summarize_over_seeds(finals, bounds=UNIT))
-            if len(finals) > 1
-            else finals,
-            "alc": _summary(summarize_over_seeds(alc, bounds=UNIT)) if len(alc) > 1 else alc,
+            "final_auc": {
+                "per_seed": finals,
+                **_summary(summarize_over_seeds(finals, bounds=UNIT)),
+            },
+            "alc": {"per_seed": alc, **_summary(summarize_over_seeds(alc, bounds=UNIT))},
         }
         # A fixed target beside RFT's final AUC, which one noisy last step decides: a round
         # figure between where the curves start (0.77-0.81) and end (0.85-0.95).
@@ -170,6 +171,7 @@ def report(work: Path = typer.Option(..., help="The folder given to run.")) -> N
                 "what": "AUC of held-out test candidates per active-learning step "
                 "(Zhou et al. 2021, Table 2 strategies)",
                 "setup": {**LOOP, "top_k_candidates_per_scan": TOP_K, "phantom": str(PHANTOM)},
+                "candidates": _candidate_counts(work),
                 "strategies": summary,
             },
             indent=2,
@@ -178,6 +180,23 @@ def report(work: Path = typer.Option(..., help="The folder given to run.")) -> N
     )
     _plot(curves, RESULTS / "curves.png")
     _gallery(work, RESULTS / "gallery.png")
+
+
+def _candidate_counts(work: Path) -> dict[str, int] | None:
+    """Candidates and nodules (LUNA16 hit rule) among the pool and the test patients."""
+    from activecad.active.candidate_learner import candidate_pool
+
+    splits = sorted(work.glob("*/split.json"))
+    if not splits or not PHANTOM.is_dir():
+        return None
+    split = json.loads(splits[0].read_text())
+    table = candidate_pool(PHANTOM, _candidates(work))
+    out = {}
+    for part in ("pool", "test"):
+        rows = table[table["seriesuid"].isin(set(split[part]))]
+        out.update({f"{part}_scans": len(split[part]), f"{part}_candidates": len(rows),
+                    f"{part}_nodule_candidates": int(rows["label"].sum())})  # fmt: skip
+    return out
 
 
 def _gallery(work: Path, out: Path, strategy: str = "ACFT(HQ)", cycle: int = 1, n: int = 4) -> None:
