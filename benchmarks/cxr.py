@@ -22,6 +22,7 @@ visibility floor).
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -75,16 +76,17 @@ def labels() -> None:
 
 def _phantom_visible_nodules(patients: int = 80, seed: int = 0) -> dict[str, object]:
     """Sizes of the nodules that show on the internal site's radiographs of ``patients``
-    nodule patients: what ``MEAN_VISIBLE_MM`` and the box-size comparison with NIH rest on."""
+    nodule patients: what ``MEAN_LARGEST_VISIBLE_MM`` and the comparison with NIH rest on."""
     from activecad.phantom import cxr_cohort as cc
     from activecad.phantom.radiograph import MIN_VISIBLE_MM
 
-    diameters, shares, drawn, showing = [], [], 0, 0
+    diameters, largest, shares, drawn = [], [], [], 0
     for index in range(patients):
         cxr = cc.generate_cxr(index, seed, cc.SITES["internal"], with_nodules=True)
         drawn += len(cxr.visible)
-        showing += bool(cxr.visible.any())
-        diameters += list(2 * cxr.radius_px[cxr.visible] * cxr.pixel_mm)
+        visible = 2 * cxr.radius_px[cxr.visible] * cxr.pixel_mm
+        diameters += list(visible)
+        largest += [float(visible.max())] if len(visible) else []
         side = cxr.image.shape[0]
         shares += [np.sqrt((x2 - x1 + 1) * (y2 - y1 + 1)) / side for x1, y1, x2, y2 in cxr.boxes]
     d, share = np.array(diameters), np.array(shares)
@@ -92,7 +94,9 @@ def _phantom_visible_nodules(patients: int = 80, seed: int = 0) -> dict[str, obj
         "command": f"generate_cxr(0..{patients - 1}, seed={seed}, internal, with_nodules=True)",
         "nodules_drawn": drawn,
         "visible": len(d),
-        "patients_with_a_visible_nodule": showing,
+        "patients_with_a_visible_nodule": len(largest),
+        # what a report's sensitivity scales with (the image's largest visible nodule)
+        "largest_per_image_mean_mm": float(np.mean(largest)),
         "diameter_mm": {"mean": float(d.mean()), "median": float(np.median(d)),
                         "p10": float(np.percentile(d, 10)), "p90": float(np.percentile(d, 90))},
         "box_side_share_of_image": {"median": float(np.median(share)),
@@ -142,17 +146,27 @@ def _sets(work: Path, data_seed: int, n_noisy: int, n_clean: int, n_external: in
     from activecad.models.cxr.data import load_cxr_items
     from activecad.phantom.cxr_cohort import write_cxr_sets
 
-    data = work / "data"
-    if not (data / "done.json").is_file():
+    data = (work / "data").resolve()  # the internal split's symlinks point here
+    asked = {
+        "data_seed": data_seed,
+        "n_noisy": n_noisy,
+        "n_clean": n_clean,
+        "n_external": n_external,
+    }
+    done = data / "done.json"
+    if not done.is_file():
         t0 = time.perf_counter()
         info = write_cxr_sets(data, data_seed, n_noisy, n_clean, n_external)
         info["seconds"] = round(time.perf_counter() - t0, 1)  # type: ignore[assignment]
-        (data / "done.json").write_text(json.dumps(info))
+        done.write_text(json.dumps({"asked": asked, **info}))
+    if json.loads(done.read_text()).get("asked") != asked:
+        raise typer.BadParameter(f"{data} holds sets of other sizes or seed; use another --work")
     clean = load_cxr_items(data / "clean")
     order = np.random.default_rng([data_seed, 2]).permutation(len(clean))
     test_ids = sorted(clean[i].image_id for i in order[: len(clean) // 3])
-    internal = work / "internal"
-    if not internal.exists():
+    internal = work.resolve() / "internal"
+    if not (internal / "labels.csv").is_file():  # written last: the split is complete
+        shutil.rmtree(internal, ignore_errors=True)
         for sub in ("images", "masks", "lungs"):
             (internal / sub).mkdir(parents=True, exist_ok=True)
             for i in test_ids:
@@ -165,6 +179,8 @@ def _sets(work: Path, data_seed: int, n_noisy: int, n_clean: int, n_external: in
         "external_a": data / "external_a",
         "external_b": data / "external_b",
     }
+    for folder in folders.values():  # fail now, not after the first model's training
+        load_cxr_items(folder, need_masks=True)
     return data, train_ids, folders
 
 
@@ -204,6 +220,8 @@ def table2(
         raise typer.BadParameter(f"{kept} holds other settings; choose another --name")
     kept.write_text(json.dumps(settings, indent=1))
     data, train_ids, folders = _sets(work, data_seed, n_noisy, n_clean, n_external)
+    # What was written: images per class, patients used, the noisy labels' realised Se / Sp.
+    (state / "data.json").write_text((data / "done.json").read_text())
     truth_boxes = pd.concat(
         [pd.read_csv(data / s / "boxes.csv") for s in ("clean", "external_a", "external_b")]
     )
@@ -249,7 +267,9 @@ def table2(
                     _heatmap_examples(
                         items_t, maps, y, RESULTS / f"cxr_heatmaps_{name}_{model}.png"
                     )
-        out.write_text(json.dumps(result, default=float))
+        tmp = out.with_suffix(".tmp")  # a finished seed's file is never half written
+        tmp.write_text(json.dumps(result, default=float))
+        tmp.replace(out)
         report(name)
 
 
@@ -289,12 +309,17 @@ def report(name: str = typer.Option("main", help="The --name given to table2."))
             if seed == min(runs):
                 curves.update({(set_name, m): (y, p) for m, p in probs.items()})
     first = runs[min(runs)]
+    for r in runs.values():  # seeds differ in training only
+        for set_name in TEST_SETS:
+            if r["sets"][set_name]["image_id"] != first["sets"][set_name]["image_id"]:
+                raise ValueError(f"the seeds were tested on different {set_name} images")
     summary = {
         "what": "Kim et al. Table 2 on the radiograph phantom: four models, internal and "
         "two external test sets",
         "command": f"python benchmarks/cxr.py table2 --work WORK --name {name}",
         "settings": json.loads((state / "settings.json").read_text()),
         "seeds": sorted(runs),
+        "phantom_sets": json.loads((state / "data.json").read_text()),
         "test_images": {s: len(first["sets"][s]["label"]) for s in TEST_SETS},
         "training": {str(k): r["training"] for k, r in runs.items()},
         "results": table,

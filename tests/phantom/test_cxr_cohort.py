@@ -45,7 +45,7 @@ def test_sites_differ_and_patients_are_not_shared(tmp_path: Path) -> None:
 
 def test_report_labels_follow_the_nih_vs_google_rates() -> None:
     rng = np.random.default_rng(0)
-    d = np.array([cc.MEAN_VISIBLE_MM])  # the mean diameter: sensitivity REPORT_SENSITIVITY
+    d = np.array([cc.MEAN_LARGEST_VISIBLE_MM])  # the mean largest: sensitivity REPORT_SENSITIVITY
     se = np.mean([cc._report_label(1, d, rng) for _ in range(4000)])
     sp = 1 - np.mean([cc._report_label(0, d, rng) for _ in range(4000)])
     assert abs(se - 0.42) < 0.03 and abs(sp - 0.947) < 0.01
