@@ -82,8 +82,8 @@ FINETUNES = {
 }
 # What mining and the fine-tunes need of the finished MELD model (weights only, 1.7 MB each).
 MELD_FILES = (
-    "bundle.json", "config.yaml", "weights.pt", "history.json", "preprocess.json",
-    f"epochs/epoch_{EPOCHS // 2:03d}.pt",
+    "bundle.json", "config.yaml", "history.json", "preprocess.json", "seconds.json",
+    f"epochs/epoch_{EPOCHS // 2:03d}.pt", "weights.pt",  # weights last: the copy is whole
 )  # fmt: skip
 
 app = typer.Typer(add_completion=False)
@@ -168,6 +168,12 @@ def _fit(
         shutil.copytree(kept, out, dirs_exist_ok=True)
     if (out / "weights.pt").is_file():
         return load_meld(out)
+    if _row_done(name):
+        # Retraining would give another model than the one the committed row measured.
+        raise typer.BadParameter(
+            f"{name}'s row is committed but its model is in neither {out} nor {kept}; "
+            f"restore {kept} from git, or delete the row to measure a new model"
+        )
     options = {}
     if init_from is not None:
         # Fine-tuning runs the second half of MELD's schedule from its epoch 4: the rate a
@@ -192,12 +198,16 @@ def _fit(
 
 
 def _keep_model(work: Path, name: str) -> None:
-    """Commit-ready copy of a model that later steps start from."""
+    """Commit-ready copy of a model that later steps start from (``weights.pt`` copied last
+    marks a whole copy)."""
+    if (STATE / "model" / name / "weights.pt").is_file():
+        return
     for file in MELD_FILES:
-        target = STATE / "model" / name / file
-        if not target.is_file():
+        source, target = work / "models" / name / file, STATE / "model" / name / file
+        if source.is_file():  # seconds.json is absent from a model restored by an older run
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(work / "models" / name / file, target)
+            shutil.copy2(source, target.with_suffix(".tmp"))
+            target.with_suffix(".tmp").replace(target)
 
 
 def _row_done(name: str) -> bool:
@@ -219,7 +229,28 @@ def _evaluate(work: Path, name: str, net, sets) -> None:
     )
     result["validation_per_epoch"] = _val_history(work / "models" / name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result))
+    path.with_suffix(".tmp").write_text(json.dumps(result))
+    path.with_suffix(".tmp").replace(path)  # a row file is never half written
+
+
+def _settings() -> dict[str, object]:
+    """What a committed row depends on besides the code: a resumed run must match it."""
+    return {
+        "patients": PATIENTS,
+        "seed": SEED,
+        "pixel_mm": PIXEL_MM,
+        "slice_mm": SLICE_MM,
+        "hu_window": HU_WINDOW,
+        "epochs": EPOCHS,
+        "steps_per_epoch": STEPS_PER_EPOCH,
+        "single_type_share": SINGLE_TYPE_SHARE,
+        "steps_per_epoch_with_single_type_sets": MIXED_STEPS_PER_EPOCH,
+        "model": {"preset": "cpu", **MODEL},
+        "theta": THETA,
+        "sigma": SIGMA,
+        "bootstrap": BOOTSTRAP,
+        "iou": "continuous",
+    }
 
 
 @app.command()
@@ -235,12 +266,19 @@ def run(work: Path = typer.Option(..., help="Working folder (resumable).")) -> N
     )
 
     torch.set_num_threads(1)  # shared cores: two threads stall against the other jobs
+    STATE.mkdir(parents=True, exist_ok=True)
+    kept = STATE / "settings.json"
+    if kept.is_file() and json.loads(kept.read_text()) != json.loads(json.dumps(_settings())):
+        raise typer.BadParameter(f"{kept} holds the rows of other settings; move them first")
+    kept.write_text(json.dumps(_settings(), indent=1))
     work.mkdir(parents=True, exist_ok=True)
     sets = _sets(work)
-    meld = _fit(work, "meld", _source(sets, "meld"), _val(sets, "meld"), epochs=EPOCHS)
-    _keep_model(work, "meld")
-    _evaluate(work, "meld", meld, sets)
-    report()
+    mining_done = all(map(_row_done, FINETUNES)) and (STATE / "mining_quality.json").is_file()
+    if not (mining_done and _row_done("meld")):
+        meld = _fit(work, "meld", _source(sets, "meld"), _val(sets, "meld"), epochs=EPOCHS)
+        _keep_model(work, "meld")
+        _evaluate(work, "meld", meld, sets)
+        report()
     # The single-dataset baseline next: with MELD it is the comparison Table 1 starts from;
     # then Table 4's other ways of using the four sets (whether the sets or MELD's heads
     # matter).
@@ -253,7 +291,7 @@ def run(work: Path = typer.Option(..., help="Working folder (resumable).")) -> N
             _evaluate(work, variant, net, sets)
             report()
 
-    if all(map(_row_done, FINETUNES)) and (STATE / "mining_quality.json").is_file():
+    if mining_done:
         return
     # Mining with the finished MELD model over the training patients' slices.
     deeplesion = read_deeplesion(work / "data" / "deeplesion")
@@ -346,9 +384,9 @@ def report() -> None:
                 "average_sensitivity": result["average_sensitivity"],
                 "sensitivities": result["sensitivities"],
                 "counts": result["counts"],
-                "train_seconds": result["train_seconds"],
+                "train_seconds": result.get("train_seconds"),
                 "curve": result["curve"],
-                "validation_per_epoch": result["validation_per_epoch"],
+                "validation_per_epoch": result.get("validation_per_epoch", []),
                 "wilson_95_at_8_fps": _wilson(
                     result["sensitivities"]["8"], result["counts"]["lesions"]
                 ),
@@ -357,22 +395,7 @@ def report() -> None:
             }
     summary = {
         "what": "Universal lesion detection on the phantom (Yan et al. 2020 Tables 1 and 4)",
-        "set_up": {
-            "patients": PATIENTS,
-            "seed": SEED,
-            "pixel_mm": PIXEL_MM,
-            "slice_mm": SLICE_MM,
-            "hu_window": HU_WINDOW,
-            "epochs": EPOCHS,
-            "steps_per_epoch": STEPS_PER_EPOCH,
-            "single_type_share": SINGLE_TYPE_SHARE,
-            "steps_per_epoch_with_single_type_sets": MIXED_STEPS_PER_EPOCH,
-            "model": {"preset": "cpu", **MODEL},
-            "theta": THETA,
-            "sigma": SIGMA,
-            "iou": "continuous",
-            "command": "python benchmarks/meld.py run --work WORK",
-        },
+        "set_up": {**_settings(), "command": "python benchmarks/meld.py run --work WORK"},
         "rows": {k: {kk: vv for kk, vv in v.items() if kk != "curve"} for k, v in rows.items()},
     }
     for name in ("mining_quality", "mining_sweep"):
