@@ -18,13 +18,15 @@ mining variant fine-tunes from MELD's epoch ``EPOCHS // 2`` for the remaining ep
 rows have the same number of epochs (the paper fine-tunes from an intermediate checkpoint).
 
     python benchmarks/meld.py run --work /work/exp/meld       # hours on 2 cores; resumable
+    python benchmarks/meld.py snapshot --work /work/exp/meld  # before the machine goes
     python benchmarks/meld.py report                          # from what has finished
 
 Each step writes its output under ``--work`` and is skipped when it exists. A finished row
 (its evaluation, training time and validation history), the mining measurements and the
 MELD model that mining and fine-tuning start from are also kept in
 ``benchmarks/results/meld_state/`` and committed, so that a new machine goes on from there
-instead of training them again. Results: ``benchmarks/results/meld.json``,
+instead of training them again; ``snapshot`` keeps the last epoch of a model still training
+there too. Results: ``benchmarks/results/meld.json``,
 ``meld_froc.png``, ``meld_mining_sweep.png``. The rows measured before the phantom and model
 fixes of December 2026 are kept in ``benchmarks/results/meld_before_fixes/``.
 """
@@ -168,6 +170,11 @@ def _fit(
         shutil.copytree(kept, out, dirs_exist_ok=True)
     if (out / "weights.pt").is_file():
         return load_meld(out)
+    partial = STATE / "partial" / name / "checkpoint.pt"
+    if not (out / "checkpoint.pt").is_file() and partial.is_file():
+        _say(f"resuming {name} from {partial}")
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(partial, out / "checkpoint.pt")
     if _row_done(name):
         # Retraining would give another model than the one the committed row measured.
         raise typer.BadParameter(
@@ -193,7 +200,13 @@ def _fit(
             pixel_mm=PIXEL_MM, slice_mm=SLICE_MM, hu_window=HU_WINDOW
         ),
     )  # fmt: skip
-    (out / "seconds.json").write_text(json.dumps({"seconds": time.perf_counter() - start}))
+    seconds = time.perf_counter() - start
+    if partial.is_file():
+        # Part of the fit ran on an earlier machine: its time is the epochs' own records
+        # (training steps only, so a little below the wall time of an unbroken run).
+        history = json.loads((out / "history.json").read_text())
+        seconds = sum(record["seconds"] for record in history)
+    (out / "seconds.json").write_text(json.dumps({"seconds": seconds}))
     return net
 
 
@@ -255,16 +268,11 @@ def _settings() -> dict[str, object]:
 
 @app.command()
 def run(work: Path = typer.Option(..., help="Working folder (resumable).")) -> None:
-    """Train, mine, fine-tune and evaluate every row; each finished step is kept."""
-    from activecad.data.lesion_samples import deeplesion_training_slices
-    from activecad.io.lesion_sets import read_deeplesion
-    from activecad.lesions.pipeline import (
-        finetune_samples,
-        mine_from,
-        mining_quality,
-        predict_for_mining,
-    )
+    """Train, mine, fine-tune and evaluate every row; each finished step is kept.
 
+    The order: MELD and the baseline, then Table 1's mining rows, then Table 4's other ways
+    of using the four sets (whether the sets or MELD's heads matter).
+    """
     torch.set_num_threads(1)  # shared cores: two threads stall against the other jobs
     STATE.mkdir(parents=True, exist_ok=True)
     kept = STATE / "settings.json"
@@ -279,10 +287,14 @@ def run(work: Path = typer.Option(..., help="Working folder (resumable).")) -> N
         _keep_model(work, "meld")
         _evaluate(work, "meld", meld, sets)
         report()
-    # The single-dataset baseline next: with MELD it is the comparison Table 1 starts from;
-    # then Table 4's other ways of using the four sets (whether the sets or MELD's heads
-    # matter).
-    for variant in ("baseline", "concat", "concat_positive"):
+    _fit_from_scratch(work, sets, ("baseline",))
+    if not mining_done:
+        _mine_and_finetune(work, sets, meld)
+    _fit_from_scratch(work, sets, ("concat", "concat_positive"))
+
+
+def _fit_from_scratch(work: Path, sets, variants: tuple[str, ...]) -> None:
+    for variant in variants:
         if not _row_done(variant):
             net = _fit(
                 work, variant, _source(sets, variant), _val(sets, variant), epochs=EPOCHS,
@@ -291,8 +303,18 @@ def run(work: Path = typer.Option(..., help="Working folder (resumable).")) -> N
             _evaluate(work, variant, net, sets)
             report()
 
-    if mining_done:
-        return
+
+def _mine_and_finetune(work: Path, sets, meld) -> None:
+    """Table 1's mining rows: mine with the finished MELD model, fine-tune its epoch 4."""
+    from activecad.data.lesion_samples import deeplesion_training_slices
+    from activecad.io.lesion_sets import read_deeplesion
+    from activecad.lesions.pipeline import (
+        finetune_samples,
+        mine_from,
+        mining_quality,
+        predict_for_mining,
+    )
+
     # Mining with the finished MELD model over the training patients' slices.
     deeplesion = read_deeplesion(work / "data" / "deeplesion")
     truth = read_deeplesion(work / "data" / "deeplesion", table="DL_info_full.csv").info
@@ -331,6 +353,26 @@ def run(work: Path = typer.Option(..., help="Working folder (resumable).")) -> N
         )
         _evaluate(work, name, net, sets)
         report()
+
+
+@app.command()
+def snapshot(work: Path = typer.Option(..., help="The working folder of a running `run`.")) -> None:
+    """Keep the last finished epoch of every model still training in ``meld_state/partial/``.
+
+    Run it before a machine goes away and commit what it writes: the next ``run`` (on any
+    machine) continues those fits from there instead of from scratch. A model's partial
+    state is dropped from git once its row is committed.
+    """
+    for checkpoint in sorted((work / "models").glob("*/checkpoint.pt")):
+        name = checkpoint.parent.name
+        if (checkpoint.parent / "weights.pt").is_file() or _row_done(name):
+            continue
+        target = STATE / "partial" / name / "checkpoint.pt"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(checkpoint, target.with_suffix(".tmp"))
+        target.with_suffix(".tmp").replace(target)
+        epochs = len(torch.load(target, map_location="cpu", weights_only=False)["history"])
+        _say(f"kept {name} after epoch {epochs} in {target}")
 
 
 ROWS = (

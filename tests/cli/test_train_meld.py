@@ -190,17 +190,17 @@ def test_an_interrupted_run_resumes_to_the_same_weights(
 ) -> None:
     from activecad.models.meld import train as meld_train
 
-    keep = meld_train._KeepEpochWeights.on_epoch_end
+    start_epoch = meld_train.MeldFitTask.start_epoch
 
-    def stop_after_first_epoch(self, state, record) -> None:
-        keep(self, state, record)
-        if state.epoch == 1:
+    def stop_after_first_epoch(self, epoch: int) -> None:
+        if epoch == 1:  # the second epoch starts: the first one is checkpointed
             raise KeyboardInterrupt
+        start_epoch(self, epoch)
 
     out = tmp_path / "model"
     args = ["train", "meld", lesion_cohort, "--out", out]
     with monkeypatch.context() as patch:
-        patch.setattr(meld_train._KeepEpochWeights, "on_epoch_end", stop_after_first_epoch)
+        patch.setattr(meld_train.MeldFitTask, "start_epoch", stop_after_first_epoch)
         res = run_cli(*args, "--epochs", "2", "--steps-per-epoch", "2", *FAST, "--json")
     assert res.exit_code != 0
     partial = tmp_path / ".model.partial"

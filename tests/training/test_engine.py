@@ -85,6 +85,27 @@ def test_fit_learns_and_resume_equals_an_unbroken_run(tmp_path: Path) -> None:
     assert torch.equal(resumed.model.weight, whole.model.weight)
 
 
+def test_an_epoch_is_checkpointed_only_after_its_callbacks(tmp_path: Path) -> None:
+    """A run stopped inside a callback resumes at that epoch, so what callbacks write of an
+    epoch (MELD's per-epoch weights) is never skipped."""
+    written: list[int] = []
+    killed = []
+
+    class Keep(Callback):
+        def on_epoch_end(self, state: FitState, record: dict[str, float]) -> None:
+            if state.epoch == 2 and not killed:
+                killed.append(True)
+                raise KeyboardInterrupt  # killed while writing epoch 2's file
+            written.append(state.epoch)
+
+    plan = FitPlan(epochs=3, steps_per_epoch=2, lr=0.05, optimizer="sgd", schedule="constant")
+    with pytest.raises(KeyboardInterrupt):
+        fit(Regression(), plan, checkpoint=tmp_path / "c.pt", callbacks=[Keep()])
+    assert written == [1]
+    fit(Regression(), plan, checkpoint=tmp_path / "c.pt", resume=True, callbacks=[Keep()])
+    assert written == [1, 2, 3]
+
+
 def test_the_best_validation_weights_are_kept(tmp_path: Path) -> None:
     weights: list[float] = []
 

@@ -342,12 +342,14 @@ def fit(
                     state.improved = True
                     best_weights = _cpu_state(model)
             state.history.append(record)
+            for cb in callbacks:
+                cb.on_epoch_end(state, record)
+            # The checkpoint last: once it names this epoch, what the callbacks write of it
+            # (a model's per-epoch weights) is on disk, and a resumed run never skips it.
             if checkpoint_path is not None:
                 _save_checkpoint(
                     checkpoint_path, model, optimizer, scaler, state, best_weights, extra_state
                 )
-            for cb in callbacks:
-                cb.on_epoch_end(state, record)
         else:
             state.history.append(record)
         if out_of_time and epoch + 1 < plan.epochs:
