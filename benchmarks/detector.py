@@ -6,11 +6,14 @@ Subcommands (results are merged into ``benchmarks/results/detector.json``)::
     python benchmarks/detector.py inference --model M  # full-size scan: 1 and several windows
     python benchmarks/detector.py cache       # cache key: path/size/mtime vs full SHA-256
     python benchmarks/detector.py pool --model M --cohort C  # pool scoring, L_RoI zeros
-    python benchmarks/detector.py quality --time-budget 2700   # 80/20 split of 100 patients
+    python benchmarks/detector.py quality --model ours          # held-out patients, 1 h
+    python benchmarks/detector.py quality --model monai-recipe  # MONAI's recipe, same split
     python benchmarks/detector.py export      # TorchScript / ONNX export attempts
 
-``quality`` is long: it generates (or reuses) the cohort, trains within the time budget,
-detects on the held-out 20 % and writes the FROC plot to ``docs/detector_froc.png``. It can
+``quality`` is long: it generates (or reuses) a 240-patient cohort, splits it by patient
+into train / validation / test (55 / 15 / 30 %), trains within the time budget, keeps the
+best validation epoch, detects on the test split once and writes
+``docs/detector_quality.png``. It can
 run in the background (``nohup ... &``); its progress goes to stderr and every epoch to
 ``MODEL_DIR/metrics.jsonl``.
 """
@@ -24,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -312,125 +316,195 @@ def cache(seed: int = 0, repeats: int = 5) -> None:
     _record("preprocess_cache_full_scan", timings)
 
 
+QUALITY_MODELS = ("ours", "monai-recipe")
+
+
 @app.command()
 def quality(
-    patients: int = 100,
+    model: str = typer.Option("ours", help="ours (activecad's cpu preset) or monai-recipe."),
+    patients: int = 240,
     seed: int = 0,
-    time_budget: float = 2700.0,
-    epochs: int = 60,
-    steps: int = 50,
-    spacing: float | None = typer.Option(None, help="Isotropic spacing override, mm."),
-    patch: int | None = typer.Option(None, help="Cubic patch size override, voxels."),
-    batch: int | None = typer.Option(None, help="Batch size override (even)."),
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.3,
+    time_budget: float = typer.Option(3600.0, help="Training seconds (both models alike)."),
+    epochs: int = 160,
+    steps: int = 25,
+    val_every: int = typer.Option(10, help="Validate every this many epochs (and the last)."),
+    spacing: float = typer.Option(2.0, help="Isotropic resampling, mm."),
+    patch: int = typer.Option(64, help="Cubic patch, voxels."),
+    batch: int = typer.Option(4, help="Patches a step (even)."),
     threads: int = 2,
-    resume: bool = typer.Option(
-        False, help="Continue the model folder's run (a finished run is only re-scored)."
-    ),
+    work: Path = typer.Option(WORK, help="Cohort, cache and model folders (resumable)."),
+    resume: bool = typer.Option(False, help="Continue this model's interrupted run."),
 ) -> None:
-    """Train on 80 % of a small-preset phantom cohort, CPM + FROC plot on the other 20 %."""
+    """Held-out quality: train on one patient split, pick checkpoints on a second, report a
+    third once (CPM with its scan-bootstrap interval, found by size, validation CPM against
+    training time). Each model is one row of ``quality_heldout`` in the results file."""
+    if model not in QUALITY_MODELS:
+        raise typer.BadParameter(f"model must be one of {QUALITY_MODELS}, got {model!r}")
+    from activecad.data import PreprocessCache
+    from activecad.data.folders import labelled, split_by_patient
+    from activecad.models.detector3d import load_bundle, preset_config, read_luna_folder
+    from activecad.models.detector3d.inference import detect_prepared
+    from activecad.models.detector3d.train import froc_summary, train_detector
+    from activecad.phantom import generate_cohort
+
+    torch.set_num_threads(threads)
+    cohort = work / f"small_{patients}_{seed}"
+    if not (cohort / "annotations.csv").is_file():
+        generate_cohort(cohort, patients=patients, seed=seed, preset="small")
+    config = preset_config(
+        "cpu",
+        epochs=epochs,
+        steps_per_epoch=steps,
+        val_every=val_every,
+        batch_size=batch,
+        patch_size=(patch, patch, patch),
+        preprocess={"spacing": (spacing, spacing, spacing)},
+        seed=seed,
+    )
+    folder = read_luna_folder(cohort)
+    cache = PreprocessCache(work / "cache")
+    patch_zyx = (patch, patch, patch)
+    prepared = {
+        scan.seriesuid: scan
+        for scan in (
+            cache.load(p, config.preprocess, min_shape_zyx=patch_zyx) for p in folder.scans
+        )
+    }
+    split = split_by_patient(
+        list(prepared),
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        groups={uid: scan.patient_id for uid, scan in prepared.items()},
+    )
+    model_dir = work / f"{model}_{patients}_{seed}"
+    if model == "ours":
+        result = train_detector(
+            cohort,
+            model_dir,
+            config,
+            resume=resume,
+            cache_dir=work / "cache",
+            train_uids=split.train,
+            val_uids=split.val,
+            time_budget_s=time_budget,
+        )
+        history, best_epoch = result.history, result.best_epoch
+        detector = load_bundle(model_dir)
+
+        def detect(uid: str) -> pd.DataFrame:
+            return detect_prepared(detector, prepared[uid]).detections
+
+        settings: dict[str, object] = {"config": "cpu preset", "changes": []}
+    else:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from _monai_recipe import CHANGES, RecipeTask, detect_recipe, recipe_detector, recipe_plan
+        from activecad.training import fit
+
+        recipe = recipe_detector(config.preprocess.spacing)
+        task = RecipeTask(
+            recipe,
+            [labelled(prepared[u], folder.annotations, folder.excluded) for u in split.train],
+            [prepared[u] for u in split.val],
+            folder.annotations,
+            folder.excluded,
+            patch_size=config.patch_size,
+            batch_size=batch,
+            augment=config.augment,
+            seed=seed,
+        )
+        model_dir.mkdir(parents=True, exist_ok=True)
+        plan = recipe_plan(epochs, steps, seed=seed, time_budget_s=time_budget)
+        plan = replace(plan, val_every=val_every)
+        fitted = fit(task, plan, checkpoint=model_dir / "checkpoint.pt", resume=resume)
+        history, best_epoch = fitted.history, fitted.best_epoch
+
+        def detect(uid: str) -> pd.DataFrame:
+            return detect_recipe(fitted.model, prepared[uid])
+
+        settings = {"config": "MONAI tutorials detection/ LUNA16 recipe", "changes": list(CHANGES)}
+    start = time.perf_counter()
+    detections = pd.concat([detect(u) for u in split.test], ignore_index=True)
+    detect_s = (time.perf_counter() - start) / max(len(split.test), 1)
+    detections.to_csv(model_dir / "test_detections.csv", index=False)
+    summary, (fps, sens, _) = froc_summary(
+        detections, folder.annotations, folder.excluded, split.test, n_bootstrap=1000
+    )
+    elapsed = np.cumsum([float(r["seconds"]) for r in history])
+    row = {
+        **settings,
+        "spacing_mm": spacing,
+        "patch": patch,
+        "batch": batch,
+        "epochs_done": len(history),
+        "steps_per_epoch": steps,
+        "time_budget_s": time_budget,
+        "train_s": float(elapsed[-1]) if len(elapsed) else 0.0,
+        "best_epoch": best_epoch,
+        "detect_s_per_scan": detect_s,
+        "cpm": summary["cpm"],
+        "ci_95": summary["ci"],
+        "sensitivities": summary["sensitivities"],
+        "counts": summary["counts"],
+        "found_by_size": _found_by_size(detections, folder.annotations, split.test),
+        "froc": {"fps_per_scan": _thin(fps), "sensitivity": _thin(sens)},
+        "validation_cpm_by_time": [
+            {"train_s": float(t), "epoch": int(r["epoch"]), "cpm": float(r["cpm"])}
+            for t, r in zip(elapsed, history, strict=True)
+            if "cpm" in r
+        ],
+    }
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    entry = results.get("quality_heldout", {})
+    nodules = folder.annotations.groupby("seriesuid").size()
+    entry["split"] = {
+        "patients": patients,
+        "seed": seed,
+        **{
+            name: {"scans": len(uids), "nodules": int(nodules.reindex(uids).fillna(0).sum())}
+            for name, uids in (("train", split.train), ("val", split.val), ("test", split.test))
+        },
+    }
+    entry.setdefault("rows", {})[model] = {**row, "machine": _machine()}
+    _record("quality_heldout", entry)
+    _plot_quality(entry)
+
+
+def _thin(values: np.ndarray, most: int = 400) -> list[float]:
+    """At most ``most`` evenly spaced points of a curve, its last one kept (for the JSON)."""
+    values = np.asarray(values, dtype=float)
+    keep = np.unique(np.r_[np.linspace(0, len(values) - 1, min(most, len(values))).astype(int)])
+    return [float(v) for v in values[keep]] if len(values) else []
+
+
+def _plot_quality(entry: dict) -> None:
+    """FROC on the test split and validation CPM against training time, one line per row."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from activecad.data import PreprocessCache
-    from activecad.models.detector3d import (
-        detect_prepared,
-        load_bundle,
-        preset_config,
-        read_luna_folder,
-        split_series,
-        train_detector,
-    )
-    from activecad.models.detector3d.train import froc_summary
-    from activecad.phantom import generate_cohort
-
-    torch.set_num_threads(threads)
-    cohort = WORK / f"small_{patients}_{seed}"
-    start = time.perf_counter()
-    if not (cohort / "annotations.csv").is_file():
-        generate_cohort(cohort, patients=patients, seed=seed, preset="small")
-    generate_s = time.perf_counter() - start
-    overrides: dict[str, object] = {"epochs": epochs, "steps_per_epoch": steps, "val_every": 10**6}
-    if spacing is not None:
-        overrides["preprocess"] = {"spacing": (spacing, spacing, spacing)}
-    if patch is not None:
-        overrides["patch_size"] = (patch, patch, patch)
-    if batch is not None:
-        overrides["batch_size"] = batch
-    config = preset_config("cpu", **overrides)
-    folder = read_luna_folder(cohort)
-    cache = PreprocessCache(WORK / "cache")
-    patch_zyx = tuple(config.patch_size[::-1])
-    prepared = [cache.load(p, config.preprocess, min_shape_zyx=patch_zyx) for p in folder.scans]
-    uids = [scan.seriesuid for scan in prepared]
-    # Hold out whole patients: a follow-up study of a training patient would leak.
-    patient_of = {scan.seriesuid: scan.patient_id for scan in prepared}
-    train_uids, test_uids = split_series(uids, 0.2, seed, groups=patient_of)
-    model_dir = WORK / f"model_{patients}_{seed}"
-    result = train_detector(
-        cohort,
-        model_dir,
-        config,
-        resume=resume,
-        cache_dir=WORK / "cache",
-        train_uids=train_uids,
-        val_uids=[],
-        time_budget_s=time_budget,
-    )
-    # Summed from the epochs' own timings, so a --resume run (e.g. to re-score a finished
-    # model) reports the whole training time, not its own few seconds.
-    train_s = sum(float(record["seconds"]) for record in result.history)
-    detector = load_bundle(model_dir)
-    by_uid = {
-        u: cache.load(p, config.preprocess, min_shape_zyx=patch_zyx)
-        for u, p in zip(uids, folder.scans, strict=True)
-    }
-    detect_start = time.perf_counter()
-    tables = [detect_prepared(detector, by_uid[u]).detections for u in test_uids]
-    detect_s = (time.perf_counter() - detect_start) / max(len(test_uids), 1)
-    detections = pd.concat(tables, ignore_index=True)
-    detections.to_csv(model_dir / "test_detections.csv", index=False)
-    summary, (fps, sens, _) = froc_summary(
-        detections, folder.annotations, folder.excluded, test_uids, n_bootstrap=1000
-    )
-    found_by_size = _found_by_size(detections, folder.annotations, test_uids)
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.semilogx(np.maximum(fps, 1e-3), sens, drawstyle="steps-post")
-    ax.set_xlim(0.1, 16)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("false positives per scan")
-    ax.set_ylabel("sensitivity")
-    ax.set_title(
-        f"detector3d cpu preset, {len(test_uids)} held-out phantom scans\nCPM {summary['cpm']:.3f}"
-    )
-    ax.grid(True, which="both", alpha=0.3)
+    fig, (froc, curve) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, row in entry["rows"].items():
+        fps = np.maximum(np.asarray(row["froc"]["fps_per_scan"]), 1e-3)
+        froc.semilogx(fps, row["froc"]["sensitivity"], drawstyle="steps-post",
+                      label=f"{name}: CPM {row['cpm']:.3f}")  # fmt: skip
+        points = row["validation_cpm_by_time"]
+        curve.plot([p["train_s"] / 60 for p in points], [p["cpm"] for p in points], "o-",
+                   label=name)  # fmt: skip
+    test = entry["split"]["test"]
+    froc.set(xlim=(0.1, 16), ylim=(0, 1), xlabel="false positives per scan",
+             ylabel="sensitivity",
+             title=f"test: {test['scans']} scans, {test['nodules']} nodules")  # fmt: skip
+    curve.set(ylim=(0, 1), xlabel="training time, min", ylabel="validation CPM",
+              title=f"validation: {entry['split']['val']['scans']} scans")  # fmt: skip
+    for ax in (froc, curve):
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(ROOT / "docs" / "detector_froc.png", dpi=120)
-    _record(
-        "quality_small_phantom_cpu",
-        {
-            "patients": patients,
-            "seed": seed,
-            "train_scans": len(train_uids),
-            "test_scans": len(test_uids),
-            "spacing_mm": list(config.preprocess.spacing),
-            "patch": list(config.patch_size),
-            "batch": config.batch_size,
-            "epochs_done": result.epochs_done,
-            "steps_per_epoch": steps,
-            "stopped_by_time_budget": result.stopped_early,
-            "time_budget_s": time_budget,
-            "generate_s": generate_s,
-            "train_s": train_s,
-            "detect_s_per_scan": detect_s,
-            "cpm": summary["cpm"],
-            "ci_95": summary["ci"],
-            "sensitivities": summary["sensitivities"],
-            "counts": summary["counts"],
-            "found_by_size": found_by_size,
-        },
-    )
+    fig.savefig(ROOT / "docs" / "detector_quality.png", dpi=120)
 
 
 def _found_by_size(

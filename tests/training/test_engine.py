@@ -70,6 +70,15 @@ def test_step_schedule_drops_tenfold_for_the_last_tenth() -> None:
     assert [lr_at(drops, 24, 9), lr_at(drops, 25, 0), lr_at(drops, 36, 9), lr_at(drops, 37, 0)] == (
         pytest.approx([1.0, 0.1, 0.1, 0.01])
     )
+    # MONAI's LUNA16 recipe: warm-up over 10 of 300 epochs, a tenfold drop half-way. With
+    # 30 epochs of 10 steps: 10 warm-up steps at (k + 1) / 10 of the rate, then the rate,
+    # then a tenth from step 150.
+    recipe = FitPlan(epochs=30, steps_per_epoch=10, lr=1.0, schedule="drops",
+                     lr_drops=(0.5,), warmup=10 / 300)  # fmt: skip
+    assert [lr_at(recipe, 0, k) for k in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert [lr_at(recipe, 1, 0), lr_at(recipe, 14, 9), lr_at(recipe, 15, 0)] == (
+        pytest.approx([1.0, 1.0, 0.1])
+    )
 
 
 def test_fit_learns_and_resume_equals_an_unbroken_run(tmp_path: Path) -> None:

@@ -48,8 +48,9 @@ class FitPlan:
         epochs: epochs of this fit.
         steps_per_epoch: optimiser steps per epoch.
         lr: peak learning rate.
-        optimizer: ``adamw``, ``sgd`` (momentum 0.9) or ``radam`` (Rectified Adam, Liu et
-            al. 2019, as MELD is trained).
+        optimizer: ``adamw``, ``sgd`` (momentum 0.9), ``nesterov`` (SGD with Nesterov
+            momentum 0.9, as MONAI's LUNA16 detection recipe) or ``radam`` (Rectified Adam,
+            Liu et al. 2019, as MELD is trained).
         weight_decay: weight decay.
         schedule: ``step`` (the rate drops tenfold for the last tenth of the epochs, as
             Liu, Cao & Tian, "Deep Active Learning for Effective Pulmonary Nodule
@@ -58,6 +59,8 @@ class FitPlan:
             at each share of the fit's steps in ``lr_drops``).
         lr_drops: for ``schedule="drops"``: shares of the fit's total steps, e.g.
             ``(25 / 40, 37 / 40)`` for Kim et al.'s drops after epochs 25 and 37 of 40.
+        warmup: share of the fit's steps over which the rate rises linearly from
+            ``lr / warmup steps`` to the schedule's (0: none), before any drop.
         val_every: validate every this many epochs, and after the last one.
         best_metric: the validation metric whose maximum picks the kept weights.
         seed: seed of every random draw of the fit.
@@ -68,10 +71,11 @@ class FitPlan:
     epochs: int
     steps_per_epoch: int
     lr: float
-    optimizer: Literal["adamw", "sgd", "radam"] = "adamw"
+    optimizer: Literal["adamw", "sgd", "nesterov", "radam"] = "adamw"
     weight_decay: float = 0.0
     schedule: Schedule = "step"
     lr_drops: tuple[float, ...] = ()
+    warmup: float = 0.0
     val_every: int = 1
     best_metric: str = "cpm"
     seed: int = 0
@@ -88,14 +92,22 @@ class FitPlan:
 
 def lr_at(plan: FitPlan, epoch: int, step: int = 0) -> float:
     """The learning rate of ``step`` (0-based, within the epoch) of ``epoch`` (0-based)."""
-    if plan.schedule == "constant":
-        return plan.lr
     total = plan.epochs * plan.steps_per_epoch
     done = epoch * plan.steps_per_epoch + step
+    warming = math.ceil(plan.warmup * total)
+    if done < warming:
+        return _scheduled_lr(plan, done, total) * (done + 1) / warming
+    return _scheduled_lr(plan, done, total)
+
+
+def _scheduled_lr(plan: FitPlan, done: int, total: int) -> float:
+    if plan.schedule == "constant":
+        return plan.lr
     if plan.schedule == "cosine":
         return 0.5 * plan.lr * (1.0 + math.cos(math.pi * done / total))
     if plan.schedule == "drops":
         return plan.lr * 0.1 ** sum(done >= int(share * total) for share in plan.lr_drops)
+    epoch = done // plan.steps_per_epoch
     return plan.lr * (0.1 if epoch >= math.ceil(0.9 * plan.epochs) else 1.0)
 
 
@@ -197,12 +209,13 @@ class FitResult:
 
 
 def _optimizer(plan: FitPlan, params: object) -> torch.optim.Optimizer:
-    if plan.optimizer == "sgd":
+    if plan.optimizer in ("sgd", "nesterov"):
         return torch.optim.SGD(
             params,  # type: ignore[arg-type]
             lr=plan.lr,
             momentum=0.9,
             weight_decay=plan.weight_decay,
+            nesterov=plan.optimizer == "nesterov",
         )
     if plan.optimizer == "radam":
         return torch.optim.RAdam(params, lr=plan.lr, weight_decay=plan.weight_decay)  # type: ignore[arg-type]
