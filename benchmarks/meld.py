@@ -19,6 +19,7 @@ rows have the same number of epochs (the paper fine-tunes from an intermediate c
 
     python benchmarks/meld.py run --work /work/exp/meld       # hours on 2 cores; resumable
     python benchmarks/meld.py snapshot --work /work/exp/meld  # before the machine goes
+    python benchmarks/meld.py predictions --work /work/exp/meld  # rows evaluated without them
     python benchmarks/meld.py report                          # from what has finished
 
 Each step writes its output under ``--work`` and is skipped when it exists. A finished row
@@ -26,7 +27,8 @@ Each step writes its output under ``--work`` and is skipped when it exists. A fi
 MELD model that mining and fine-tuning start from are also kept in
 ``benchmarks/results/meld_state/`` and committed, so that a new machine goes on from there
 instead of training them again; ``snapshot`` keeps the last epoch of a model still training
-there too. Results: ``benchmarks/results/meld.json``,
+there too, and each row's test detections (``predictions/``, with the truth) for paired
+bootstrap comparisons between rows. Results: ``benchmarks/results/meld.json``,
 ``meld_froc.png``, ``meld_mining_sweep.png``. The rows measured before the phantom and model
 fixes of December 2026 are kept in ``benchmarks/results/meld_before_fixes/``.
 """
@@ -40,6 +42,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import typer
 
@@ -229,13 +232,14 @@ def _row_done(name: str) -> bool:
 
 def _evaluate(work: Path, name: str, net, sets) -> None:
     """One row: the test evaluation, the training time and the validation history."""
-    from activecad.lesions.pipeline import evaluate_volumes
+    from activecad.lesions.pipeline import volume_froc
 
     path = STATE / "rows" / f"{name}.json"
     if path.is_file():
         return
     _say(f"evaluating {name} on {len(sets.evaluation)} test sub-volumes")
-    result = evaluate_volumes(net, sets.evaluation, bootstrap=BOOTSTRAP)
+    found = _keep_predictions(name, net, sets)
+    result = volume_froc(found.volume_ids, found.detections, found.truths, bootstrap=BOOTSTRAP)
     seconds = work / "models" / name / "seconds.json"
     result["train_seconds"] = (
         json.loads(seconds.read_text())["seconds"] if seconds.is_file() else None
@@ -244,6 +248,86 @@ def _evaluate(work: Path, name: str, net, sets) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".tmp").write_text(json.dumps(result))
     path.with_suffix(".tmp").replace(path)  # a row file is never half written
+
+
+PREDICTIONS = STATE / "predictions"
+
+
+def _keep_predictions(name: str, net, sets):
+    """The row's detections on the test sub-volumes, kept (with the truth) for the paired
+    comparisons of :func:`report`; read back when kept already."""
+    from activecad.lesions.pipeline import VolumePredictions, predict_volumes
+
+    path = PREDICTIONS / f"{name}.csv.gz"
+    truth = PREDICTIONS / "truth.csv.gz"
+    if path.is_file() and truth.is_file():
+        ids = json.loads((PREDICTIONS / "volumes.json").read_text())
+        return VolumePredictions.from_tables(pd.read_csv(path), pd.read_csv(truth), ids)
+    found = predict_volumes(net, sets.evaluation)
+    detections, truth_table = found.to_tables()
+    PREDICTIONS.mkdir(parents=True, exist_ok=True)
+    if not truth.is_file():
+        (PREDICTIONS / "volumes.json").write_text(json.dumps(found.volume_ids))
+        truth_table.to_csv(truth, index=False, float_format="%.2f")
+    detections.round({"score": 4}).to_csv(
+        path.with_suffix(".tmp"), index=False, float_format="%.2f", compression="gzip"
+    )
+    path.with_suffix(".tmp").replace(path)
+    return found
+
+
+@app.command()
+def predictions(work: Path = typer.Option(..., help="The working folder of `run`.")) -> None:
+    """Keep the test detections of every evaluated row whose model is still at hand (rows
+    evaluated before predictions were kept), for the paired comparisons of ``report``."""
+    from activecad.models.meld import load_meld
+
+    torch.set_num_threads(1)
+    sets = _sets(work)
+    for name, _ in ROWS:
+        model = work / "models" / name
+        if not _row_done(name) or (PREDICTIONS / f"{name}.csv.gz").is_file():
+            continue
+        if not (model / "weights.pt").is_file():
+            model = STATE / "model" / name
+        if (model / "weights.pt").is_file():
+            _say(f"predicting with {name}")
+            _keep_predictions(name, load_meld(model), sets)
+        else:
+            _say(f"{name}: its model is gone; no paired comparison for it")
+
+
+# The comparisons Tables 1 and 4 make: (reference, row).
+PAIRS = (
+    ("baseline", "meld"),
+    ("meld", "meld_mam"),
+    ("meld", "meld_nrm"),
+    ("meld", "meld_mam_nrm"),
+    ("meld_mam_nrm", "meld_mam_nrm_positive"),
+    ("concat", "meld"),
+    ("concat_positive", "meld"),
+)
+
+
+def _paired() -> dict[str, dict[str, float]]:
+    """Paired sub-volume bootstrap of each comparison whose two rows' detections are kept."""
+    from activecad.lesions.pipeline import VolumePredictions, paired_volume_difference
+
+    truth = PREDICTIONS / "truth.csv.gz"
+    if not truth.is_file():
+        return {}
+    ids = json.loads((PREDICTIONS / "volumes.json").read_text())
+    truth_table = pd.read_csv(truth)
+    found = {
+        name: VolumePredictions.from_tables(pd.read_csv(path), truth_table, ids)
+        for name, _ in ROWS
+        if (path := PREDICTIONS / f"{name}.csv.gz").is_file()
+    }
+    return {
+        f"{b} - {a}": paired_volume_difference(found[a], found[b], bootstrap=BOOTSTRAP)
+        for a, b in PAIRS
+        if a in found and b in found
+    }
 
 
 def _settings() -> dict[str, object]:
@@ -440,6 +524,7 @@ def report() -> None:
         "set_up": {**_settings(), "command": "python benchmarks/meld.py run --work WORK"},
         "rows": {k: {kk: vv for kk, vv in v.items() if kk != "curve"} for k, v in rows.items()},
     }
+    summary["paired_bootstrap_95"] = _paired()
     for name in ("mining_quality", "mining_sweep"):
         path = STATE / f"{name}.json"
         if path.is_file():

@@ -199,3 +199,26 @@ def test_volume_froc_on_hand_made_detections() -> None:
     assert perfect["ci_95"]["average_sensitivity"] == pytest.approx([1.0, 1.0])
     with pytest.raises(ValueError, match="one detection table and one truth"):
         volume_froc(["a"], detections, truths)
+
+
+def test_paired_difference_resamples_the_same_sub_volumes_for_both() -> None:
+    from activecad.lesions.pipeline import VolumePredictions, paired_volume_difference
+
+    lesion, elsewhere = [10.0, 10.0, 20.0, 20.0], [50.0, 50.0, 60.0, 60.0]
+    truths = [(np.array([1]), np.array([lesion])), (np.array([1]), np.array([lesion]))]
+    hit, miss = _detections([(1, lesion, 0.9)]), _detections([(1, elsewhere, 0.5)])
+    a = VolumePredictions(["v1", "v2"], [hit, miss], truths)  # finds 1 of 2
+    b = VolumePredictions(["v1", "v2"], [hit, hit.copy()], truths)  # finds both
+    result = paired_volume_difference(a, b, bootstrap=2000, seed=0)
+    # By hand: b's average sensitivity is 1 and a's 1/2. A resample of two sub-volumes
+    # gives b - a = the share of v2 in it: 0 (v1 twice, p = 1/4), 1/2 (p = 1/2) or 1
+    # (p = 1/4); so b is ahead in 3/4 of the resamples and the interval spans [0, 1].
+    assert result["difference"] == pytest.approx(0.5)
+    assert result["share_positive"] == pytest.approx(0.75, abs=0.03)
+    assert (result["lower"], result["upper"]) == (0.0, 1.0)
+    # What a run saves and reads back compares the same way.
+    tables = b.to_tables()
+    again = VolumePredictions.from_tables(*tables, ["v1", "v2"])
+    assert paired_volume_difference(a, again, bootstrap=2000, seed=0) == result
+    with pytest.raises(ValueError, match="same sub-volumes"):
+        paired_volume_difference(a, VolumePredictions(["v2", "v1"], [hit, hit], truths))

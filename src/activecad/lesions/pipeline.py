@@ -37,12 +37,15 @@ from activecad.metrics import (
 __all__ = [
     "MiningInputs",
     "MiningResult",
+    "VolumePredictions",
     "evaluate_volumes",
     "finetune_samples",
     "mine_from",
     "mine_lesions",
     "mining_quality",
+    "paired_volume_difference",
     "predict_for_mining",
+    "predict_volumes",
     "volume_froc",
 ]
 
@@ -272,6 +275,75 @@ def finetune_samples(
     return out
 
 
+@dataclass
+class VolumePredictions:
+    """A detector's 2D detections on fully annotated sub-volumes, with their truth.
+
+    Attributes:
+        volume_ids: one id per sub-volume.
+        detections: per sub-volume, ``slice`` (position in the sub-volume), ``x1, y1, x2,
+            y2`` and ``score``.
+        truths: per sub-volume, (G,) slice positions and (G, 4) boxes of its lesions.
+    """
+
+    volume_ids: list[str]
+    detections: list[pd.DataFrame]
+    truths: list[tuple[np.ndarray, np.ndarray]]
+
+    def to_tables(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(detections, truth) as two flat tables with a ``volume_id`` column (to save)."""
+        columns = ["volume_id", "slice", *BOX_COLUMNS]
+        detections = pd.concat(
+            [
+                t[["slice", *BOX_COLUMNS, "score"]].assign(volume_id=v)
+                for v, t in zip(self.volume_ids, self.detections, strict=True)
+            ],
+            ignore_index=True,
+        )[[*columns, "score"]]
+        truth = pd.DataFrame(
+            [
+                (v, int(z), *box)
+                for v, (slices, boxes) in zip(self.volume_ids, self.truths, strict=True)
+                for z, box in zip(slices, np.asarray(boxes).reshape(-1, 4), strict=True)
+            ],
+            columns=columns,
+        )
+        return detections, truth
+
+    @classmethod
+    def from_tables(
+        cls, detections: pd.DataFrame, truth: pd.DataFrame, volume_ids: Sequence[str]
+    ) -> VolumePredictions:
+        """The inverse of :meth:`to_tables` (``volume_ids``: every sub-volume, in order)."""
+        by_volume = dict(tuple(detections.groupby("volume_id")))
+        truth_of = dict(tuple(truth.groupby("volume_id")))
+        empty = pd.DataFrame(columns=["slice", *BOX_COLUMNS, "score"])
+        tables, truths = [], []
+        for v in volume_ids:
+            tables.append(by_volume.get(v, empty).reset_index(drop=True))
+            t = truth_of.get(v, pd.DataFrame(columns=truth.columns))
+            truths.append((t["slice"].to_numpy(np.int64), t[list(BOX_COLUMNS)].to_numpy(float)))
+        return cls(list(volume_ids), tables, truths)
+
+
+def predict_volumes(
+    net: object, volumes: Iterable[EvalVolume], *, dataset: str = "universal", batch_size: int = 8
+) -> VolumePredictions:
+    """Every slice position of every sub-volume through ``net``'s expert ``dataset``."""
+    from activecad.models.meld import predict
+
+    names: list[str] = []
+    detections: list[pd.DataFrame] = []
+    truths: list[tuple[np.ndarray, np.ndarray]] = []
+    for volume in volumes:
+        table, _ = predict(net, volume.samples, dataset=dataset, batch_size=batch_size)  # type: ignore[arg-type]
+        position = {s.image_id: j for j, s in enumerate(volume.samples)}
+        names.append(volume.volume_id)
+        detections.append(table.assign(slice=table["image_id"].map(position)))
+        truths.append(volume.ground_truth())
+    return VolumePredictions(names, detections, truths)
+
+
 def evaluate_volumes(
     net: object,
     volumes: Iterable[EvalVolume],
@@ -284,18 +356,45 @@ def evaluate_volumes(
     """FROC per sub-volume of ``net``'s expert ``dataset`` on fully annotated sub-volumes
     (Yan et al. 2020, Table 1): every slice position predicted, then :func:`volume_froc`.
     """
-    from activecad.models.meld import predict
+    found = predict_volumes(net, volumes, dataset=dataset, batch_size=batch_size)
+    return volume_froc(
+        found.volume_ids, found.detections, found.truths, bootstrap=bootstrap, seed=seed
+    )
 
-    names: list[str] = []
-    detections: list[pd.DataFrame] = []
-    truths: list[tuple[np.ndarray, np.ndarray]] = []
-    for volume in volumes:
-        table, _ = predict(net, volume.samples, dataset=dataset, batch_size=batch_size)  # type: ignore[arg-type]
-        position = {s.image_id: j for j, s in enumerate(volume.samples)}
-        names.append(volume.volume_id)
-        detections.append(table.assign(slice=table["image_id"].map(position)))
-        truths.append(volume.ground_truth())
-    return volume_froc(names, detections, truths, bootstrap=bootstrap, seed=seed)
+
+def _volume_match(
+    volume_ids: Sequence[str],
+    detections: Sequence[pd.DataFrame],
+    truths: Sequence[tuple[np.ndarray, np.ndarray]],
+):
+    """Stack each sub-volume's 2D detections to 3D boxes and match them with its lesions."""
+    if not volume_ids:
+        raise ValueError("no sub-volume to evaluate")
+    if not len(volume_ids) == len(detections) == len(truths):
+        raise ValueError(
+            f"one detection table and one truth per sub-volume: got {len(volume_ids)} ids, "
+            f"{len(detections)} tables and {len(truths)} truths"
+        )
+    ids = np.concatenate(
+        [np.full(len(t), v, dtype=object) for v, t in zip(volume_ids, detections, strict=True)]
+    )
+    stacked = stack_slice_boxes(
+        ids.astype(str),
+        np.concatenate([t["slice"].to_numpy(np.int64) for t in detections]),
+        np.concatenate([t[list(BOX_COLUMNS)].to_numpy(float) for t in detections]).reshape(-1, 4),
+        np.concatenate([t["score"].to_numpy(float) for t in detections]),
+    )
+    gt_ids = [
+        np.full(len(z), v, dtype=object) for v, (z, _) in zip(volume_ids, truths, strict=True)
+    ]
+    match = match_stacked_boxes(
+        stacked,
+        np.concatenate(gt_ids).astype(str),
+        np.concatenate([np.asarray(z) for z, _ in truths]),
+        np.concatenate([np.asarray(b, float).reshape(-1, 4) for _, b in truths]),
+        volumes=np.asarray(volume_ids, dtype=str),
+    )
+    return match, len(stacked.scores)
 
 
 def volume_froc(
@@ -325,32 +424,7 @@ def volume_froc(
     Raises:
         ValueError: no sub-volume, or lists of different lengths.
     """
-    if not volume_ids:
-        raise ValueError("no sub-volume to evaluate")
-    if not len(volume_ids) == len(detections) == len(truths):
-        raise ValueError(
-            f"one detection table and one truth per sub-volume: got {len(volume_ids)} ids, "
-            f"{len(detections)} tables and {len(truths)} truths"
-        )
-    ids = np.concatenate(
-        [np.full(len(t), v, dtype=object) for v, t in zip(volume_ids, detections, strict=True)]
-    )
-    stacked = stack_slice_boxes(
-        ids.astype(str),
-        np.concatenate([t["slice"].to_numpy(np.int64) for t in detections]),
-        np.concatenate([t[list(BOX_COLUMNS)].to_numpy(float) for t in detections]).reshape(-1, 4),
-        np.concatenate([t["score"].to_numpy(float) for t in detections]),
-    )
-    gt_ids = [
-        np.full(len(z), v, dtype=object) for v, (z, _) in zip(volume_ids, truths, strict=True)
-    ]
-    match = match_stacked_boxes(
-        stacked,
-        np.concatenate(gt_ids).astype(str),
-        np.concatenate([np.asarray(z) for z, _ in truths]),
-        np.concatenate([np.asarray(b, float).reshape(-1, 4) for _, b in truths]),
-        volumes=np.asarray(volume_ids, dtype=str),
-    )
+    match, n_boxes = _volume_match(volume_ids, detections, truths)
     fps, sens, _ = froc_curve(
         match.tp_probs, match.fp_probs, n_nodules=match.n_nodules, n_scans=match.n_scans
     )
@@ -363,7 +437,7 @@ def volume_froc(
             "sub_volumes": match.n_scans,
             "lesions": match.n_nodules,
             "detected": match.n_detected,
-            "boxes_3d": len(stacked.scores),
+            "boxes_3d": n_boxes,
         },
     }
     if bootstrap > 0:
@@ -377,6 +451,40 @@ def volume_froc(
             "resamples": bootstrap,
         }
     return result
+
+
+def paired_volume_difference(
+    a: VolumePredictions, b: VolumePredictions, *, bootstrap: int = 1000, seed: int = 0
+) -> dict[str, float]:
+    """Average sensitivity of ``b`` minus ``a`` on the same sub-volumes, with a paired
+    bootstrap: every resample draws the same sub-volumes for both detectors, so what the
+    two share (which lesions are hard) cancels out of the interval.
+
+    Returns:
+        ``difference`` (on all sub-volumes), ``lower`` / ``upper`` (95 % percentile
+        interval), ``share_positive`` (resamples where ``b`` is ahead) and ``resamples``.
+
+    Raises:
+        ValueError: the two cover different sub-volumes.
+    """
+    if a.volume_ids != b.volume_ids:
+        raise ValueError("a paired comparison needs the same sub-volumes in the same order")
+    match_a, _ = _volume_match(a.volume_ids, a.detections, a.truths)
+    match_b, _ = _volume_match(b.volume_ids, b.detections, b.truths)
+    # froc_bootstrap's draws depend only on the seed and the number of sub-volumes, so the
+    # two runs resample the same sub-volumes draw by draw.
+    draws = (
+        froc_bootstrap(match_b, n_bootstrap=bootstrap, seed=seed).cpm
+        - froc_bootstrap(match_a, n_bootstrap=bootstrap, seed=seed).cpm
+    )
+    whole = [volume_froc(p.volume_ids, p.detections, p.truths) for p in (a, b)]
+    return {
+        "difference": float(whole[1]["average_sensitivity"] - whole[0]["average_sensitivity"]),  # type: ignore[operator]
+        "lower": float(np.nanquantile(draws, 0.025)),
+        "upper": float(np.nanquantile(draws, 0.975)),
+        "share_positive": float(np.mean(draws > 0)),
+        "resamples": bootstrap,
+    }
 
 
 def mining_quality(result: MiningResult, truth: pd.DataFrame) -> dict[str, dict[str, float]]:
