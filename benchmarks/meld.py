@@ -268,10 +268,9 @@ def _keep_predictions(name: str, net, sets):
     PREDICTIONS.mkdir(parents=True, exist_ok=True)
     if not truth.is_file():
         (PREDICTIONS / "volumes.json").write_text(json.dumps(found.volume_ids))
-        truth_table.to_csv(truth, index=False, float_format="%.2f")
-    detections.round({"score": 4}).to_csv(
-        path.with_suffix(".tmp"), index=False, float_format="%.2f", compression="gzip"
-    )
+        truth_table.to_csv(truth, index=False)
+    # Full precision: rounded boxes move borderline IoUs and the row's own figure with them.
+    detections.to_csv(path.with_suffix(".tmp"), index=False, compression="gzip")
     path.with_suffix(".tmp").replace(path)
     return found
 
