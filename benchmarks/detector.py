@@ -333,6 +333,7 @@ def quality(
     spacing: float = typer.Option(2.0, help="Isotropic resampling, mm."),
     patch: int = typer.Option(64, help="Cubic patch, voxels."),
     batch: int = typer.Option(4, help="Patches a step (even)."),
+    norm: str = typer.Option("batch", help="ours: backbone_norm (batch, group, instance)."),
     threads: int = 2,
     work: Path = typer.Option(WORK, help="Cohort, cache and model folders (resumable)."),
     resume: bool = typer.Option(False, help="Continue this model's interrupted run."),
@@ -342,6 +343,9 @@ def quality(
     training time). Each model is one row of ``quality_heldout`` in the results file."""
     if model not in QUALITY_MODELS:
         raise typer.BadParameter(f"model must be one of {QUALITY_MODELS}, got {model!r}")
+    if model != "ours" and norm != "batch":
+        raise typer.BadParameter("--norm applies to --model ours only")
+    row_name = model if norm == "batch" else f"{model}, {norm} norm"
     from activecad.data import PreprocessCache
     from activecad.data.folders import labelled, split_by_patient
     from activecad.models.detector3d import load_bundle, preset_config, read_luna_folder
@@ -361,6 +365,7 @@ def quality(
         batch_size=batch,
         patch_size=(patch, patch, patch),
         preprocess={"spacing": (spacing, spacing, spacing)},
+        backbone_norm=norm,
         seed=seed,
     )
     folder = read_luna_folder(cohort)
@@ -379,7 +384,7 @@ def quality(
         seed=seed,
         groups={uid: scan.patient_id for uid, scan in prepared.items()},
     )
-    model_dir = work / f"{model}_{patients}_{seed}"
+    model_dir = work / f"{row_name.replace(', ', '_').replace(' ', '_')}_{patients}_{seed}"
     if model == "ours":
         result = train_detector(
             cohort,
@@ -467,7 +472,7 @@ def quality(
             for name, uids in (("train", split.train), ("val", split.val), ("test", split.test))
         },
     }
-    entry.setdefault("rows", {})[model] = {**row, "machine": _machine()}
+    entry.setdefault("rows", {})[row_name] = {**row, "machine": _machine()}
     _record("quality_heldout", entry)
     _plot_quality(entry)
 

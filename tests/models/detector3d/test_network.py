@@ -100,3 +100,25 @@ def test_detect_returns_sorted_boxes_inside_the_volume(tiny_config: DetectorConf
     assert torch.all(found.scores[:-1] >= found.scores[1:])
     assert torch.all(found.boxes[:, 3:] <= torch.tensor([64.0, 32.0, 32.0]))
     assert np.isfinite(found.l_scan) and found.l_roi >= 0
+
+
+def test_group_and_instance_norm_make_a_patch_independent_of_its_batch(
+    tiny_config: DetectorConfig,
+) -> None:
+    # In training mode BatchNorm normalises with the batch's statistics, so one patch's
+    # features change with the other patches; GroupNorm and InstanceNorm use the patch's own.
+    # 64^3: InstanceNorm needs more than one voxel at the deepest stage (stride 32).
+    images = torch.zeros(2, 1, 64, 64, 64)
+    images[0, 0, 10:16, 12:18, 14:20] = 1.0
+    other = images.clone()
+    other[1] = torch.rand_like(other[1])
+    for norm, independent in (("batch", False), ("group", True), ("instance", True)):
+        torch.manual_seed(0)
+        config = tiny_config.model_copy(
+            update={"backbone_widths": (8, 8, 8, 8), "patch_size": (64, 64, 64)}
+        )
+        network = NoduleDetector(config.model_copy(update={"backbone_norm": norm})).network
+        network.train()
+        first = network.feature_extractor(images)[0][0]
+        second = network.feature_extractor(other)[0][0]
+        assert torch.allclose(first, second, atol=1e-6) is independent, norm

@@ -27,6 +27,10 @@ class DetectorConfig(StrictConfig):
         preset: the preset these values started from (``cpu`` or ``paper``).
         preprocess: resampling, HU window and cropping.
         backbone_widths: channels of the four ResNet-18 stages (full width: 64-128-256-512).
+        backbone_norm: the backbone's normalisation: ``batch`` (MONAI's ResNet default),
+            ``group`` (8 groups) or ``instance``. Batch statistics of the few patches a CPU
+            step holds (and of fine-tuning on a few labelled scans) are noisy; GroupNorm and
+            InstanceNorm do not depend on the batch.
         fpn_channels: channels of every FPN output P2..P5.
         head_convs: conv layers in each detection head before its output layer (MONAI: 4).
         head_levels: how many pyramid levels, from P2 upwards, carry detection heads.
@@ -72,6 +76,7 @@ class DetectorConfig(StrictConfig):
     preset: Preset = "cpu"
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     backbone_widths: tuple[int, int, int, int] = (16, 32, 64, 128)
+    backbone_norm: Literal["batch", "group", "instance"] = "batch"
     fpn_channels: int = 64
     head_levels: int = Field(default=3, ge=1, le=4)
     head_convs: int = Field(default=1, ge=0, le=4)
@@ -118,6 +123,15 @@ class DetectorConfig(StrictConfig):
             raise ValueError(f"batch_size must be even (ranking pairs), got {self.batch_size}")
         if any(p % 32 for p in self.sw_roi_size):
             raise ValueError(f"sw_roi_size must be divisible by 32, got {self.sw_roi_size}")
+        if self.backbone_norm == "group" and any(w % 8 for w in self.backbone_widths):
+            raise ValueError(
+                f"backbone_widths must be divisible by 8 for GroupNorm, got {self.backbone_widths}"
+            )
+        if self.backbone_norm == "instance" and min(self.patch_size) < 64:
+            raise ValueError(
+                "backbone_norm 'instance' needs patch_size >= 64 on every axis (the stride-32 "
+                f"stage must hold more than one voxel), got {self.patch_size}"
+            )
         if self.fpn_channels % 8:
             raise ValueError(
                 f"fpn_channels must be divisible by 8 (GroupNorm), got {self.fpn_channels}"

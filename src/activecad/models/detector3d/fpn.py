@@ -20,6 +20,21 @@ from torch import nn
 PYRAMID_STRIDES = (4, 8, 16, 32)
 
 
+def _swap_batch_norm(module: nn.Module, norm: str) -> None:
+    """Replace every BatchNorm3d below ``module`` by GroupNorm (8 groups) or InstanceNorm."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm3d):
+            channels = child.num_features
+            swapped: nn.Module = (
+                nn.GroupNorm(8, channels)
+                if norm == "group"
+                else nn.InstanceNorm3d(channels, affine=True)
+            )
+            setattr(module, name, swapped)
+        else:
+            _swap_batch_norm(child, norm)
+
+
 class ResNetFPN3D(nn.Module):
     """ResNet-18 stages C2..C5 feeding a top-down pyramid P2..P5.
 
@@ -27,12 +42,19 @@ class ResNetFPN3D(nn.Module):
         widths: channels of the four residual stages (64-128-256-512 is ResNet-18).
         out_channels: channels of every pyramid level.
         in_channels: image channels.
+        norm: ``batch``, ``group`` (8 groups) or ``instance`` (with affine weights).
 
     Attributes:
         out_channels: channels of every output map (read by MONAI's RetinaNet parts).
     """
 
-    def __init__(self, widths: Sequence[int], out_channels: int, in_channels: int = 1):
+    def __init__(
+        self,
+        widths: Sequence[int],
+        out_channels: int,
+        in_channels: int = 1,
+        norm: str = "batch",
+    ):
         super().__init__()
         if len(widths) != 4:
             raise ValueError(f"widths must give 4 stage widths, got {list(widths)}")
@@ -46,6 +68,10 @@ class ResNetFPN3D(nn.Module):
             conv1_t_stride=2,
             feed_forward=False,
         )
+        if norm != "batch":
+            # MONAI's ResNet applies its ``norm`` argument to the stem only, not to the
+            # residual blocks, so every BatchNorm is swapped here.
+            _swap_batch_norm(self.body, norm)
         self.out_channels = out_channels
         self.lateral = nn.ModuleList(nn.Conv3d(w, out_channels, kernel_size=1) for w in widths)
         self.smooth = nn.ModuleList(

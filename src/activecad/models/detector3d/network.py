@@ -86,7 +86,9 @@ class DetectorNetwork(nn.Module):
         self.num_anchors = num_anchors
         self.size_divisible = (32, 32, 32)
         self.head_levels = config.head_levels
-        self.feature_extractor = ResNetFPN3D(config.backbone_widths, channels)
+        self.feature_extractor = ResNetFPN3D(
+            config.backbone_widths, channels, norm=config.backbone_norm
+        )
         self.classification_head = RetinaNetClassificationHead(
             channels, num_anchors, self.num_classes, spatial_dims=3
         )

@@ -70,6 +70,7 @@ ARCHITECTURE_KEYS = frozenset(
         "preset",
         "preprocess",
         "backbone_widths",
+        "backbone_norm",
         "fpn_channels",
         "head_levels",
         "head_convs",
