@@ -584,6 +584,80 @@ def _record(key: str, value: dict) -> None:
     DIAGNOSIS.write_text(json.dumps(found, indent=1) + "\n")
 
 
+@app.command("diagnose-mam")
+def diagnose_mam(work: Path = typer.Option(..., help="The working folder of `run`.")) -> None:
+    """Why MAM's mined lesions are rarely lesions: its precision and recall (against the
+    full truth) with the proposals cut at a universal score, and with a mined proposal also
+    required to lie near the annotation it matched (same place in the body), no fine-tune.
+    """
+    from activecad.data.lesion_samples import deeplesion_training_slices
+    from activecad.io.lesion_sets import read_deeplesion
+    from activecad.lesions.pipeline import mine_from, mining_quality, predict_for_mining
+    from activecad.models.meld import load_meld
+
+    torch.set_num_threads(1)
+    sets = _sets(work)
+    deeplesion = read_deeplesion(work / "data" / "deeplesion")
+    truth = read_deeplesion(work / "data" / "deeplesion", table="DL_info_full.csv").info
+    slices = deeplesion_training_slices(
+        deeplesion, pixel_mm=PIXEL_MM, slice_mm=SLICE_MM, hu_window=HU_WINDOW,
+        patients=sets.datasets["universal"].train_patients,
+    )  # fmt: skip
+    cached = work / "mining_inputs.pt"  # the network passes, the only slow part
+    if cached.is_file():
+        inputs = replace(torch.load(cached, weights_only=False), slices=slices)
+    else:
+        inputs = predict_for_mining(load_meld(STATE / "model" / "meld"), slices)
+        torch.save(replace(inputs, slices=None), cached)
+    spacing = {
+        str(name).rsplit("_", 1)[0]: [float(v) for v in tuple(sp)]
+        for name, sp in zip(truth["File_name"], truth["Spacing_mm_px_"], strict=True)
+    }
+
+    def place_mm(table: pd.DataFrame) -> np.ndarray:
+        """Box centres in mm of the stored image (x, y) and of the series (z)."""
+        out = np.zeros((len(table), 3))
+        for k, (image, *box) in enumerate(
+            table[["image", "x1", "y1", "x2", "y2"]].itertuples(index=False)
+        ):
+            stored = slices.volume_of[image].boxes_to_stored(np.asarray(box, float))[0]
+            sx, sy, sz = spacing[image.rsplit("_", 1)[0]]
+            cx, cy = (stored[0] + stored[2]) / 2, (stored[1] + stored[3]) / 2
+            out[k] = cx * sx, cy * sy, slices.stored_slice[image] * sz
+        return out
+
+    annotation_mm = place_mm(inputs.annotations)
+    scores = inputs.proposals["score"].to_numpy(float)
+    entry: dict[str, object] = {
+        "proposals": len(scores),
+        "proposals_per_slice": len(scores) / max(len(slices.samples), 1),
+        "proposal_score_quantiles_10_50_90": np.quantile(scores, [0.1, 0.5, 0.9]).tolist(),
+        "variants": {},
+    }
+    for cut in (0.0, 0.3, 0.5, 0.7):
+        keep = scores >= cut
+        subset = replace(
+            inputs,
+            proposals=inputs.proposals[keep].reset_index(drop=True),
+            proposal_embeddings=inputs.proposal_embeddings[keep],
+        )
+        for theta in THETAS:
+            mined = mine_from(subset, theta=theta, sigma=SIGMA, experts=())
+            table = mined.mined
+            gap = np.linalg.norm(
+                place_mm(table) - annotation_mm[table["annotation"].to_numpy(int)], axis=1
+            ) if len(table) else np.zeros(0)  # fmt: skip
+            for radius in (None, 50.0, 20.0):
+                near = table if radius is None else table[gap < radius]
+                quality = mining_quality(replace(mined, mined=near.reset_index(drop=True)), truth)
+                key = f"score>={cut:g}, theta {theta:g}, " + (
+                    "anywhere" if radius is None else f"within {radius:g} mm"
+                )
+                entry["variants"][key] = quality["mam"]  # type: ignore[index]
+                _say(f"{key}: {quality['mam']}")
+    _record("mam_precision", entry)
+
+
 def _training_key_slices(sets, count: int | None = None):
     rng = np.random.default_rng(SEED)
     samples = [s for s in sets.train_source(rng) if s.dataset == "universal"]
