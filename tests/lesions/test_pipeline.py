@@ -155,6 +155,9 @@ def test_one_set_of_network_outputs_serves_every_threshold() -> None:
     assert (tight.mined["patient"] == "p1").all() and (loose.mined["patient"] == "p1").all()
     assert tight.suspicious["expert"].tolist() == ["lung_nodules"] and loose.suspicious.empty
     assert mine_from(inputs, experts=()).suspicious.empty
+    # A score cut between the two p1 proposals (0.6 and 0.5) leaves the 0.6 one to match.
+    cut = mine_from(inputs, theta=0.7, sigma=0.95, min_score=0.55)
+    assert cut.mined["x1"].tolist() == [20.0]
 
 
 def _detections(rows: list[tuple[int, list[float], float]]) -> pd.DataFrame:

@@ -4,7 +4,8 @@ Runs a trained MELD model over the training slices of a DeepLesion-style folder 
 slice and a stored slice every ``--every-mm``) and writes one row per finding, in the
 coordinates ``DL_info.csv`` uses (pixel centres of the stored slice), with its reason:
 ``missing_annotation`` (a universal proposal whose lesion embedding lies within ``--theta``
-of an annotated lesion of the same patient) or ``suspicious`` (a single-type expert's
+of an annotated lesion of the same patient, among the proposals scored at least
+``--min-score``) or ``suspicious`` (a single-type expert's
 proposal scored above ``--sigma`` that overlaps no annotation and no mined lesion). Yan et
 al., "Universal Lesion Detection by Learning from Multiple Heterogeneously Labeled
 Datasets" (2020), sections 3.2-3.3.
@@ -94,6 +95,12 @@ def mine_command(
     sigma: Annotated[
         float, typer.Option("--sigma", min=0.0, max=1.0, help="NRM: score of the experts.")
     ] = 0.5,
+    min_score: Annotated[
+        float,
+        typer.Option(
+            "--min-score", min=0.0, max=1.0, help="MAM: match only proposals scored this high."
+        ),
+    ] = 0.0,
     every_mm: Annotated[
         float, typer.Option("--every-mm", min=0.1, help="Unlabelled slices taken every this mm.")
     ] = 5.0,
@@ -138,7 +145,7 @@ def mine_command(
         patients=patients, crop_borders=prep.crop_borders, hu_window=prep.hu_window,
     )  # fmt: skip
     with torch.inference_mode():
-        found = mine_lesions(net, slices, theta=theta, sigma=sigma)
+        found = mine_lesions(net, slices, theta=theta, sigma=sigma, min_score=min_score)
     table = pd.concat(
         [
             _to_rows(found.mined, found, "missing_annotation"),
