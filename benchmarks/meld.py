@@ -87,6 +87,10 @@ FINETUNES = {
     "meld_nrm": {"use_mined": False, "use_suspicious": True},
     "meld_mam_nrm": {"use_mined": True, "use_suspicious": True},
     "meld_mam_nrm_positive": {"suspicious_as": "positive"},
+    # The control: the same fine-tune (unlabelled slices added, second half of the
+    # schedule) with nothing mined, so the mining rows' gain is told apart from the
+    # fine-tune's own.
+    "meld_finetune_plain": {"use_mined": False, "use_suspicious": False},
     # MAM over the proposals a detection threshold keeps: with every proposal (19 a slice,
     # median score 0.04), 90 % of the mined lesions were not lesions (meld_diagnosis.json).
     "meld_mam_cut": {"use_mined": True, "use_suspicious": False, "min_score": MAM_MIN_SCORE},
@@ -310,6 +314,10 @@ PAIRS = (
     ("meld", "meld_nrm"),
     ("meld", "meld_mam_nrm"),
     ("meld_mam_nrm", "meld_mam_nrm_positive"),
+    ("meld", "meld_finetune_plain"),
+    ("meld_finetune_plain", "meld_mam"),
+    ("meld_finetune_plain", "meld_nrm"),
+    ("meld_finetune_plain", "meld_mam_nrm"),
     ("meld", "meld_mam_cut"),
     ("meld", "meld_mam_nrm_cut"),
     ("concat", "meld"),
@@ -482,6 +490,7 @@ ROWS = (
     ("meld_nrm", "MELD + NRM"),
     ("meld_mam_nrm", "MELD + MAM + NRM (suspicious ignored)"),
     ("meld_mam_nrm_positive", "MELD + MAM + NRM (suspicious as positives)"),
+    ("meld_finetune_plain", "MELD fine-tuned with unlabelled slices, nothing mined"),
     ("meld_mam_cut", f"MELD + MAM (proposals scored >= {MAM_MIN_SCORE:g})"),
     ("meld_mam_nrm_cut", f"MELD + MAM (proposals scored >= {MAM_MIN_SCORE:g}) + NRM"),
 )
