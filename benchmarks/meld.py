@@ -405,10 +405,22 @@ def _fit_from_scratch(work: Path, sets, variants: tuple[str, ...]) -> None:
             report()
 
 
-def _mine_and_finetune(work: Path, sets, meld) -> None:
-    """Table 1's mining rows: mine with the finished MELD model, fine-tune its epoch 4."""
+def _mining_slices(work: Path, sets):
+    """The training patients' slices that mining runs over, and the full truth to score it."""
     from activecad.data.lesion_samples import deeplesion_training_slices
     from activecad.io.lesion_sets import read_deeplesion
+
+    deeplesion = read_deeplesion(work / "data" / "deeplesion")
+    truth = read_deeplesion(work / "data" / "deeplesion", table="DL_info_full.csv").info
+    slices = deeplesion_training_slices(
+        deeplesion, pixel_mm=PIXEL_MM, slice_mm=SLICE_MM, hu_window=HU_WINDOW,
+        patients=sets.datasets["universal"].train_patients,
+    )  # fmt: skip
+    return slices, truth
+
+
+def _mine_and_finetune(work: Path, sets, meld) -> None:
+    """Table 1's mining rows: mine with the finished MELD model, fine-tune its epoch 4."""
     from activecad.lesions.pipeline import (
         finetune_samples,
         mine_from,
@@ -417,12 +429,7 @@ def _mine_and_finetune(work: Path, sets, meld) -> None:
     )
 
     # Mining with the finished MELD model over the training patients' slices.
-    deeplesion = read_deeplesion(work / "data" / "deeplesion")
-    truth = read_deeplesion(work / "data" / "deeplesion", table="DL_info_full.csv").info
-    slices = deeplesion_training_slices(
-        deeplesion, pixel_mm=PIXEL_MM, slice_mm=SLICE_MM, hu_window=HU_WINDOW,
-        patients=sets.datasets["universal"].train_patients,
-    )  # fmt: skip
+    slices, truth = _mining_slices(work, sets)
     # One set of network passes; every theta and sigma only thresholds them.
     inputs = predict_for_mining(meld, slices)
     sweep_path = STATE / "mining_sweep.json"
@@ -616,19 +623,11 @@ def diagnose_mam(work: Path = typer.Option(..., help="The working folder of `run
     full truth) with the proposals cut at a universal score, and with a mined proposal also
     required to lie near the annotation it matched (same place in the body), no fine-tune.
     """
-    from activecad.data.lesion_samples import deeplesion_training_slices
-    from activecad.io.lesion_sets import read_deeplesion
     from activecad.lesions.pipeline import mine_from, mining_quality, predict_for_mining
     from activecad.models.meld import load_meld
 
     torch.set_num_threads(1)
-    sets = _sets(work)
-    deeplesion = read_deeplesion(work / "data" / "deeplesion")
-    truth = read_deeplesion(work / "data" / "deeplesion", table="DL_info_full.csv").info
-    slices = deeplesion_training_slices(
-        deeplesion, pixel_mm=PIXEL_MM, slice_mm=SLICE_MM, hu_window=HU_WINDOW,
-        patients=sets.datasets["universal"].train_patients,
-    )  # fmt: skip
+    slices, truth = _mining_slices(work, _sets(work))
     cached = work / "mining_inputs.pt"  # the network passes, the only slow part
     if cached.is_file():
         inputs = replace(torch.load(cached, weights_only=False), slices=slices)
