@@ -368,12 +368,22 @@ def _settings() -> dict[str, object]:
 
 
 @app.command()
-def run(work: Path = typer.Option(..., help="Working folder (resumable).")) -> None:
+def run(
+    work: Path = typer.Option(..., help="Working folder (resumable)."),
+    only: list[str] = typer.Option(
+        [], "--only", help="Train only these rows (another process may train the others)."
+    ),
+) -> None:
     """Train, mine, fine-tune and evaluate every row; each finished step is kept.
 
     The order: MELD and the baseline, then Table 1's mining rows, then Table 4's other ways
-    of using the four sets (whether the sets or MELD's heads matter).
+    of using the four sets (whether the sets or MELD's heads matter). With ``--only``, two
+    processes can share the cores and the working folder, each training its own rows.
     """
+    unknown = set(only) - {name for name, _ in ROWS}
+    if unknown:
+        raise typer.BadParameter(f"no such rows: {sorted(unknown)}")
+    wanted = set(only) or {name for name, _ in ROWS}
     torch.set_num_threads(1)  # shared cores: two threads stall against the other jobs
     STATE.mkdir(parents=True, exist_ok=True)
     kept = STATE / "settings.json"
@@ -388,15 +398,15 @@ def run(work: Path = typer.Option(..., help="Working folder (resumable).")) -> N
         _keep_model(work, "meld")
         _evaluate(work, "meld", meld, sets)
         report()
-    _fit_from_scratch(work, sets, ("baseline",))
+    _fit_from_scratch(work, sets, ("baseline",), wanted)
     if not mining_done:
-        _mine_and_finetune(work, sets, meld)
-    _fit_from_scratch(work, sets, ("concat", "concat_positive"))
+        _mine_and_finetune(work, sets, meld, wanted)
+    _fit_from_scratch(work, sets, ("concat", "concat_positive"), wanted)
 
 
-def _fit_from_scratch(work: Path, sets, variants: tuple[str, ...]) -> None:
+def _fit_from_scratch(work: Path, sets, variants: tuple[str, ...], wanted: set[str]) -> None:
     for variant in variants:
-        if not _row_done(variant):
+        if variant in wanted and not _row_done(variant):
             net = _fit(
                 work, variant, _source(sets, variant), _val(sets, variant), epochs=EPOCHS,
                 mixed=variant != "baseline",
@@ -419,7 +429,7 @@ def _mining_slices(work: Path, sets):
     return slices, truth
 
 
-def _mine_and_finetune(work: Path, sets, meld) -> None:
+def _mine_and_finetune(work: Path, sets, meld, wanted: set[str]) -> None:
     """Table 1's mining rows: mine with the finished MELD model, fine-tune its epoch 4."""
     from activecad.lesions.pipeline import (
         finetune_samples,
@@ -452,7 +462,7 @@ def _mine_and_finetune(work: Path, sets, meld) -> None:
 
     start = work / "models" / "meld" / "epochs" / f"epoch_{EPOCHS // 2:03d}.pt"
     for name, options in FINETUNES.items():
-        if _row_done(name):
+        if name not in wanted or _row_done(name):
             continue
         options = dict(options)
         cut = options.pop("min_score", 0.0)
