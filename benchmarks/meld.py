@@ -318,8 +318,8 @@ PAIRS = (
     ("meld_finetune_plain", "meld_mam"),
     ("meld_finetune_plain", "meld_nrm"),
     ("meld_finetune_plain", "meld_mam_nrm"),
-    ("meld", "meld_mam_cut"),
-    ("meld", "meld_mam_nrm_cut"),
+    ("meld_finetune_plain", "meld_mam_cut"),
+    ("meld_finetune_plain", "meld_mam_nrm_cut"),
     ("concat", "meld"),
     ("concat_positive", "meld"),
 )
