@@ -21,6 +21,7 @@ rows have the same number of epochs (the paper fine-tunes from an intermediate c
     python benchmarks/meld.py snapshot --work /work/exp/meld  # before the machine goes
     python benchmarks/meld.py predictions --work /work/exp/meld  # rows evaluated without them
     python benchmarks/meld.py report                          # from what has finished
+    python benchmarks/meld.py diagnose-rows --work /work/exp/meld  # rows by lesion type
 
 Each step writes its output under ``--work`` and is skipped when it exists. A finished row
 (its evaluation, training time and validation history), the mining measurements and the
@@ -691,6 +692,103 @@ def diagnose_mam(work: Path = typer.Option(..., help="The working folder of `run
                 entry["variants"][key] = quality["mam"]  # type: ignore[index]
                 _say(f"{key}: {quality['mam']}")
     _record("mam_precision", entry)
+
+
+# Lesion long axes (mm) of the by-lesion breakdown.
+AXIS_BINS = ((0, 15), (15, 20), (20, 1000))  # RECIST-measured: 10 mm and up
+
+
+def _test_lesions(work: Path, sets) -> pd.DataFrame:
+    """The full-truth row of every test lesion, in the order of the kept truth table
+    (sub-volume by sub-volume, as ``EvalVolume.ground_truth`` lists them): each truth box,
+    taken back to the stored slice, is matched with the nearest box of its series."""
+    from activecad.io.lesion_sets import read_deeplesion
+
+    full = read_deeplesion(work / "data" / "deeplesion", table="DL_info_full.csv").info
+    # read_deeplesion parses Bounding_boxes to (x1, y1, x2, y2) tuples
+    centres = np.array(full["Bounding_boxes"].tolist(), float).reshape(-1, 2, 2).mean(axis=1)
+    rows = []
+    for volume in sets.evaluation:
+        _, boxes = volume.ground_truth()
+        stored = volume.to_stored_boxes(boxes).reshape(-1, 2, 2).mean(axis=1)
+        candidates = np.flatnonzero(full["series"].to_numpy() == volume.series)
+        for centre in stored:
+            gap = np.linalg.norm(centres[candidates] - centre, axis=1)
+            if gap.min() > 2.0:  # pixels of the stored slice
+                raise RuntimeError(f"no truth row near a test lesion of {volume.volume_id}")
+            rows.append(candidates[int(np.argmin(gap))])
+    return full.iloc[rows].reset_index(drop=True)
+
+
+def _found_at(match, fp_rate: float) -> np.ndarray:
+    """Which lesions a row detects at ``fp_rate`` false positives per sub-volume: those
+    hit by a 3D box scored above the highest false positive beyond that budget."""
+    fps = np.sort(match.fp_probs)[::-1]
+    allowed = int(np.floor(fp_rate * match.n_scans))
+    cut = fps[allowed] if allowed < len(fps) else -np.inf
+    return np.nan_to_num(match.nodule_probs, nan=-np.inf) > cut
+
+
+@app.command("diagnose-rows")
+def diagnose_rows(work: Path = typer.Option(..., help="The working folder of `run`.")) -> None:
+    """Each row's test sensitivity by lesion type and size (at 1 and 4 false positives
+    per sub-volume, and at any score), and its false positives' scores: where the rows'
+    differences come from. Reads the kept test detections; no network runs."""
+    from activecad.lesions.pipeline import VolumePredictions
+
+    lesions = _test_lesions(work, _sets(work))
+    ids = json.loads((PREDICTIONS / "volumes.json").read_text())
+    truth = pd.read_csv(PREDICTIONS / "truth.csv.gz")
+    if len(truth) != len(lesions):
+        raise RuntimeError(f"{len(truth)} kept truth boxes, {len(lesions)} test lesions")
+    axis = lesions["long_axis_mm"].to_numpy(float)
+    kind = lesions["dataset"].to_numpy()
+    groups = {f"type {t}": kind == t for t in sorted(set(kind))}
+    groups |= {f"long axis {lo}-{hi} mm": (axis >= lo) & (axis < hi) for lo, hi in AXIS_BINS}
+    entry: dict[str, object] = {
+        "lesions": {name: int(mask.sum()) for name, mask in groups.items()},
+        "rows": {},
+    }
+    for name, _ in ROWS:
+        path = PREDICTIONS / f"{name}.csv.gz"
+        if not path.is_file():
+            continue
+        match = VolumePredictions.from_tables(pd.read_csv(path), truth, ids).match()
+        found = {f"{r:g} FP": _found_at(match, r) for r in (1, 4)}
+        found["any score"] = ~np.isnan(match.nodule_probs)
+        entry["rows"][name] = {  # type: ignore[index]
+            "sensitivity": {
+                group: {at: round(float(hit[mask].mean()), 3) for at, hit in found.items()}
+                for group, mask in groups.items()
+            },
+            "false_positives_per_sub_volume_scored_ge_0.5": round(
+                float(np.sum(match.fp_probs >= 0.5)) / match.n_scans, 2
+            ),
+            "hit_score_median": round(float(np.nanmedian(match.nodule_probs)), 3),
+        }
+        _say(f"{name}: {entry['rows'][name]}")  # type: ignore[index]
+    entry["universal_training_key_slices"] = _missing_on_key_slices(work)
+    _record("by_lesion", entry)
+
+
+def _missing_on_key_slices(work: Path) -> dict[str, dict[str, int]]:
+    """Per lesion type, the annotated lesions on the universal training key slices and the
+    unannotated lesions that cross those same slices (negatives in training that are not)."""
+    from activecad.io.lesion_sets import read_deeplesion
+
+    full = read_deeplesion(work / "data" / "deeplesion", table="DL_info_full.csv").info
+    train = full[full["Train_Val_Test"] == 1]
+    low, high = (train["Slice_range"].str[k].to_numpy(int) for k in (0, 1))
+    missing = train["labelled"].to_numpy() == 0
+    crossing = pd.Series(0, index=sorted(set(train["dataset"])))
+    for series, key in train.loc[~missing, ["series", "Key_slice_index"]].itertuples(index=False):
+        on_slice = missing & (train["series"].to_numpy() == series) & (low <= key) & (key <= high)
+        crossing = crossing.add(train.loc[on_slice, "dataset"].value_counts(), fill_value=0)
+    annotated = train.loc[~missing, "dataset"].value_counts()
+    return {
+        kind: {"annotated": int(annotated.get(kind, 0)), "unannotated_crossing": int(n)}
+        for kind, n in crossing.items()
+    }
 
 
 def _training_key_slices(sets, count: int | None = None):

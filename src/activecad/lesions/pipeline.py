@@ -27,6 +27,7 @@ from activecad.data.lesion_slices import DATASETS, ORGANS, SliceSample
 from activecad.lesions.mining import BOX_COLUMNS, mine_missing, suspicious_regions
 from activecad.metrics import (
     LUNA16_FP_RATES,
+    FrocMatch,
     froc_bootstrap,
     froc_curve,
     match_stacked_boxes,
@@ -318,6 +319,11 @@ class VolumePredictions:
             columns=columns,
         )
         return detections, truth
+
+    def match(self) -> FrocMatch:
+        """The 2D detections stacked to 3D boxes and matched with the lesions (the rule of
+        :func:`volume_froc`); ``nodule_probs`` follows the order of ``truths``."""
+        return _volume_match(self.volume_ids, self.detections, self.truths)[0]
 
     @classmethod
     def from_tables(
