@@ -225,3 +225,18 @@ def test_paired_difference_resamples_the_same_sub_volumes_for_both() -> None:
     assert paired_volume_difference(a, again, bootstrap=2000, seed=0) == result
     with pytest.raises(ValueError, match="same sub-volumes"):
         paired_volume_difference(a, VolumePredictions(["v2", "v1"], [hit, hit], truths))
+
+
+def test_volume_predictions_match_lists_lesions_in_the_order_of_the_truths() -> None:
+    from activecad.lesions.pipeline import VolumePredictions
+
+    lesion, elsewhere = [10.0, 10.0, 20.0, 20.0], [50.0, 50.0, 60.0, 60.0]
+    truths = [(np.array([1]), np.array([elsewhere])), (np.array([1]), np.array([lesion]))]
+    # v1's lesion is missed (its only box is elsewhere); v2's is hit at 0.8.
+    found = VolumePredictions(
+        ["v1", "v2"],
+        [_detections([(1, lesion, 0.3)]), _detections([(1, lesion, 0.8)])],
+        truths,
+    ).match()
+    assert np.isnan(found.nodule_probs[0]) and found.nodule_probs[1] == pytest.approx(0.8)
+    assert found.fp_probs.tolist() == pytest.approx([0.3])
