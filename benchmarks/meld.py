@@ -18,6 +18,7 @@ mining variant fine-tunes from MELD's epoch ``EPOCHS // 2`` for the remaining ep
 rows have the same number of epochs (the paper fine-tunes from an intermediate checkpoint).
 
     python benchmarks/meld.py run --work /work/exp/meld       # hours on 2 cores; resumable
+    python benchmarks/meld.py run --work /work/exp/meld --seed 12 --only meld_finetune_plain
     python benchmarks/meld.py snapshot --work /work/exp/meld  # before the machine goes
     python benchmarks/meld.py predictions --work /work/exp/meld  # rows evaluated without them
     python benchmarks/meld.py report                          # from what has finished
@@ -29,9 +30,11 @@ MELD model that mining and fine-tuning start from are also kept in
 ``benchmarks/results/meld_state/`` and committed, so that a new machine goes on from there
 instead of training them again; ``snapshot`` keeps the last epoch of a model still training
 there too, and each row's test detections (``predictions/``, with the truth) for paired
-bootstrap comparisons between rows. Results: ``benchmarks/results/meld.json``,
-``meld_froc.png``, ``meld_mining_sweep.png``. The rows measured before the phantom and model
-fixes of December 2026 are kept in ``benchmarks/results/meld_before_fixes/``.
+bootstrap comparisons between rows. ``run --seed N`` trains rows again with another
+training seed (``ROW_seedN``); ``report`` gives each row's spread over seeds. Results:
+``benchmarks/results/meld.json``, ``meld_froc.png``, ``meld_mining_sweep.png``. The rows
+measured before the phantom and model fixes of December 2026 are kept in
+``benchmarks/results/meld_before_fixes/``.
 """
 
 from __future__ import annotations
@@ -173,8 +176,10 @@ def _fit(
     epochs: int,
     init_from: Path | None = None,
     mixed: bool = True,
+    seed: int = SEED,
 ):
-    """Train (or continue) one model; ``mixed``: it sees the single-type sets too."""
+    """Train (or continue) one model; ``mixed``: it sees the single-type sets too; ``seed``:
+    of the weights' initialisation and of the order samples are drawn in."""
     from activecad.data.lesion_samples import augment_sample
     from activecad.models.meld import MeldPreprocessing, load_meld, preset_config, train_meld
 
@@ -204,7 +209,7 @@ def _fit(
         options = {"lr": base / 10, "lr_drop_epochs": (max(1, epochs // 2),)}
     steps = MIXED_STEPS_PER_EPOCH if mixed else STEPS_PER_EPOCH
     config = preset_config(
-        "cpu", epochs=epochs, steps_per_epoch=steps, seed=SEED, amp=False, **MODEL, **options,
+        "cpu", epochs=epochs, steps_per_epoch=steps, seed=seed, amp=False, **MODEL, **options,
     )  # fmt: skip
     _say(f"training {name} ({epochs} epochs{', from ' + init_from.name if init_from else ''})")
     start = time.perf_counter()
@@ -326,8 +331,15 @@ PAIRS = (
 )
 
 
+def _other_seeds() -> list[int]:
+    """The training seeds besides the first that have a finished row."""
+    found = {int(p.stem.rsplit("_seed", 1)[1]) for p in (STATE / "rows").glob("*_seed*.json")}
+    return sorted(found)
+
+
 def _paired() -> dict[str, dict[str, float]]:
-    """Paired sub-volume bootstrap of each comparison whose two rows' detections are kept."""
+    """Paired sub-volume bootstrap of each comparison whose two rows' detections are kept,
+    for every training seed (both rows of a comparison trained with the same seed)."""
     from activecad.lesions.pipeline import VolumePredictions, paired_volume_difference
 
     truth = PREDICTIONS / "truth.csv.gz"
@@ -336,15 +348,37 @@ def _paired() -> dict[str, dict[str, float]]:
     ids = json.loads((PREDICTIONS / "volumes.json").read_text())
     truth_table = pd.read_csv(truth)
     found = {
-        name: VolumePredictions.from_tables(pd.read_csv(path), truth_table, ids)
-        for name, _ in ROWS
-        if (path := PREDICTIONS / f"{name}.csv.gz").is_file()
+        path.name.removesuffix(".csv.gz"): VolumePredictions.from_tables(
+            pd.read_csv(path), truth_table, ids
+        )
+        for path in sorted(PREDICTIONS.glob("*.csv.gz"))
+        if path != truth
     }
-    return {
-        f"{b} - {a}": paired_volume_difference(found[a], found[b], bootstrap=BOOTSTRAP)
-        for a, b in PAIRS
-        if a in found and b in found
-    }
+    out = {}
+    for seed in (SEED, *_other_seeds()):
+        label = "" if seed == SEED else f" (seed {seed})"
+        for a, b in PAIRS:
+            a, b = _seeded(a, seed), _seeded(b, seed)
+            if a in found and b in found:
+                key = f"{b.removesuffix(f'_seed{seed}')} - {a.removesuffix(f'_seed{seed}')}"
+                out[key + label] = paired_volume_difference(found[a], found[b], bootstrap=BOOTSTRAP)
+    return out
+
+
+def _over_seeds() -> dict[str, dict[str, object]]:
+    """Each row's average sensitivity for every training seed it was run with, their mean
+    and standard deviation (the training noise a single run's interval leaves out)."""
+    out = {}
+    for name, _ in ROWS:
+        values = {}
+        for seed in (SEED, *_other_seeds()):
+            path = STATE / "rows" / f"{_seeded(name, seed)}.json"
+            if path.is_file():
+                values[str(seed)] = json.loads(path.read_text())["average_sensitivity"]
+        if len(values) > 1:
+            v = np.array(list(values.values()))
+            out[name] = {"by_seed": values, "mean": float(v.mean()), "sd": float(v.std(ddof=1))}
+    return out
 
 
 def _settings() -> dict[str, object]:
@@ -374,12 +408,20 @@ def run(
     only: list[str] = typer.Option(
         [], "--only", help="Train only these rows (another process may train the others)."
     ),
+    seed: int = typer.Option(
+        SEED, help="Training seed; rows of another seed than the first are named ROW_seedN."
+    ),
 ) -> None:
     """Train, mine, fine-tune and evaluate every row; each finished step is kept.
 
     The order: MELD and the baseline, then Table 1's mining rows, then Table 4's other ways
     of using the four sets (whether the sets or MELD's heads matter). With ``--only``, two
     processes can share the cores and the working folder, each training its own rows.
+
+    With another ``--seed`` the same rows train again with that seed (the data, the
+    mining and the unlabelled slices stay those of the first seed, and every fine-tune
+    starts from the first seed's MELD), so that the spread of a row over seeds measures
+    its training noise, which one run's test interval does not.
     """
     unknown = set(only) - {name for name, _ in ROWS}
     if unknown:
@@ -393,26 +435,37 @@ def run(
     kept.write_text(json.dumps(_settings(), indent=1))
     work.mkdir(parents=True, exist_ok=True)
     sets = _sets(work)
-    mining_done = all(map(_row_done, FINETUNES)) and (STATE / "mining_quality.json").is_file()
-    if not (mining_done and _row_done("meld")):
-        meld = _fit(work, "meld", _source(sets, "meld"), _val(sets, "meld"), epochs=EPOCHS)
-        _keep_model(work, "meld")
-        _evaluate(work, "meld", meld, sets)
-        report()
-    _fit_from_scratch(work, sets, ("baseline",), wanted)
+    # The first seed's MELD: what mining runs on and every fine-tune starts from.
+    meld = _fit(work, "meld", _source(sets, "meld"), _val(sets, "meld"), epochs=EPOCHS)
+    _keep_model(work, "meld")
+    _evaluate(work, "meld", meld, sets)
+    report()
+    _fit_from_scratch(work, sets, ("baseline",) if seed == SEED else ("baseline", "meld"),
+                      wanted, seed)  # fmt: skip
+    mining_done = (STATE / "mining_quality.json").is_file() and all(
+        _row_done(_seeded(name, seed)) for name in FINETUNES if name in wanted
+    )
     if not mining_done:
-        _mine_and_finetune(work, sets, meld, wanted)
-    _fit_from_scratch(work, sets, ("concat", "concat_positive"), wanted)
+        _mine_and_finetune(work, sets, meld, wanted, seed)
+    _fit_from_scratch(work, sets, ("concat", "concat_positive"), wanted, seed)
 
 
-def _fit_from_scratch(work: Path, sets, variants: tuple[str, ...], wanted: set[str]) -> None:
+def _seeded(name: str, seed: int) -> str:
+    """A row's name for one training seed (the first seed's rows keep the plain name)."""
+    return name if seed == SEED else f"{name}_seed{seed}"
+
+
+def _fit_from_scratch(
+    work: Path, sets, variants: tuple[str, ...], wanted: set[str], seed: int
+) -> None:
     for variant in variants:
-        if variant in wanted and not _row_done(variant):
+        row = _seeded(variant, seed)
+        if variant in wanted and not _row_done(row):
             net = _fit(
-                work, variant, _source(sets, variant), _val(sets, variant), epochs=EPOCHS,
-                mixed=variant != "baseline",
+                work, row, _source(sets, variant), _val(sets, variant), epochs=EPOCHS,
+                mixed=variant != "baseline", seed=seed,
             )  # fmt: skip
-            _evaluate(work, variant, net, sets)
+            _evaluate(work, row, net, sets)
             report()
 
 
@@ -430,19 +483,26 @@ def _mining_slices(work: Path, sets):
     return slices, truth
 
 
-def _mine_and_finetune(work: Path, sets, meld, wanted: set[str]) -> None:
+def _mining_inputs(work: Path, slices, meld):
+    """MELD's passes over the training slices that every theta, sigma and score cut only
+    thresholds: the slow part of mining, kept in the working folder."""
+    from activecad.lesions.pipeline import predict_for_mining
+
+    cached = work / "mining_inputs.pt"
+    if cached.is_file():
+        return replace(torch.load(cached, weights_only=False), slices=slices)
+    inputs = predict_for_mining(meld, slices)
+    torch.save(replace(inputs, slices=None), cached)
+    return inputs
+
+
+def _mine_and_finetune(work: Path, sets, meld, wanted: set[str], seed: int) -> None:
     """Table 1's mining rows: mine with the finished MELD model, fine-tune its epoch 4."""
-    from activecad.lesions.pipeline import (
-        finetune_samples,
-        mine_from,
-        mining_quality,
-        predict_for_mining,
-    )
+    from activecad.lesions.pipeline import finetune_samples, mine_from, mining_quality
 
     # Mining with the finished MELD model over the training patients' slices.
     slices, truth = _mining_slices(work, sets)
-    # One set of network passes; every theta and sigma only thresholds them.
-    inputs = predict_for_mining(meld, slices)
+    inputs = _mining_inputs(work, slices, meld)
     sweep_path = STATE / "mining_sweep.json"
     if not sweep_path.is_file():
         _say(f"mining sweep over {len(slices.samples)} training slices")
@@ -463,7 +523,8 @@ def _mine_and_finetune(work: Path, sets, meld, wanted: set[str]) -> None:
 
     start = work / "models" / "meld" / "epochs" / f"epoch_{EPOCHS // 2:03d}.pt"
     for name, options in FINETUNES.items():
-        if name not in wanted or _row_done(name):
+        row = _seeded(name, seed)
+        if name not in wanted or _row_done(row):
             continue
         options = dict(options)
         cut = options.pop("min_score", 0.0)
@@ -473,9 +534,10 @@ def _mine_and_finetune(work: Path, sets, meld, wanted: set[str]) -> None:
             return sets.train_source(rng, single_type_share=SINGLE_TYPE_SHARE, universal=universal)
 
         net = _fit(
-            work, name, draw, _val(sets, "meld"), epochs=EPOCHS - EPOCHS // 2, init_from=start
-        )
-        _evaluate(work, name, net, sets)
+            work, row, draw, _val(sets, "meld"), epochs=EPOCHS - EPOCHS // 2, init_from=start,
+            seed=seed,
+        )  # fmt: skip
+        _evaluate(work, row, net, sets)
         report()
 
 
@@ -568,6 +630,7 @@ def report() -> None:
         "rows": {k: {kk: vv for kk, vv in v.items() if kk != "curve"} for k, v in rows.items()},
     }
     summary["paired_bootstrap_95"] = _paired()
+    summary["over_training_seeds"] = _over_seeds()
     for name in ("mining_quality", f"mining_quality_min_score_{MAM_MIN_SCORE:g}", "mining_sweep"):
         path = STATE / f"{name}.json"
         if path.is_file():
@@ -634,17 +697,12 @@ def diagnose_mam(work: Path = typer.Option(..., help="The working folder of `run
     full truth) with the proposals cut at a universal score, and with a mined proposal also
     required to lie near the annotation it matched (same place in the body), no fine-tune.
     """
-    from activecad.lesions.pipeline import mine_from, mining_quality, predict_for_mining
+    from activecad.lesions.pipeline import mine_from, mining_quality
     from activecad.models.meld import load_meld
 
     torch.set_num_threads(1)
     slices, truth = _mining_slices(work, _sets(work))
-    cached = work / "mining_inputs.pt"  # the network passes, the only slow part
-    if cached.is_file():
-        inputs = replace(torch.load(cached, weights_only=False), slices=slices)
-    else:
-        inputs = predict_for_mining(load_meld(STATE / "model" / "meld"), slices)
-        torch.save(replace(inputs, slices=None), cached)
+    inputs = _mining_inputs(work, slices, load_meld(STATE / "model" / "meld"))
     spacing = {
         str(name).rsplit("_", 1)[0]: [float(v) for v in tuple(sp)]
         for name, sp in zip(truth["File_name"], truth["Spacing_mm_px_"], strict=True)
