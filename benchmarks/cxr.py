@@ -9,6 +9,9 @@ Subcommands::
                                          # sets; resumable by seed (results/cxr_state_main/)
                                          # -> results/cxr_table2_main.json, ROC + heat-map PNGs
     python benchmarks/cxr.py report      # the table from the seeds finished so far
+    python benchmarks/cxr.py learnability --work DIR
+                                         # AUC against the nodules' conspicuity (another
+                                         # phantom seed) -> results/cxr_learnability.json
 
 Models (as the paper): 1 = Network 1 on the noisy set (report-mined labels); 2 = Network 1
 on the clean set; 3 = Network 1 pretrained on noisy, fine-tuned on clean; 4 = Network 2
@@ -336,6 +339,74 @@ def report(name: str = typer.Option("main", help="The --name given to table2."))
             {s: {m: round(table[s][m]["auc"]["mean"], 3) for m in MODELS} for s in TEST_SETS}
         )
     )
+
+
+@app.command()
+def learnability(
+    work: Path = typer.Option(..., help="Working folder (one phantom set per gain); resumable."),
+    gains: list[float] = typer.Option([1.0, 2.0, 4.0], "--gain", help="Nodule gains to try."),
+    n_train: int = typer.Option(150, help="Training images per class."),
+    n_test: int = typer.Option(75, help="Held-out images per class (other patients)."),
+    steps: int = typer.Option(1000, help="Training steps per model."),
+    size: int = typer.Option(128, help="Network input side."),
+    data_seed: int = typer.Option(1, help="Phantom seed (Table 2 uses 0: never tuned on)."),
+) -> None:
+    """Can the cpu preset learn the phantom's nodules at all, and at what conspicuity?
+
+    Per nodule gain (``generate_cxr(nodule_gain=)``: the nodules' attenuation above the
+    tissue they replace, times the gain), a set of CT-referenced (clean) labels on the
+    internal site, Network 1 and Network 2 trained on it, AUC with DeLong's interval on
+    held-out patients. The phantom seed differs from Table 2's, so the gain Table 2 uses is
+    chosen on images it never scores. -> results/cxr_learnability.json.
+    """
+    import torch
+
+    from activecad.metrics import delong_interval
+    from activecad.models.cxr.data import load_cxr_items
+    from activecad.models.cxr.train import preset_cxr_config, train_cxr
+    from activecad.phantom.cxr_cohort import SITES, write_cxr_set
+
+    torch.set_num_threads(1)  # shared cores
+    path = RESULTS / "cxr_learnability.json"
+    found = json.loads(path.read_text()) if path.is_file() else {}
+    settings = {"n_train": n_train, "n_test": n_test, "steps": steps, "size": size,
+                "data_seed": data_seed, "site": "internal", "labels": "clean (CT-referenced)",
+                "command": "python benchmarks/cxr.py learnability --work WORK"}  # fmt: skip
+    if found.get("settings", settings) != settings:
+        raise typer.BadParameter(f"{path} holds other settings; move it first")
+    found["settings"] = settings
+    rows = found.setdefault("gains", {})
+    for gain in gains:
+        key = f"{gain:g}"
+        if key in rows:
+            continue
+        data = work / f"gain_{key}"
+        if not (data / "done.json").is_file():
+            t0 = time.perf_counter()
+            train = write_cxr_set(data / "train", n_train, data_seed, SITES["internal"], 0,
+                                  nodule_gain=gain)  # fmt: skip
+            test = write_cxr_set(data / "test", n_test, data_seed, SITES["internal"],
+                                 int(train["next_patient"]), nodule_gain=gain)  # type: ignore[call-overload]  # fmt: skip
+            info = {"train": train, "test": test, "seconds": round(time.perf_counter() - t0, 1)}
+            (data / "done.json").write_text(json.dumps(info))
+        row: dict[str, object] = {"phantom": json.loads((data / "done.json").read_text())}
+        items = load_cxr_items(data / "train")
+        for network in (1, 2):
+            cfg = preset_cxr_config("cpu", network=network, steps=steps, seed=0, size=size)
+            t0 = time.perf_counter()
+            net, history = train_cxr(items, cfg, work / "models" / f"gain_{key}_net{network}")
+            seconds = round(time.perf_counter() - t0, 1)
+            _, y, p, *_ = _predict(net, cfg, data / "test")
+            ci = delong_interval(y, p)
+            row[f"network_{network}"] = {
+                "auc": ci.auc,
+                "auc_95": [ci.lower, ci.upper],
+                "train_seconds": seconds,
+                "last_losses": history[-1],
+            }
+            typer.echo(f"gain {key} network {network}: AUC {ci.auc:.3f} ({seconds} s)", err=True)
+        rows[key] = row
+        path.write_text(json.dumps(found, indent=1, default=float))
 
 
 def _roc_plot(curves: dict, path: Path) -> None:

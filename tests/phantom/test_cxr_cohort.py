@@ -6,7 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
+from scipy import ndimage
 
 from activecad.models.cxr.data import load_cxr_items
 from activecad.phantom import cxr_cohort as cc
@@ -49,3 +51,31 @@ def test_report_labels_follow_the_nih_vs_google_rates() -> None:
     se = np.mean([cc._report_label(1, d, rng) for _ in range(4000)])
     sp = 1 - np.mean([cc._report_label(0, d, rng) for _ in range(4000)])
     assert abs(se - 0.42) < 0.03 and abs(sp - 0.947) < 0.01
+
+
+def test_nodule_gain_scales_only_the_nodules_attenuation() -> None:
+    site = cc.SITES["internal"]
+
+    def line_integral(gain: float) -> tuple[np.ndarray, cc.Radiograph2D]:
+        cxr = cc.generate_cxr(8, 0, site, with_nodules=True, nodule_gain=gain)
+        # Undo the display curve (no pixel is clipped on this patient's lungs).
+        return (cxr.image / 65535.0) ** (1 / site.gamma) * site.window, cxr
+
+    one, cxr = line_integral(1.0)
+    two, _ = line_integral(2.0)
+    three, _ = line_integral(3.0)
+    assert cxr.mask.any()
+    # The same patient, noise and anatomy: away from every nodule (shown or too small to
+    # show) nothing moves ...
+    rows, cols = np.mgrid[0 : one.shape[0], 0 : one.shape[1]]
+    far = np.ones(one.shape, dtype=bool)
+    for (x, y), r in zip(cxr.center_px, cxr.radius_px, strict=True):
+        far &= np.hypot(cols - x, rows - y) > r + 6
+    assert np.abs(three - one)[far].max() < 1e-3
+    # ... and on the shown nodules the excess line integral grows linearly with the gain
+    # (by hand: (g3 - g1) = 2 (g2 - g1) for an attenuation a + g * d).
+    inside = cxr.mask > 0
+    np.testing.assert_allclose((three - one)[inside], 2 * (two - one)[inside], atol=2e-3)
+    assert (three - one)[inside].mean() > 0.1
+    with pytest.raises(ValueError, match="nodule_gain"):
+        cc.generate_cxr(8, 0, site, with_nodules=True, nodule_gain=0.0)

@@ -28,6 +28,7 @@ VISIBLE_CONTRAST = 0.04  # extra attenuation / background attenuation for a visi
 # 4.5-9.5 % (median 6.8 %) for NIH ChestX-ray14's looser hand-drawn nodule boxes
 # (benchmarks/results/cxr_labels.json).
 MIN_VISIBLE_MM = 10.0
+LUNG_HU = -850.0  # the aerated lung a nodule displaces, for its contrast
 WINDOW = 7.5  # line integral shown white
 
 
@@ -135,12 +136,11 @@ def project_radiograph(
     mask = np.zeros((size, size), dtype=np.uint8)
     boxes = []
     yy, xx = np.mgrid[0:size, 0:size]
-    lung_hu = -850.0
     for n, ((cx, cy), r) in enumerate(zip(center_px, radius_px, strict=True)):
         col, row = round(cx), round(cy)
         if not (0 <= col < size and 0 <= row < size):
             continue
-        extra = MU_WATER * diameters[n] * (densities[n] - lung_hu) / 1000.0
+        extra = MU_WATER * diameters[n] * (densities[n] - LUNG_HU) / 1000.0
         background = max(float(proj[row, col]), 1e-3)
         if extra / background < VISIBLE_CONTRAST or diameters[n] < MIN_VISIBLE_MM:
             continue
