@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from scipy import ndimage
 
 from activecad.models.cxr.data import load_cxr_items
 from activecad.phantom import cxr_cohort as cc
