@@ -345,7 +345,9 @@ def quality(
         raise typer.BadParameter(f"model must be one of {QUALITY_MODELS}, got {model!r}")
     if model != "ours" and norm != "batch":
         raise typer.BadParameter("--norm applies to --model ours only")
-    row_name = model if norm == "batch" else f"{model}, {norm} norm"
+    # A lever measured against the default row is named by what it changes.
+    levers = [f"{norm} norm"] * (norm != "batch") + [f"{spacing:g} mm"] * (spacing != 2.0)
+    row_name = ", ".join([model, *levers])
     from activecad.data import PreprocessCache
     from activecad.data.folders import labelled, split_by_patient
     from activecad.models.detector3d import load_bundle, preset_config, read_luna_folder
@@ -434,6 +436,10 @@ def quality(
     detections = pd.concat([detect(u) for u in split.test], ignore_index=True)
     detect_s = (time.perf_counter() - start) / max(len(split.test), 1)
     detections.to_csv(model_dir / "test_detections.csv", index=False)
+    # Kept beside the results, so a miss can be looked into after the machine is gone.
+    kept = RESULTS.parent / "detector_quality" / f"{model_dir.name}_test_detections.csv.gz"
+    kept.parent.mkdir(exist_ok=True)
+    detections.round(3).to_csv(kept, index=False)
     summary, (fps, sens, _) = froc_summary(
         detections, folder.annotations, folder.excluded, split.test, n_bootstrap=1000
     )
@@ -454,6 +460,7 @@ def quality(
         "sensitivities": summary["sensitivities"],
         "counts": summary["counts"],
         "found_by_size": _found_by_size(detections, folder.annotations, split.test),
+        "missed_10mm_or_more": _missed(detections, folder.annotations, split.test, 10.0),
         "froc": {"fps_per_scan": _thin(fps), "sensitivity": _thin(sens)},
         "validation_cpm_by_time": [
             {"train_s": float(t), "epoch": int(r["epoch"]), "cpm": float(r["cpm"])}
@@ -531,6 +538,39 @@ def _found_by_size(
                 out[name]["nodules"] += 1
                 out[name]["found"] += int(nearest < radius)
                 out[name]["near_miss"] += int(radius <= nearest < 1.5 * radius)
+    return out
+
+
+def _missed(
+    detections: pd.DataFrame, annotations: pd.DataFrame, seriesuids: list[str], min_mm: float
+) -> list[dict[str, object]]:
+    """Every test nodule of at least ``min_mm`` that no mark hits, with its nearest mark
+    (distance in radii, score, and that score's rank among the scan's marks)."""
+    xyz = ["coordX", "coordY", "coordZ"]
+    out = []
+    wanted = annotations["seriesuid"].isin(seriesuids) & (annotations["diameter_mm"] >= min_mm)
+    for _, nodule in annotations[wanted].iterrows():
+        marks = detections[detections["seriesuid"] == nodule["seriesuid"]]
+        centre = nodule[xyz].to_numpy(np.float64)
+        distance = np.linalg.norm(marks[xyz].to_numpy(np.float64) - centre, axis=1)
+        radius = nodule["diameter_mm"] / 2
+        if len(distance) and distance.min() < radius:
+            continue
+        miss: dict[str, object] = {
+            "seriesuid": nodule["seriesuid"],
+            "diameter_mm": round(float(nodule["diameter_mm"]), 1),
+            "world_mm": [round(float(v), 1) for v in centre],
+            "marks_in_scan": len(marks),
+        }
+        if len(distance):
+            nearest = int(distance.argmin())
+            score = float(marks["probability"].iloc[nearest])
+            miss |= {
+                "nearest_mark_radii": round(float(distance[nearest] / radius), 2),
+                "nearest_mark_score": round(score, 3),
+                "nearest_mark_rank": int((marks["probability"] > score).sum()) + 1,
+            }
+        out.append(miss)
     return out
 
 
