@@ -369,16 +369,21 @@ def learnability(
     torch.set_num_threads(1)  # shared cores
     path = RESULTS / "cxr_learnability.json"
     found = json.loads(path.read_text()) if path.is_file() else {}
-    settings = {"n_train": n_train, "n_test": n_test, "steps": steps, "size": size,
-                "data_seed": data_seed, "site": "internal", "labels": "clean (CT-referenced)",
+    settings = {"n_train": n_train, "n_test": n_test, "data_seed": data_seed,
+                "site": "internal", "labels": "clean (CT-referenced)",
                 "command": "python benchmarks/cxr.py learnability --work WORK"}  # fmt: skip
     if found.get("settings", settings) != settings:
         raise typer.BadParameter(f"{path} holds other settings; move it first")
     found["settings"] = settings
-    rows = found.setdefault("gains", {})
+    # One phantom set per gain serves every input size and training length.
+    rows = found.setdefault("runs", {}).setdefault(f"{size} px, {steps} steps", {})
+    # Network 2 from scratch, and from Network 1's weights (Table 2's model 4 starts from a
+    # Network 1 model): whether the pixel-level network learns on its own or needs features.
+    models = (("network_1", 1, None), ("network_2", 2, None), ("network_2_from_1", 2, "network_1"))
     for gain in gains:
         key = f"{gain:g}"
-        if key in rows:
+        row = rows.setdefault(key, {})
+        if all(name in row for name, *_ in models):
             continue
         data = work / f"gain_{key}"
         if not (data / "done.json").is_file():
@@ -389,24 +394,34 @@ def learnability(
                                  int(train["next_patient"]), nodule_gain=gain)  # type: ignore[call-overload]  # fmt: skip
             info = {"train": train, "test": test, "seconds": round(time.perf_counter() - t0, 1)}
             (data / "done.json").write_text(json.dumps(info))
-        row: dict[str, object] = {"phantom": json.loads((data / "done.json").read_text())}
+        row["phantom"] = json.loads((data / "done.json").read_text())
         items = load_cxr_items(data / "train")
-        for network in (1, 2):
+        model_dirs = {name: work / "models" / f"{size}px_{steps}_gain_{key}_{name}"
+                      for name, *_ in models}  # fmt: skip
+        for name, network, start in models:
+            if name in row:
+                continue
             cfg = preset_cxr_config("cpu", network=network, steps=steps, seed=0, size=size)
             t0 = time.perf_counter()
-            net, history = train_cxr(items, cfg, work / "models" / f"gain_{key}_net{network}")
+            init = model_dirs[start] if start else None
+            if init is not None and not init.is_dir():
+                raise typer.BadParameter(f"{init} is gone; delete gain {key}'s row to retrain")
+            net, history = train_cxr(items, cfg, model_dirs[name], init_from=init)
             seconds = round(time.perf_counter() - t0, 1)
             _, y, p, *_ = _predict(net, cfg, data / "test")
+            _, y_fit, p_fit, *_ = _predict(net, cfg, data / "train")
             ci = delong_interval(y, p)
-            row[f"network_{network}"] = {
+            row[name] = {
                 "auc": ci.auc,
                 "auc_95": [ci.lower, ci.upper],
+                # Whether the network fits the images it trained on at all: near 0.5 says
+                # the signal is not found, near 1 with a test AUC near 0.5 says overfitting.
+                "train_auc": delong_interval(y_fit, p_fit).auc,
                 "train_seconds": seconds,
                 "last_losses": history[-1],
             }
-            typer.echo(f"gain {key} network {network}: AUC {ci.auc:.3f} ({seconds} s)", err=True)
-        rows[key] = row
-        path.write_text(json.dumps(found, indent=1, default=float))
+            typer.echo(f"{size} px gain {key} {name}: AUC {ci.auc:.3f} ({seconds} s)", err=True)
+            path.write_text(json.dumps(found, indent=1, default=float))
 
 
 def _roc_plot(curves: dict, path: Path) -> None:
