@@ -8,6 +8,7 @@ Subcommands (results are merged into ``benchmarks/results/detector.json``)::
     python benchmarks/detector.py pool --model M --cohort C  # pool scoring, L_RoI zeros
     python benchmarks/detector.py quality --model ours          # held-out patients, 1 h
     python benchmarks/detector.py quality --model monai-recipe  # MONAI's recipe, same split
+    python benchmarks/detector.py quality-fpr --row "ours, 1.4 mm"  # + FP reduction, same split
     python benchmarks/detector.py export      # TorchScript / ONNX export attempts
 
 ``quality`` is long: it generates (or reuses) a 240-patient cohort, splits it by patient
@@ -386,7 +387,7 @@ def quality(
         seed=seed,
         groups={uid: scan.patient_id for uid, scan in prepared.items()},
     )
-    model_dir = work / f"{row_name.replace(', ', '_').replace(' ', '_')}_{patients}_{seed}"
+    model_dir = _model_dir(work, row_name, patients, seed)
     if model == "ours":
         result = train_detector(
             cohort,
@@ -480,6 +481,127 @@ def quality(
         },
     }
     entry.setdefault("rows", {})[row_name] = {**row, "machine": _machine()}
+    _record("quality_heldout", entry)
+    _plot_quality(entry)
+
+
+def _model_dir(work: Path, row_name: str, patients: int, seed: int) -> Path:
+    """Where a quality row's model, split and test detections live."""
+    return work / f"{row_name.replace(', ', '_').replace(' ', '_')}_{patients}_{seed}"
+
+
+@app.command("quality-fpr")
+def quality_fpr(
+    row: str = typer.Option("ours, 1.4 mm", help="The quality row whose marks are re-scored."),
+    patients: int = 240,
+    seed: int = 0,
+    steps: int = typer.Option(1500, help="FP-reduction training steps."),
+    bootstrap: int = typer.Option(300, help="Paired scan-bootstrap resamples of the CPM gain."),
+    threads: int = 2,
+    work: Path = typer.Option(WORK, help="The quality run's folder (resumable)."),
+) -> None:
+    """Two stages on a quality row's split: its detector marks the training and validation
+    scans, an FP-reduction classifier (cpu preset) learns from the training scans' marks
+    and picks its weights on the validation scans, and the row's test marks are re-scored
+    once (``sqrt(p_detector x p_fpr)``). Adds row ``ROW, FP reduction``."""
+    from tqdm import tqdm
+
+    from activecad.active.loop import scan_uid
+    from activecad.data import PreprocessCache
+    from activecad.data.candidates import label_candidates
+    from activecad.data.folders import froc_summary, paired_cpm_bootstrap, read_luna_folder
+    from activecad.metrics import roc_auc_score
+    from activecad.models.detector3d import load_bundle
+    from activecad.models.detector3d.inference import detect_prepared
+    from activecad.models.fpr import apply_fpr, preset_config, train_fpr_on_folder
+
+    entry = json.loads(RESULTS.read_text()).get("quality_heldout", {})
+    if row not in entry.get("rows", {}):
+        raise typer.BadParameter(f"no quality row {row!r}; rows: {sorted(entry.get('rows', {}))}")
+    base = entry["rows"][row]
+    model_dir = _model_dir(work, row, patients, seed)
+    if not (model_dir / "test_detections.csv").is_file():
+        raise typer.BadParameter(f"{model_dir} holds no test detections: run that row first")
+    torch.set_num_threads(threads)
+    cohort = work / f"small_{patients}_{seed}"
+    folder = read_luna_folder(cohort)
+    paths = {scan_uid(p): p for p in folder.scans}
+    split = json.loads((model_dir / "split.json").read_text())
+    train, val, test = split["train"], split["val"], split["test"]
+    cache = PreprocessCache(work / "cache")
+
+    marks_path = model_dir / "train_val_detections.csv"
+    if not marks_path.is_file():
+        detector = load_bundle(model_dir)
+        patch_zyx = tuple(detector.config.patch_size)
+        found = []
+        for uid in tqdm(train + val, desc="detector marks, train + val", unit="scan"):
+            prepared = cache.load(paths[uid], detector.config.preprocess, min_shape_zyx=patch_zyx)
+            found.append(detect_prepared(detector, prepared).detections)
+        pd.concat(found, ignore_index=True).to_csv(marks_path, index=False)
+    fpr_dir = model_dir / "fpr"
+    if not (fpr_dir / "weights.pt").is_file():
+        start = time.perf_counter()
+        training = train_fpr_on_folder(
+            cohort,
+            fpr_dir,
+            preset_config("cpu", steps=steps, seed=seed),
+            candidates=marks_path,
+            seriesuids=train,
+            val_seriesuids=val,
+            cache_dir=work / "cache",
+            progress=True,
+        )
+        training["seconds"] = round(time.perf_counter() - start, 1)
+        (fpr_dir / "training.json").write_text(json.dumps(training, indent=2) + "\n")
+    training = json.loads((fpr_dir / "training.json").read_text())
+
+    detections = pd.read_csv(model_dir / "test_detections.csv", dtype={"seriesuid": str})
+    start = time.perf_counter()
+    rescored = apply_fpr(detections, [paths[u] for u in test], fpr_dir, cache=cache, progress=True)
+    rescore_s = (time.perf_counter() - start) / max(len(test), 1)
+    kept = RESULTS.parent / "detector_quality" / f"{model_dir.name}_fpr_test_detections.csv.gz"
+    rescored.round(4).to_csv(kept, index=False)
+    annotations = folder.annotations
+    excluded = folder.excluded if folder.excluded is not None else annotations.iloc[:0]
+    summary, (fps, sens, _) = froc_summary(rescored, annotations, excluded, test, n_bootstrap=1000)
+    labels = label_candidates(rescored, annotations, excluded)
+    known = labels["label"] >= 0
+    candidate_auc = {
+        name: float(roc_auc_score(labels["label"][known], labels[column][known]))
+        for name, column in (
+            ("detector", "det_probability"),
+            ("fpr", "fpr_probability"),
+            ("combined", "probability"),
+        )
+    }
+    base_settings = {k: base[k] for k in ("spacing_mm", "patch", "batch", "epochs_done",
+                                          "steps_per_epoch", "time_budget_s", "train_s",
+                                          "best_epoch")}  # fmt: skip
+    new_row = {
+        "config": f"{base['config']} + FP reduction (cpu preset)",
+        "changes": [
+            f"re-scores row {row!r}'s test marks: sqrt(p_detector x p_fpr)",
+            "FP reduction trained on the training scans' marks (100 a scan) plus every "
+            "annotated nodule; weights picked by validation-scan AUC",
+        ],
+        **base_settings,
+        "fpr_training": training,
+        "detect_s_per_scan": base["detect_s_per_scan"],
+        "fpr_s_per_scan": rescore_s,
+        "cpm": summary["cpm"],
+        "ci_95": summary["ci"],
+        "sensitivities": summary["sensitivities"],
+        "counts": summary["counts"],
+        "cpm_gain_paired_bootstrap": paired_cpm_bootstrap(
+            detections, rescored, annotations, excluded, test, bootstrap, seed=seed
+        ),
+        "candidate_auc": candidate_auc,
+        "found_by_size": base["found_by_size"],
+        "froc": {"fps_per_scan": _thin(fps), "sensitivity": _thin(sens)},
+        "validation_cpm_by_time": [],
+    }
+    entry["rows"][f"{row}, FP reduction"] = {**new_row, "machine": _machine()}
     _record("quality_heldout", entry)
     _plot_quality(entry)
 

@@ -58,50 +58,6 @@ def _detect(model: Path, paths: list[Path], out: Path, cache: Path) -> pd.DataFr
     return detections
 
 
-def _paired_cpm_bootstrap(
-    a: pd.DataFrame,
-    b: pd.DataFrame,
-    annotations: pd.DataFrame,
-    excluded: pd.DataFrame,
-    uids: list[str],
-    n: int,
-    seed: int = 0,
-) -> dict[str, float]:
-    """CPM(b) - CPM(a) over scan resamples (the same scans for both), 95 % interval."""
-    from activecad.data.folders import froc_summary
-
-    rng = np.random.default_rng(seed)
-    groups = {
-        name: {u: t[t.seriesuid == u] for u in uids}
-        for name, t in (("a", a), ("b", b), ("ann", annotations), ("exc", excluded))
-    }
-
-    def resample(name: str, draw: np.ndarray) -> pd.DataFrame:
-        parts = []
-        for k, u in enumerate(draw):
-            part = groups[name][u].copy()
-            part["seriesuid"] = f"{u}#{k}"
-            parts.append(part)
-        return pd.concat(parts, ignore_index=True)
-
-    diffs = []
-    for _ in range(n):
-        draw = rng.choice(uids, len(uids))
-        ids = [f"{u}#{k}" for k, u in enumerate(draw)]
-        ann, exc = resample("ann", draw), resample("exc", draw)
-        cpm_a = froc_summary(resample("a", draw), ann, exc, ids)[0]["cpm"]
-        cpm_b = froc_summary(resample("b", draw), ann, exc, ids)[0]["cpm"]
-        diffs.append(float(cpm_b) - float(cpm_a))
-    d = np.sort(np.asarray(diffs))
-    return {
-        "mean": float(d.mean()),
-        "lower": float(np.quantile(d, 0.025)),
-        "upper": float(np.quantile(d, 0.975)),
-        "share_positive": float((d > 0).mean()),
-        "resamples": n,
-    }
-
-
 def _malignancy_groups(malignancy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Park et al. Table 1's two label settings from the readers' mean malignancy:
     (1,2) vs (4,5) and 1/2/4/5, the mean rounded; nodules whose rounded mean is 3 are left
@@ -127,7 +83,7 @@ def main(
 ) -> None:
     from activecad.active.loop import scan_uid
     from activecad.data.candidates import label_candidates
-    from activecad.data.folders import froc_summary, read_luna_folder
+    from activecad.data.folders import froc_summary, paired_cpm_bootstrap, read_luna_folder
     from activecad.data.preprocess import PreprocessCache
     from activecad.metrics import recall_at_k, roc_auc_score
     from activecad.models.fpr import apply_fpr, preset_config, train_fpr_on_folder
@@ -191,7 +147,7 @@ def main(
         "fpr": roc_auc_score(labelled.label[keep], labelled.fpr_probability[keep]),
         "combined": roc_auc_score(labelled.label[keep], labelled.probability[keep]),
     }
-    gain = _paired_cpm_bootstrap(test_det, rescored, annotations, exc, test, bootstrap)
+    gain = paired_cpm_bootstrap(test_det, rescored, annotations, exc, test, bootstrap)
     result = {
         "what": "LUNA16 FROC on held-out phantom patients: detector vs detector + FP reduction",
         "data": {

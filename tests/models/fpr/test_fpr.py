@@ -120,3 +120,36 @@ def test_apply_fpr_keeps_both_scores(tmp_path: Path, tiny_cohort: Path) -> None:
     assert out["det_probability"].tolist() == [0.9, 0.5, 0.1]
     expected = np.sqrt(out["det_probability"] * out["fpr_probability"])
     assert out["probability"].to_numpy() == pytest.approx(expected.to_numpy())
+
+
+def test_a_given_validation_split_is_kept_and_may_not_overlap(
+    tmp_path: Path, tiny_cohort: Path
+) -> None:
+    """The detector's quality run hands its own patient split to the second stage."""
+    import json
+
+    from activecad.data.folders import read_luna_folder
+    from activecad.models.fpr import train_fpr_on_folder
+
+    uids = sorted(read_luna_folder(tiny_cohort).annotations["seriesuid"].unique())
+    config = preset_config("cpu", steps=2, **TINY)
+    summary = train_fpr_on_folder(
+        tiny_cohort,
+        tmp_path / "fpr",
+        config,
+        seriesuids=uids[1:],
+        val_seriesuids=uids[:1],
+        cache_dir=tmp_path / "c",
+    )
+    split = json.loads((tmp_path / "fpr" / "split.json").read_text())
+    assert split == {"train": uids[1:], "val": uids[:1]}
+    assert summary["val_candidates"] > 0
+    with pytest.raises(InputError, match="both training and validation"):
+        train_fpr_on_folder(
+            tiny_cohort,
+            tmp_path / "fpr2",
+            config,
+            seriesuids=uids,
+            val_seriesuids=uids[:1],
+            cache_dir=tmp_path / "c",
+        )

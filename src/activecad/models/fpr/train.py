@@ -331,6 +331,7 @@ def train_fpr_on_folder(
     *,
     candidates: str | Path | None = None,
     seriesuids: list[str] | None = None,
+    val_seriesuids: list[str] | None = None,
     init_from: str | Path | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = False,
@@ -338,8 +339,9 @@ def train_fpr_on_folder(
     """Train on a LUNA16-style folder's candidates; write the model folder and split.json.
 
     The scans (all of ``ct/``, or ``seriesuids``) are split by patient into training and
-    validation (``config.val_fraction``); the candidates of each part are labelled by the
-    LUNA16 hit rule, with every annotated nodule added as a candidate.
+    validation (``config.val_fraction``), unless ``val_seriesuids`` names the validation
+    scans (a split made elsewhere, e.g. the detector's); the candidates of each part are
+    labelled by the LUNA16 hit rule, with every annotated nodule added as a candidate.
 
     Returns:
         A summary: candidate counts, the best validation AUC and the epochs.
@@ -349,25 +351,37 @@ def train_fpr_on_folder(
             part without nodule or without non-nodule candidates.
     """
     from activecad.data.candidates import read_candidates, training_candidates
-    from activecad.data.folders import read_luna_folder, split_by_patient
+    from activecad.data.folders import Split, read_luna_folder, split_by_patient
 
     folder = read_luna_folder(data_dir)
     table = read_candidates(candidates or Path(data_dir) / "candidates.csv")
     scans = prepare_scans(folder.scans, config, PreprocessCache(cache_dir), progress=progress)
     uids = sorted(scans) if seriesuids is None else list(seriesuids)
-    missing = sorted(set(uids) - set(scans))
+    missing = sorted(set(uids).union(val_seriesuids or []) - set(scans))
     if missing:
         raise InputError(
             f"{len(missing)} series are not in ct/, e.g. {missing[0]}",
             path=data_dir,
             fix="name series that have a scan in ct/",
         )
-    patients = {uid: scans[uid].patient_id for uid in uids}
-    split = split_by_patient(
-        uids, val_fraction=config.val_fraction, seed=config.seed, groups=patients
-    )
+    if val_seriesuids is None:
+        patients = {uid: scans[uid].patient_id for uid in uids}
+        split = split_by_patient(
+            uids, val_fraction=config.val_fraction, seed=config.seed, groups=patients
+        )
+    else:
+        both = sorted(set(uids) & set(val_seriesuids))
+        if both:
+            raise InputError(
+                f"{len(both)} series are both training and validation scans, e.g. {both[0]}",
+                path=data_dir,
+                fix="give val_seriesuids scans that seriesuids leaves out",
+            )
+        split = Split(train=sorted(uids), val=sorted(val_seriesuids), test=[])
     labelled = training_candidates(
-        table[table["seriesuid"].isin(uids)], folder.annotations, folder.excluded
+        table[table["seriesuid"].isin(split.train + split.val)],
+        folder.annotations,
+        folder.excluded,
     )
     train = candidate_set(labelled[labelled["seriesuid"].isin(split.train)], scans)
     val = (
