@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -527,7 +528,8 @@ def quality_fpr(
     folder = read_luna_folder(cohort)
     paths = {scan_uid(p): p for p in folder.scans}
     split = json.loads((model_dir / "split.json").read_text())
-    train, val, test = split["train"], split["val"], split["test"]
+    train, val = split["train"], split["val"]
+    test = sorted(set(paths) - set(train) - set(val))  # the detector's split.json holds two
     cache = PreprocessCache(work / "cache")
 
     marks_path = model_dir / "train_val_detections.csv"
@@ -641,19 +643,27 @@ def _plot_quality(entry: dict) -> None:
     fig.savefig(ROOT / "docs" / "detector_quality.png", dpi=120)
 
 
+def _nearest_marks(
+    detections: pd.DataFrame, annotations: pd.DataFrame, seriesuids: list[str]
+) -> Iterator[tuple[pd.Series, pd.DataFrame, np.ndarray]]:
+    """Each nodule of ``seriesuids`` with its scan's marks and their distances to it (mm)."""
+    xyz = ["coordX", "coordY", "coordZ"]
+    for _, nodule in annotations[annotations["seriesuid"].isin(seriesuids)].iterrows():
+        marks = detections[detections["seriesuid"] == nodule["seriesuid"]]
+        centre = nodule[xyz].to_numpy(np.float64)
+        yield nodule, marks, np.linalg.norm(marks[xyz].to_numpy(np.float64) - centre, axis=1)
+
+
 def _found_by_size(
     detections: pd.DataFrame, annotations: pd.DataFrame, seriesuids: list[str]
 ) -> dict[str, dict[str, int]]:
     """Per diameter bin: nodules, those hit by any of the scan's marks (LUNA16's rule:
     closer than the radius), and near misses (a mark within 1.5 radii but none within one).
     """
-    xyz = ["coordX", "coordY", "coordZ"]
     bins = {"3-6 mm": (3, 6), "6-10 mm": (6, 10), "10-20 mm": (10, 20), ">=20 mm": (20, 1e9)}
     out = {name: {"nodules": 0, "found": 0, "near_miss": 0} for name in bins}
-    for _, nodule in annotations[annotations["seriesuid"].isin(seriesuids)].iterrows():
-        marks = detections.loc[detections["seriesuid"] == nodule["seriesuid"], xyz]
-        centre = nodule[xyz].to_numpy(np.float64)
-        nearest = np.linalg.norm(marks.to_numpy(np.float64) - centre, axis=1).min(initial=np.inf)
+    for nodule, _, distance in _nearest_marks(detections, annotations, seriesuids):
+        nearest = distance.min(initial=np.inf)
         radius = nodule["diameter_mm"] / 2
         for name, (low, high) in bins.items():
             if low <= nodule["diameter_mm"] < high:
@@ -668,20 +678,16 @@ def _missed(
 ) -> list[dict[str, object]]:
     """Every test nodule of at least ``min_mm`` that no mark hits, with its nearest mark
     (distance in radii, score, and that score's rank among the scan's marks)."""
-    xyz = ["coordX", "coordY", "coordZ"]
     out = []
-    wanted = annotations["seriesuid"].isin(seriesuids) & (annotations["diameter_mm"] >= min_mm)
-    for _, nodule in annotations[wanted].iterrows():
-        marks = detections[detections["seriesuid"] == nodule["seriesuid"]]
-        centre = nodule[xyz].to_numpy(np.float64)
-        distance = np.linalg.norm(marks[xyz].to_numpy(np.float64) - centre, axis=1)
+    large = annotations[annotations["diameter_mm"] >= min_mm]
+    for nodule, marks, distance in _nearest_marks(detections, large, seriesuids):
         radius = nodule["diameter_mm"] / 2
         if len(distance) and distance.min() < radius:
             continue
         miss: dict[str, object] = {
             "seriesuid": nodule["seriesuid"],
             "diameter_mm": round(float(nodule["diameter_mm"]), 1),
-            "world_mm": [round(float(v), 1) for v in centre],
+            "world_mm": [round(float(nodule[c]), 1) for c in ("coordX", "coordY", "coordZ")],
             "marks_in_scan": len(marks),
         }
         if len(distance):
