@@ -559,14 +559,24 @@ def quality_fpr(
     training = json.loads((fpr_dir / "training.json").read_text())
 
     detections = pd.read_csv(model_dir / "test_detections.csv", dtype={"seriesuid": str})
-    start = time.perf_counter()
-    rescored = apply_fpr(detections, [paths[u] for u in test], fpr_dir, cache=cache, progress=True)
-    rescore_s = (time.perf_counter() - start) / max(len(test), 1)
+    rescored_path = fpr_dir / "test_detections.csv"
+    if not rescored_path.is_file():
+        start = time.perf_counter()
+        rescored = apply_fpr(
+            detections, [paths[u] for u in test], fpr_dir, cache=cache, progress=True
+        )
+        training["rescore_s_per_scan"] = (time.perf_counter() - start) / max(len(test), 1)
+        (fpr_dir / "training.json").write_text(json.dumps(training, indent=2) + "\n")
+        rescored.to_csv(rescored_path, index=False)
+    rescored = pd.read_csv(rescored_path, dtype={"seriesuid": str})
     kept = RESULTS.parent / "detector_quality" / f"{model_dir.name}_fpr_test_detections.csv.gz"
     rescored.round(4).to_csv(kept, index=False)
     annotations = folder.annotations
     excluded = folder.excluded if folder.excluded is not None else annotations.iloc[:0]
     summary, (fps, sens, _) = froc_summary(rescored, annotations, excluded, test, n_bootstrap=1000)
+    classifier_alone, _ = froc_summary(
+        rescored.assign(probability=rescored["fpr_probability"]), annotations, excluded, test
+    )
     labels = label_candidates(rescored, annotations, excluded)
     known = labels["label"] >= 0
     candidate_auc = {
@@ -590,7 +600,7 @@ def quality_fpr(
         **base_settings,
         "fpr_training": training,
         "detect_s_per_scan": base["detect_s_per_scan"],
-        "fpr_s_per_scan": rescore_s,
+        "fpr_s_per_scan": training.pop("rescore_s_per_scan"),
         "cpm": summary["cpm"],
         "ci_95": summary["ci"],
         "sensitivities": summary["sensitivities"],
@@ -599,6 +609,11 @@ def quality_fpr(
             detections, rescored, annotations, excluded, test, bootstrap, seed=seed
         ),
         "candidate_auc": candidate_auc,
+        # Not chosen on validation (the rule above was fixed before): a hint only.
+        "classifier_score_alone": {k: classifier_alone[k] for k in ("cpm", "sensitivities")},
+        "highest_false_positives": _false_positive_sources(
+            labels, pd.read_csv(cohort / "candidates.csv", dtype={"seriesuid": str})
+        ),
         "found_by_size": base["found_by_size"],
         "froc": {"fps_per_scan": _thin(fps), "sensitivity": _thin(sens)},
         "validation_cpm_by_time": [],
@@ -606,6 +621,28 @@ def quality_fpr(
     entry["rows"][f"{row}, FP reduction"] = {**new_row, "machine": _machine()}
     _record("quality_heldout", entry)
     _plot_quality(entry)
+
+
+def _false_positive_sources(
+    labelled: pd.DataFrame, listed: pd.DataFrame, top: int = 30, within_mm: float = 6.0
+) -> dict[str, object]:
+    """What the ``top`` highest-scored non-nodule marks are: the ``source`` of the nearest
+    structure the phantom lists in ``candidates.csv`` (a sample of vessel and pleura
+    points, every rarer mimic) when one lies within ``within_mm``."""
+    xyz = ["coordX", "coordY", "coordZ"]
+    marks = labelled[labelled["label"] == 0].nlargest(top, "probability")
+    sources = []
+    for _, mark in marks.iterrows():
+        near = listed[listed["seriesuid"] == mark["seriesuid"]]
+        distance = np.linalg.norm(near[xyz].to_numpy(float) - mark[xyz].to_numpy(float), axis=1)
+        close = len(distance) and distance.min() < within_mm
+        sources.append(near["source"].iloc[distance.argmin()] if close else "none listed")
+    return {
+        "marks": len(marks),
+        "within_mm": within_mm,
+        "nearest_listed_source": pd.Series(sources).value_counts().to_dict(),
+        "fpr_probability_min": float(marks["fpr_probability"].min()) if len(marks) else None,
+    }
 
 
 def _thin(values: np.ndarray, most: int = 400) -> list[float]:
@@ -627,9 +664,10 @@ def _plot_quality(entry: dict) -> None:
         fps = np.maximum(np.asarray(row["froc"]["fps_per_scan"]), 1e-3)
         froc.semilogx(fps, row["froc"]["sensitivity"], drawstyle="steps-post",
                       label=f"{name}: CPM {row['cpm']:.3f}")  # fmt: skip
-        points = row["validation_cpm_by_time"]
-        curve.plot([p["train_s"] / 60 for p in points], [p["cpm"] for p in points], "o-",
-                   label=name)  # fmt: skip
+        points = row["validation_cpm_by_time"]  # none for a re-scoring row
+        if points:
+            curve.plot([p["train_s"] / 60 for p in points], [p["cpm"] for p in points], "o-",
+                       label=name)  # fmt: skip
     test = entry["split"]["test"]
     froc.set(xlim=(0.1, 16), ylim=(0, 1), xlabel="false positives per scan",
              ylabel="sensitivity",
