@@ -9,6 +9,7 @@ Subcommands::
                                          # sets; resumable by seed (results/cxr_state_main/)
                                          # -> results/cxr_table2_main.json, ROC + heat-map PNGs
     python benchmarks/cxr.py report      # the table from the seeds finished so far
+    python benchmarks/cxr.py rescore --work DIR  # score the finished seeds' models again
     python benchmarks/cxr.py learnability --work DIR
                                          # AUC against the nodules' conspicuity (another
                                          # phantom seed) -> results/cxr_learnability.json
@@ -216,7 +217,6 @@ def table2(
     import torch
 
     from activecad.models.cxr.data import load_cxr_items
-    from activecad.models.cxr.evaluate import ModelPredictions, evaluate_predictions
     from activecad.models.cxr.train import preset_cxr_config, train_cxr
 
     torch.set_num_threads(1)  # shared cores
@@ -235,9 +235,7 @@ def table2(
     data, train_ids, folders = _sets(work, data_seed, n_noisy, n_clean, n_external, nodule_gain)
     # What was written: images per class, patients used, the noisy labels' realised Se / Sp.
     (state / "data.json").write_text((data / "done.json").read_text())
-    truth_boxes = pd.concat(
-        [pd.read_csv(data / s / "boxes.csv") for s in ("clean", "external_a", "external_b")]
-    )
+    truth_boxes = _truth_boxes(data)
     noisy = load_cxr_items(data / "noisy", "label_noisy")
     clean_train = load_cxr_items(data / "clean", ids=train_ids)
     for seed in seeds:
@@ -264,26 +262,73 @@ def table2(
                 "last": history[-1],
             }
             typer.echo(f"seed {seed} {model}: trained in {seconds} s", err=True)
-            for set_name, folder in folders.items():
-                items_t, y, p, maps, masks, boxes, per_s = _predict(net, cfg, folder)
-                ids = [it.image_id for it in items_t]
-                figures = evaluate_predictions(
-                    y, ModelPredictions(p, maps, boxes), masks, ids, truth_boxes
-                )
-                entry = result["sets"].setdefault(set_name, {"image_id": ids, "label": y.tolist()})
-                entry[model] = {
-                    **figures,
-                    "probability": p.tolist(),
-                    "images_per_s": round(per_s, 2),
-                }
-                if seed == seeds[0] and set_name == "external_a" and model in MODELS[1::2]:
-                    _heatmap_examples(
-                        items_t, maps, y, RESULTS / f"cxr_heatmaps_{name}_{model}.png"
-                    )
-        tmp = out.with_suffix(".tmp")  # a finished seed's file is never half written
-        tmp.write_text(json.dumps(result, default=float))
-        tmp.replace(out)
+            examples = name if seed == seeds[0] else None
+            _score_model(net, cfg, folders, truth_boxes, result["sets"], model, examples)
+        _write_seed(out, result)
         report(name)
+
+
+def _truth_boxes(data: Path) -> pd.DataFrame:
+    return pd.concat(
+        [pd.read_csv(data / s / "boxes.csv") for s in ("clean", "external_a", "external_b")]
+    )
+
+
+def _score_model(
+    net, cfg, folders: dict[str, Path], truth_boxes: pd.DataFrame, sets: dict, model: str,
+    examples: str | None,
+) -> None:  # fmt: skip
+    """Score one trained model on every test set into ``sets[set][model]``; with
+    ``examples`` (the run's name), draw its heat maps on external A for the figures."""
+    from activecad.models.cxr.evaluate import ModelPredictions, evaluate_predictions
+
+    for set_name, folder in folders.items():
+        items, y, p, maps, masks, boxes, per_s = _predict(net, cfg, folder)
+        ids = [it.image_id for it in items]
+        figures = evaluate_predictions(y, ModelPredictions(p, maps, boxes), masks, ids, truth_boxes)
+        entry = sets.setdefault(set_name, {"image_id": ids, "label": y.tolist()})
+        entry[model] = {**figures, "probability": p.tolist(), "images_per_s": round(per_s, 2)}
+        if examples and set_name == "external_a" and model in MODELS[1::2]:
+            _heatmap_examples(items, maps, y, RESULTS / f"cxr_heatmaps_{examples}_{model}.png")
+
+
+def _write_seed(out: Path, result: dict) -> None:
+    tmp = out.with_suffix(".tmp")  # a finished seed's file is never half written
+    tmp.write_text(json.dumps(result, default=float))
+    tmp.replace(out)
+
+
+@app.command()
+def rescore(
+    work: Path = typer.Option(..., help="The table2 run's working folder (its models)."),
+    name: str = typer.Option("main", help="The --name given to table2."),
+) -> None:
+    """Score the finished seeds' trained models again with the current evaluation (after a
+    change to how heat maps are read, say); the training is not repeated."""
+    import torch
+
+    from activecad.models.cxr.train import load_cxr_bundle
+
+    torch.set_num_threads(1)  # shared cores
+    state = RESULTS / f"cxr_state_{name}"
+    settings = json.loads((state / "settings.json").read_text())
+    data, _, folders = _sets(
+        work, settings["data_seed"], settings["n_noisy"], settings["n_clean"],
+        settings["n_external"], settings.get("nodule_gain", 1.0),
+    )  # fmt: skip
+    truth_boxes = _truth_boxes(data)
+    seeds = sorted(int(p.stem[4:]) for p in state.glob("seed*.json"))
+    for seed in seeds:
+        out = state / f"seed{seed}.json"
+        result = json.loads(out.read_text())
+        for model in MODELS:
+            net, cfg = load_cxr_bundle(work / "models" / f"seed{seed}" / model)
+            examples = name if seed == seeds[0] else None
+            _score_model(net, cfg, folders, truth_boxes, result["sets"], model, examples)
+        result["scored"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        _write_seed(out, result)
+        typer.echo(f"seed {seed}: scored again", err=True)
+    report(name)
 
 
 @app.command()
@@ -321,6 +366,9 @@ def report(name: str = typer.Option("main", help="The --name given to table2."))
             )
             if seed == min(runs):
                 curves.update({(set_name, m): (y, p) for m, p in probs.items()})
+    settings = json.loads((state / "settings.json").read_text())
+    gain = settings.get("nodule_gain")
+    options = f" --size {settings['size']}" + (f" --nodule-gain {gain:g}" if gain else "")
     first = runs[min(runs)]
     for r in runs.values():  # seeds differ in training only
         for set_name in TEST_SETS:
@@ -329,8 +377,9 @@ def report(name: str = typer.Option("main", help="The --name given to table2."))
     summary = {
         "what": "Kim et al. Table 2 on the radiograph phantom: four models, internal and "
         "two external test sets",
-        "command": f"python benchmarks/cxr.py table2 --work WORK --name {name}",
-        "settings": json.loads((state / "settings.json").read_text()),
+        "command": f"python benchmarks/cxr.py table2 --work WORK{options} --name {name}",
+        "settings": settings,
+        "scored": {str(k): r.get("scored", "when trained") for k, r in runs.items()},
         "seeds": sorted(runs),
         "phantom_sets": json.loads((state / "data.json").read_text()),
         "test_images": {s: len(first["sets"][s]["label"]) for s in TEST_SETS},

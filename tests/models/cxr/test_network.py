@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from activecad.models.cxr.network import CxrNet, SEBlock, cxr_loss
+from activecad.models.cxr.network import CxrNet, CxrOutput, SEBlock, cxr_loss
 
 SMALL = {"growth_rate": 4, "block_config": (1, 1, 1, 1), "num_init_features": 8, "sub_channels": 8}
 
@@ -35,10 +35,19 @@ def test_map_size_at_512_and_probability_is_the_maps_maximum(network: int, side:
     with torch.no_grad():
         out = net(torch.rand(2, 1, 512, 512))
     assert out.map_logit.shape == (2, 1, side, side)
-    if network == 2:
-        torch.testing.assert_close(out.probability, out.heatmap.amax(dim=(1, 2, 3)))
-    else:
+    torch.testing.assert_close(out.probability, out.heatmap.amax(dim=(1, 2, 3)))
+    if network == 1:
         torch.testing.assert_close(out.logit, out.map_logit.mean(dim=(1, 2, 3)))
+
+
+def test_network_1_heat_map_is_the_cam_scaled_by_hand() -> None:
+    # A 1 x 3 CAM with logits -1, 1, 3: the image logit is their mean, 1, so p = sigmoid(1);
+    # scaled within the image to 0, 0.5, 1 and times p. The raw sigmoid would put every
+    # cell but the first above 0.5.
+    cam = torch.tensor([-1.0, 1.0, 3.0]).reshape(1, 1, 1, 3)
+    out = CxrOutput(logit=cam.mean(dim=(1, 2, 3)), map_logit=cam, cam=True)
+    p = torch.sigmoid(torch.tensor(1.0))
+    torch.testing.assert_close(out.heatmap, torch.tensor([0.0, 0.5, 1.0]).reshape(1, 1, 1, 3) * p)
 
 
 def test_backbone_is_densenet121_with_se_blocks() -> None:

@@ -110,10 +110,13 @@ class CxrOutput:
         logit: (B,) image-level nodule logit; ``sigmoid(logit)`` is the probability.
         map_logit: (B, 1, h, w) logits of the sub-network's map (Network 1: the class
             activation map at H/32; Network 2: the pixel probability map's logits at H/16).
+        cam: whether ``map_logit`` is a class activation map (Network 1), which the image
+            logit averages, rather than a probability map (Network 2).
     """
 
     logit: torch.Tensor
     map_logit: torch.Tensor
+    cam: bool = False
 
     @property
     def probability(self) -> torch.Tensor:
@@ -122,8 +125,21 @@ class CxrOutput:
 
     @property
     def heatmap(self) -> torch.Tensor:
-        """(B, 1, h, w) map in (0, 1): Network 2's probability map, Network 1's CAM."""
-        return torch.sigmoid(self.map_logit)
+        """(B, 1, h, w) map in [0, 1] whose maximum is the image's probability.
+
+        Network 2: its probability map. Network 1: the class activation map scaled to [0, 1]
+        within the image (Zhou et al.'s CAM ranks regions by their share of the evidence)
+        and multiplied by the image's probability, so a confident nodule image shows its
+        most telling regions above 0.5 and a normal one shows nothing. The map's own
+        sigmoid would not do: the image logit is the map's mean, so a nodule image raises
+        every cell and the sigmoid covers the whole lung field.
+        """
+        if not self.cam:
+            return torch.sigmoid(self.map_logit)
+        low = self.map_logit.amin(dim=(2, 3), keepdim=True)
+        high = self.map_logit.amax(dim=(2, 3), keepdim=True)
+        scaled = (self.map_logit - low) / (high - low).clamp_min(1e-6)
+        return scaled * self.probability[:, None, None, None]
 
 
 class CxrNet(nn.Module):
@@ -171,7 +187,7 @@ class CxrNet(nn.Module):
         m = self.subnet(self.upsample(self.features(x)))
         # Network 2: max of sigmoid = sigmoid of max, so the probability is the map's maximum.
         logit = m.mean(dim=(1, 2, 3)) if self.network == 1 else m.amax(dim=(1, 2, 3))
-        return CxrOutput(logit=logit, map_logit=m)
+        return CxrOutput(logit=logit, map_logit=m, cam=self.network == 1)
 
 
 def cxr_loss(
