@@ -745,14 +745,14 @@ def _plot_quality(entry: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, (froc, curve) = plt.subplots(1, 2, figsize=(10, 4))
-    for name, row in entry["rows"].items():
+    for k, (name, row) in enumerate(entry["rows"].items()):
         fps = np.maximum(np.asarray(row["froc"]["fps_per_scan"]), 1e-3)
-        froc.semilogx(fps, row["froc"]["sensitivity"], drawstyle="steps-post",
+        froc.semilogx(fps, row["froc"]["sensitivity"], drawstyle="steps-post", color=f"C{k}",
                       label=f"{name}: CPM {row['cpm']:.3f}")  # fmt: skip
         points = row["validation_cpm_by_time"]  # none for a re-scoring row
         if points:
             curve.plot([p["train_s"] / 60 for p in points], [p["cpm"] for p in points], "o-",
-                       label=name)  # fmt: skip
+                       color=f"C{k}", label=name)  # fmt: skip
     test = entry["split"]["test"]
     froc.set(xlim=(0.1, 16), ylim=(0, 1), xlabel="false positives per scan",
              ylabel="sensitivity",
