@@ -367,7 +367,8 @@ def test_reader_adds_and_moves_a_finding_by_clicking_and_it_is_stored_at_the_wor
     driver.find_element(By.ID, "login-button").click()
     _wait(driver, lambda: _page_state(driver) == "idle", "sign-in")
     assert _text(driver, "user-name") == f"{READER} (annotator)"
-    assert "0 / 3 answered" in _text(driver, "progress-text")
+    # The page is usable before the queue's progress arrives (a second request).
+    _wait(driver, lambda: "0 / 3 answered" in _text(driver, "progress-text"), "the progress")
     # The token lives in the tab's sessionStorage, nowhere in the URL.
     assert driver.execute_script("return sessionStorage.getItem('activecad.token')")
     assert server.token not in driver.current_url
