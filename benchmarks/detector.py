@@ -528,9 +528,7 @@ def quality_fpr(
     cohort = work / f"small_{patients}_{seed}"
     folder = read_luna_folder(cohort)
     paths = {scan_uid(p): p for p in folder.scans}
-    split = json.loads((model_dir / "split.json").read_text())
-    train, val = split["train"], split["val"]
-    test = sorted(set(paths) - set(train) - set(val))  # the detector's split.json holds two
+    train, val, test = _row_split(model_dir, set(paths))
     cache = PreprocessCache(work / "cache")
 
     marks_path = model_dir / "train_val_detections.csv"
@@ -717,10 +715,17 @@ def full_truth(
             typer.echo(f"{name}: no kept test detections, skipped", err=True)
             continue
         detections = pd.read_csv(kept, dtype={"seriesuid": str})
-        split = json.loads((model_dir / "split.json").read_text())
-        test = sorted(all_uids - set(split["train"]) - set(split["val"]))
+        _, _, test = _row_split(model_dir, all_uids)
         row["unmarked_nodules_ignored"] = _against_full_truth(detections, cohort, test)
     _record("quality_heldout", entry)
+
+
+def _row_split(model_dir: Path, all_uids: set[str]) -> tuple[list[str], list[str], list[str]]:
+    """A quality row's train / validation / test series: its ``split.json`` holds the first
+    two, the test scans are the cohort's others."""
+    split = json.loads((model_dir / "split.json").read_text())
+    train, val = split["train"], split["val"]
+    return train, val, sorted(all_uids - set(train) - set(val))
 
 
 def _kept_detections(model_dir: Path, rescored: bool = False) -> Path:
