@@ -7,6 +7,7 @@ radiographs projected from the same CTs.
 """
 
 from activecad.phantom.cohort import (
+    PHANTOM_REVISION,
     PatientCase,
     StudyCase,
     consensus,
@@ -17,6 +18,7 @@ from activecad.phantom.cohort import (
 from activecad.phantom.config import PRESETS, Preset
 
 __all__ = [
+    "PHANTOM_REVISION",
     "PRESETS",
     "PatientCase",
     "Preset",

@@ -56,18 +56,22 @@ from activecad.phantom.lesions import (
     sample_lesions,
 )
 from activecad.phantom.nodules import (
+    DOUBTFUL_CONTRAST,
     Nodule,
     draw_nodule,
     draw_pleural_bump,
     sample_nodules,
     sample_pleural_bumps,
 )
-from activecad.phantom.radiograph import Radiograph2D, project_radiograph
+from activecad.phantom.radiograph import LUNG_HU, Radiograph2D, project_radiograph
 from activecad.phantom.raster import Grid
-from activecad.phantom.readers import read_nodules
+from activecad.phantom.readers import draw_doubtful, read_nodules
 from activecad.phantom.vessels import VesselTree, draw_bronchi, draw_vessels, grow_vessels
 
 FORMATS = ("mhd", "dicom", "nifti")
+# Raised when the same seed starts drawing different patients, so that results can say
+# which phantom they were measured on: 2 draws doubtful nodules faint (1 drew them plain).
+PHANTOM_REVISION = 2
 REPORT_MISS_SMALL = 0.5  # report-mined labels miss half of visible nodules under 8 mm
 LABEL_NOISE = 0.05  # share of report-mined radiograph labels that are simply wrong
 PARTIAL_LABEL_RATE = 0.5  # share of lesions a DeepLesion-style key-slice label marks
@@ -180,6 +184,7 @@ def generate_patient(
         max_segments_per_tree=spec.max_segments_per_tree,
     )
     nodules = sample_nodules(anatomy, vessels, _rng(seed, index, 3), n_studies)
+    nodules = draw_doubtful(nodules, _rng(seed, index, 6))
     lesions = sample_lesions(anatomy, _rng(seed, index, 4), n_studies)
     bumps = sample_pleural_bumps(anatomy, _rng(seed, index, 5), nodules)
     patient = PatientCase(
@@ -280,7 +285,13 @@ def _generate_study(
 
     nodule_centers = np.array([n.center + center for n in patient.nodules]).reshape(-1, 3)
     diameters = np.array([n.diameter_at(study) for n in patient.nodules])
-    densities = np.array([n.core_hu for n in patient.nodules])
+    # A doubtful nodule was drawn faint; the radiograph judges its visibility as drawn.
+    densities = np.array(
+        [
+            LUNG_HU + (DOUBTFUL_CONTRAST if n.doubtful else 1.0) * (n.core_hu - LUNG_HU)
+            for n in patient.nodules
+        ]
+    )
     radiograph = project_radiograph(
         hu, labels, grid, nodule_centers, diameters, densities, spec.cxr_size, rng
     )
@@ -345,6 +356,7 @@ def _nodule_table(patient: PatientCase, study: int, center: np.ndarray, uid: str
                 "place": n.place,
                 "hu": n.hu,
                 "core_hu": n.core_hu,
+                "doubtful": n.doubtful,
                 "malignancy": n.malignancy,
                 "extent_mm": n.extent(study),
             }
@@ -361,6 +373,7 @@ def _nodule_table(patient: PatientCase, study: int, center: np.ndarray, uid: str
         "place",
         "hu",
         "core_hu",
+        "doubtful",
         "malignancy",
         "extent_mm",
     ]
@@ -857,6 +870,7 @@ def generate_cohort(
     info = {
         "generator": "activecad.phantom",
         "version": activecad.__version__,
+        "revision": PHANTOM_REVISION,
         "seed": seed,
         "preset": spec.name,
         "formats": list(chosen),

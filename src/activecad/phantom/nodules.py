@@ -34,6 +34,11 @@ _SIZE_WEIGHTS = np.array([318.0, 1452.0, 735.0, 296.0, 197.0])
 # nodules qualify (>= 3 readers, >= 3 mm) on average: a Monte Carlo of the reader model
 # over the size and kind distributions below (ground glass is missed more).
 _COUNT_SHAPE = 3.6
+# A doubtful nodule (the kind LIDC readers miss) is blended into the tissue at this share
+# of its density: a solid one in lung shows at about -500 HU, a faint partial-volume blob.
+# Drawn at full density, the nodules that no reader marks were as plain as the annotated
+# ones, and a detector's best marks on them counted as false positives.
+DOUBTFUL_CONTRAST = 0.4
 _TRUE_NODULES_PER_SCAN = 1.328 / 0.398
 
 
@@ -52,6 +57,8 @@ class Nodule:
         lobes: (K, 4) lobule directions (x-y-z unit) and relative sizes.
         spicules: (S, 4) spicule directions and relative lengths.
         axes: (3,) relative half-axes of the ellipsoidal body.
+        doubtful: a subtle nodule, drawn faint (:data:`DOUBTFUL_CONTRAST`) and often missed
+            by the readers (:func:`activecad.phantom.readers.draw_doubtful`).
     """
 
     nodule_id: int
@@ -67,6 +74,7 @@ class Nodule:
     spicules: np.ndarray
     axes: np.ndarray
     growth: list[float] = field(default_factory=lambda: [1.0])
+    doubtful: bool = False
 
     def diameter_at(self, study: int) -> float:
         """Diameter at study ``study`` (0-based), mm."""
@@ -245,14 +253,15 @@ def draw_nodule(
     if nodule.kind == "part-solid":
         core = np.clip((0.45 * r - rho) / grid.voxel_mm + 0.5, 0.0, 1.0)
         value += core * (nodule.core_hu - value)
-    box += occ * (value - box)
+    contrast = np.float32(DOUBTFUL_CONTRAST if nodule.doubtful else 1.0)
+    box += contrast * occ * (value - box)
     for dx, dy, dz, length in nodule.spicules:
         d = np.array([dx, dy, dz])
         tip = center + d * r * (1.0 + length)
         spike = tube_occupancy(grid, center + d * 0.7 * r, tip, 0.12 * r + 0.3, 0.2)
         if spike is not None:
             ssl, so = spike
-            hu[ssl] += so * (nodule.hu - hu[ssl])
+            hu[ssl] += contrast * so * (nodule.hu - hu[ssl])
 
 
 def sample_pleural_bumps(

@@ -5,10 +5,14 @@ marked by 1, 2, 3 or 4 readers in each size bin (``lidc_stats.json``): a nodule 
 *conspicuous* (each reader marks it with p = 0.89) or *doubtful* (p = 0.19); the share of
 doubtful nodules falls with size (0.96 at 3-5 mm to 0.04 at 20+ mm). Ground-glass and
 low-contrast nodules look smaller to the model, so they are missed more, as in LIDC.
+Whether a nodule is doubtful is drawn once per nodule (:func:`draw_doubtful`), before the
+scans are drawn, because a doubtful nodule is also drawn faint: what the readers miss is
+what is hard to see, as on a real CT.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -46,6 +50,15 @@ def doubtful_share(diameter: np.ndarray | float, kind: str = "solid") -> np.ndar
     return np.interp(np.log(np.maximum(effective, 1.0)), *_DOUBTFUL_AT)
 
 
+def draw_doubtful(nodules: list[Nodule], rng: np.random.Generator) -> list[Nodule]:
+    """The nodules with ``doubtful`` drawn from :func:`doubtful_share` at their first size."""
+    draws = rng.random(len(nodules))
+    return [
+        replace(nod, doubtful=bool(u < float(doubtful_share(nod.diameter, nod.kind))))
+        for nod, u in zip(nodules, draws, strict=True)
+    ]
+
+
 def _rating(value: float, noise: float, rng: np.random.Generator, top: int = 5) -> int:
     return int(np.clip(np.rint(value + rng.normal(0.0, noise)), 1, top))
 
@@ -71,7 +84,7 @@ def read_nodules(
     rows: list[dict[str, Any]] = []
     for nod in nodules:
         d = nod.diameter_at(study)
-        doubtful = rng.random() < float(doubtful_share(d, nod.kind))
+        doubtful = nod.doubtful
         p = P_MARK_DOUBTFUL if doubtful else P_MARK_CONSPICUOUS
         texture = {"solid": 5.0, "calcified": 5.0, "part-solid": 3.2, "ground-glass": 1.4}[nod.kind]
         # Calibrated to LIDC's subtlety and spiculation rating shares (lidc_stats.json).
