@@ -38,9 +38,16 @@ import pandas as pd
 import torch
 import typer
 
+from activecad.phantom import PHANTOM_REVISION
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "detector.json"
 WORK = Path("/tmp/activecad_bench_detector")
+# Quality rows on the current phantom revision. Rows measured on revision 1 (doubtful nodules
+# drawn as plainly as the rest) stay as they were under ``quality_heldout_phantom_r1``, their
+# figure in docs/detector_quality_phantom_r1.png, their detections in
+# results/detector_quality/phantom_r1/.
+QUALITY = "quality_heldout"
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
 
@@ -356,12 +363,9 @@ def quality(
     from activecad.models.detector3d import load_bundle, preset_config, read_luna_folder
     from activecad.models.detector3d.inference import detect_prepared
     from activecad.models.detector3d.train import froc_summary, train_detector
-    from activecad.phantom import generate_cohort
 
     torch.set_num_threads(threads)
-    cohort = work / f"small_{patients}_{seed}"
-    if not (cohort / "annotations.csv").is_file():
-        generate_cohort(cohort, patients=patients, seed=seed, preset="small")
+    cohort = _quality_cohort(work, patients, seed)
     config = preset_config(
         "cpu",
         epochs=epochs,
@@ -472,7 +476,7 @@ def quality(
         ],
     }
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    entry = results.get("quality_heldout", {})
+    entry = results.get(QUALITY, {})
     nodules = folder.annotations.groupby("seriesuid").size()
     entry["split"] = {
         "patients": patients,
@@ -482,9 +486,27 @@ def quality(
             for name, uids in (("train", split.train), ("val", split.val), ("test", split.test))
         },
     }
+    entry["phantom_revision"] = PHANTOM_REVISION
     entry.setdefault("rows", {})[row_name] = {**row, "machine": _machine()}
-    _record("quality_heldout", entry)
+    _record(QUALITY, entry)
     _plot_quality(entry)
+
+
+def _quality_cohort(work: Path, patients: int, seed: int) -> Path:
+    """The quality runs' cohort in ``work``, generated on first use; one drawn by another
+    phantom revision is refused (its rows would not be comparable with the others)."""
+    from activecad.phantom import generate_cohort
+
+    cohort = work / f"small_{patients}_{seed}"
+    if not (cohort / "annotations.csv").is_file():
+        generate_cohort(cohort, patients=patients, seed=seed, preset="small")
+    revision = json.loads((cohort / "manifest.json").read_text()).get("revision", 1)
+    if revision != PHANTOM_REVISION:
+        raise typer.BadParameter(
+            f"{cohort} was drawn by phantom revision {revision}, this code draws revision "
+            f"{PHANTOM_REVISION}: give another --work"
+        )
+    return cohort
 
 
 def _model_dir(work: Path, row_name: str, patients: int, seed: int) -> Path:
@@ -517,7 +539,7 @@ def quality_fpr(
     from activecad.models.detector3d.inference import detect_prepared
     from activecad.models.fpr import apply_fpr, preset_config, train_fpr_on_folder
 
-    entry = json.loads(RESULTS.read_text()).get("quality_heldout", {})
+    entry = json.loads(RESULTS.read_text()).get(QUALITY, {})
     if row not in entry.get("rows", {}):
         raise typer.BadParameter(f"no quality row {row!r}; rows: {sorted(entry.get('rows', {}))}")
     base = entry["rows"][row]
@@ -525,7 +547,7 @@ def quality_fpr(
     if not (model_dir / "test_detections.csv").is_file():
         raise typer.BadParameter(f"{model_dir} holds no test detections: run that row first")
     torch.set_num_threads(threads)
-    cohort = work / f"small_{patients}_{seed}"
+    cohort = _quality_cohort(work, patients, seed)
     folder = read_luna_folder(cohort)
     paths = {scan_uid(p): p for p in folder.scans}
     train, val, test = _row_split(model_dir, set(paths))
@@ -619,7 +641,7 @@ def quality_fpr(
         "validation_cpm_by_time": [],
     }
     entry["rows"][f"{row}, FP reduction"] = {**new_row, "machine": _machine()}
-    _record("quality_heldout", entry)
+    _record(QUALITY, entry)
     _plot_quality(entry)
 
 
@@ -705,8 +727,8 @@ def full_truth(
     from activecad.active.loop import scan_uid
     from activecad.data.folders import read_luna_folder
 
-    entry = json.loads(RESULTS.read_text())["quality_heldout"]
-    cohort = work / f"small_{patients}_{seed}"
+    entry = json.loads(RESULTS.read_text())[QUALITY]
+    cohort = _quality_cohort(work, patients, seed)
     all_uids = {scan_uid(p) for p in read_luna_folder(cohort).scans}
     for name, row in entry["rows"].items():
         model_dir = _model_dir(work, name.removesuffix(", FP reduction"), patients, seed)
@@ -717,7 +739,7 @@ def full_truth(
         detections = pd.read_csv(kept, dtype={"seriesuid": str})
         _, _, test = _row_split(model_dir, all_uids)
         row["unmarked_nodules_ignored"] = _against_full_truth(detections, cohort, test)
-    _record("quality_heldout", entry)
+    _record(QUALITY, entry)
 
 
 def _row_split(model_dir: Path, all_uids: set[str]) -> tuple[list[str], list[str], list[str]]:
