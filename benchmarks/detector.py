@@ -9,7 +9,8 @@ Subcommands (results are merged into ``benchmarks/results/detector.json``)::
     python benchmarks/detector.py quality --model ours          # held-out patients, 1 h
     python benchmarks/detector.py quality --model monai-recipe  # MONAI's recipe, same split
     python benchmarks/detector.py quality-fpr --row "ours, 1.4 mm"  # + FP reduction, same split
-    python benchmarks/detector.py full-truth  # rows' FROC with unmarked true nodules ignored
+    python benchmarks/detector.py full-truth  # rows against the phantom's own truth
+    python benchmarks/detector.py paired --row "ours, 1.4 mm"  # paired CPM gain over "ours"
     python benchmarks/detector.py export      # TorchScript / ONNX export attempts
 
 ``quality`` is long: it generates (or reuses) a 240-patient cohort, splits it by patient
@@ -467,7 +468,7 @@ def quality(
         "counts": summary["counts"],
         "found_by_size": _found_by_size(detections, folder.annotations, split.test),
         "missed_10mm_or_more": _missed(detections, folder.annotations, split.test, 10.0),
-        "unmarked_nodules_ignored": _against_full_truth(detections, cohort, split.test),
+        **_truth_fields(detections, cohort, split.test, seed),
         "froc": {"fps_per_scan": _thin(fps), "sensitivity": _thin(sens)},
         "validation_cpm_by_time": [
             {"train_s": float(t), "epoch": int(r["epoch"]), "cpm": float(r["cpm"])}
@@ -635,11 +636,13 @@ def quality_fpr(
         "highest_false_positives": _false_positive_sources(
             labels, pd.read_csv(cohort / "candidates.csv", dtype={"seriesuid": str})
         ),
-        "unmarked_nodules_ignored": _against_full_truth(rescored, cohort, test),
+        **_truth_fields(rescored, cohort, test, seed),
         "found_by_size": base["found_by_size"],
         "froc": {"fps_per_scan": _thin(fps), "sensitivity": _thin(sens)},
         "validation_cpm_by_time": [],
     }
+    # Read again: other rows may have landed while this one ran (both run for an hour).
+    entry = json.loads(RESULTS.read_text())[QUALITY]
     entry["rows"][f"{row}, FP reduction"] = {**new_row, "machine": _machine()}
     _record(QUALITY, entry)
     _plot_quality(entry)
@@ -674,10 +677,11 @@ def _against_full_truth(
     excluded findings (a mark on one counts neither way).
 
     The phantom's readers miss a nodule as LIDC's do (each marks a "doubtful" one with p =
-    0.19), but it is drawn as plainly as the rest, so a detector that finds it is charged
-    a false positive. ``lesions_full.csv`` holds every true nodule; one is unmarked when no
-    annotation or excluded finding lies within the larger of the two radii. Also says how
-    many of the ``top_false_positives`` highest-scored false positives hit one.
+    0.19); revision 1 drew those as plainly as the rest, so a detector that found one was
+    charged a false positive (revision 2 draws them faint). ``lesions_full.csv`` holds
+    every true nodule; one is unmarked when no annotation or excluded finding lies within
+    the larger of the two radii. Also says how many of the ``top_false_positives``
+    highest-scored false positives hit one.
     """
     from activecad.data.candidates import label_candidates
     from activecad.data.folders import froc_summary, read_luna_folder
@@ -716,14 +720,72 @@ def _against_full_truth(
     }
 
 
+def _score_at_fps(
+    detections: pd.DataFrame,
+    annotations: pd.DataFrame,
+    excluded: pd.DataFrame,
+    seriesuids: list[str],
+    fps_per_scan: float = 8.0,
+) -> float:
+    """The FROC's operating point at ``fps_per_scan`` false positives a scan: the score of
+    the last false positive still counted (0 when the marks hold fewer false positives)."""
+    from activecad.data.candidates import label_candidates
+
+    labelled = label_candidates(
+        detections[detections["seriesuid"].isin(seriesuids)], annotations, excluded
+    )
+    scores = np.sort(labelled.loc[labelled["label"] == 0, "probability"].to_numpy())[::-1]
+    allowed = int(fps_per_scan * len(seriesuids))
+    return float(scores[allowed - 1]) if len(scores) >= allowed else 0.0
+
+
+def _phantom_truth(cohort: Path, seriesuids: list[str], seed: int) -> pd.DataFrame:
+    """Every true nodule of ``seriesuids`` with the phantom's own attributes (``doubtful``
+    among them), drawn again from ``(seed, patient index)``."""
+    from activecad.phantom import generate_patient
+
+    patients = pd.read_csv(cohort / "patients.csv", dtype={"seriesuid": str})
+    ids = patients.loc[patients["seriesuid"].isin(seriesuids), "patient"].unique()
+    studies = [
+        study.nodules
+        for pid in ids
+        for study in generate_patient(int(pid.rsplit("-", 1)[1]) - 1, seed=seed).studies
+    ]
+    truth = pd.concat(studies, ignore_index=True)
+    return truth[truth["seriesuid"].isin(seriesuids)]
+
+
+def _found_by_conspicuity(
+    detections: pd.DataFrame,
+    annotations: pd.DataFrame,
+    seriesuids: list[str],
+    threshold: float,
+    truth: pd.DataFrame,
+) -> dict[str, dict[str, int]]:
+    """Annotated nodules drawn faint (doubtful, yet marked by three readers or more) and
+    drawn plain: how many, and how many a mark scored at least ``threshold`` hits. Each
+    annotation is the nearest true nodule of its series (``_phantom_truth``)."""
+    xyz = ["coordX", "coordY", "coordZ"]
+    out = {kind: {"nodules": 0, "found": 0} for kind in ("drawn faint", "drawn plain")}
+    for nodule, marks, distance in _nearest_marks(detections, annotations, seriesuids):
+        same = truth[truth["seriesuid"] == nodule["seriesuid"]]
+        gaps = np.linalg.norm(same[xyz].to_numpy(float) - nodule[xyz].to_numpy(float), axis=1)
+        kind = "drawn faint" if bool(same["doubtful"].iloc[int(gaps.argmin())]) else "drawn plain"
+        hits = marks["probability"].to_numpy(np.float64)[distance < nodule["diameter_mm"] / 2]
+        out[kind]["nodules"] += 1
+        out[kind]["found"] += int(len(hits) > 0 and hits.max() >= threshold)
+    return out
+
+
 @app.command("full-truth")
 def full_truth(
     patients: int = 240,
     seed: int = 0,
     work: Path = typer.Option(WORK, help="The quality run's folder (its cohort)."),
 ) -> None:
-    """Add ``unmarked_nodules_ignored`` to every quality row whose test detections are kept
-    in ``results/detector_quality/``: the FROC with the nodules no reader marked ignored."""
+    """Add the truth fields (``_truth_fields``: misses at 8 false positives a scan, found
+    nodules drawn faint and plain, the FROC with the nodules no reader marked ignored) to
+    every quality row whose test detections are kept in ``results/detector_quality/``."""
     from activecad.active.loop import scan_uid
     from activecad.data.folders import read_luna_folder
 
@@ -738,8 +800,67 @@ def full_truth(
             continue
         detections = pd.read_csv(kept, dtype={"seriesuid": str})
         _, _, test = _row_split(model_dir, all_uids)
-        row["unmarked_nodules_ignored"] = _against_full_truth(detections, cohort, test)
+        row |= _truth_fields(detections, cohort, test, seed)
     _record(QUALITY, entry)
+
+
+@app.command()
+def paired(
+    row: str = typer.Option(..., help="The quality row whose CPM gain is measured."),
+    against: str = typer.Option("ours", help="The row it is compared with."),
+    bootstrap: int = typer.Option(300, help="Paired scan-bootstrap resamples."),
+    patients: int = 240,
+    seed: int = 0,
+    work: Path = typer.Option(WORK, help="The quality run's folder (its cohort)."),
+) -> None:
+    """CPM(ROW) - CPM(AGAINST) on the same test scans, resampled together (paired 95 %
+    interval), from the two rows' kept test detections; written to ROW's ``paired``."""
+    from activecad.active.loop import scan_uid
+    from activecad.data.folders import paired_cpm_bootstrap, read_luna_folder
+
+    entry = json.loads(RESULTS.read_text())[QUALITY]
+    cohort = _quality_cohort(work, patients, seed)
+    folder = read_luna_folder(cohort)
+    excluded = folder.excluded if folder.excluded is not None else folder.annotations.iloc[:0]
+    marks, tests = {}, {}
+    for name in (row, against):
+        if name not in entry["rows"]:
+            raise typer.BadParameter(f"no quality row {name!r}; rows: {sorted(entry['rows'])}")
+        model_dir = _model_dir(work, name.removesuffix(", FP reduction"), patients, seed)
+        kept = _kept_detections(model_dir, rescored=name.endswith(", FP reduction"))
+        marks[name] = pd.read_csv(kept, dtype={"seriesuid": str})
+        tests[name] = _row_split(model_dir, {scan_uid(p) for p in folder.scans})[2]
+    if tests[row] != tests[against]:
+        raise typer.BadParameter(f"{row!r} and {against!r} were tested on different scans")
+    gain = paired_cpm_bootstrap(
+        marks[against], marks[row], folder.annotations, excluded, tests[row], bootstrap, seed=seed
+    )
+    entry["rows"][row].setdefault("paired", {})[against] = gain
+    _record(QUALITY, entry)
+
+
+def _truth_fields(
+    detections: pd.DataFrame, cohort: Path, test: list[str], seed: int
+) -> dict[str, object]:
+    """What a quality row says about its test marks beyond the FROC: the nodules of 10 mm
+    or more missed at 8 false positives a scan, found nodules drawn faint and plain at that
+    operating point, and the FROC with the nodules no reader marked ignored."""
+    from activecad.data.folders import read_luna_folder
+
+    folder = read_luna_folder(cohort)
+    excluded = folder.excluded if folder.excluded is not None else folder.annotations.iloc[:0]
+    threshold = _score_at_fps(detections, folder.annotations, excluded, test)
+    truth = _phantom_truth(cohort, test, seed)
+    return {
+        "operating_score_at_8_fps": threshold,
+        "missed_10mm_or_more_at_8_fps": _missed(
+            detections, folder.annotations, test, 10.0, threshold
+        ),
+        "found_at_8_fps_by_conspicuity": _found_by_conspicuity(
+            detections, folder.annotations, test, threshold, truth
+        ),
+        "unmarked_nodules_ignored": _against_full_truth(detections, cohort, test),
+    }
 
 
 def _row_split(model_dir: Path, all_uids: set[str]) -> tuple[list[str], list[str], list[str]]:
@@ -824,15 +945,22 @@ def _found_by_size(
 
 
 def _missed(
-    detections: pd.DataFrame, annotations: pd.DataFrame, seriesuids: list[str], min_mm: float
+    detections: pd.DataFrame,
+    annotations: pd.DataFrame,
+    seriesuids: list[str],
+    min_mm: float,
+    threshold: float = 0.0,
 ) -> list[dict[str, object]]:
-    """Every test nodule of at least ``min_mm`` that no mark hits, with its nearest mark
-    (distance in radii, score, and that score's rank among the scan's marks)."""
+    """Every test nodule of at least ``min_mm`` that no mark scored at least ``threshold``
+    hits (0: no mark at all), with its best hit's score if one fell below the threshold and
+    its nearest mark (distance in radii, score, and that score's rank among the scan's
+    marks)."""
     out = []
     large = annotations[annotations["diameter_mm"] >= min_mm]
     for nodule, marks, distance in _nearest_marks(detections, large, seriesuids):
         radius = nodule["diameter_mm"] / 2
-        if len(distance) and distance.min() < radius:
+        hits = marks["probability"].to_numpy(np.float64)[distance < radius]
+        if len(hits) and hits.max() >= threshold:
             continue
         miss: dict[str, object] = {
             "seriesuid": nodule["seriesuid"],
@@ -840,6 +968,8 @@ def _missed(
             "world_mm": [round(float(nodule[c]), 1) for c in ("coordX", "coordY", "coordZ")],
             "marks_in_scan": len(marks),
         }
+        if len(hits):
+            miss["best_hit_score"] = round(float(hits.max()), 3)
         if len(distance):
             nearest = int(distance.argmin())
             score = float(marks["probability"].iloc[nearest])
