@@ -755,6 +755,13 @@ def _phantom_truth(cohort: Path, seriesuids: list[str], seed: int) -> pd.DataFra
     return truth[truth["seriesuid"].isin(seriesuids)]
 
 
+def _nearest_truth(truth: pd.DataFrame, seriesuid: str, world_mm) -> pd.Series:
+    """The true nodule of ``seriesuid`` nearest to ``world_mm`` (an annotation's centre)."""
+    same = truth[truth["seriesuid"] == seriesuid]
+    centres = same[["coordX", "coordY", "coordZ"]].to_numpy(float)
+    return same.iloc[int(np.linalg.norm(centres - np.asarray(world_mm), axis=1).argmin())]
+
+
 def _found_by_conspicuity(
     detections: pd.DataFrame,
     annotations: pd.DataFrame,
@@ -768,9 +775,8 @@ def _found_by_conspicuity(
     xyz = ["coordX", "coordY", "coordZ"]
     out = {kind: {"nodules": 0, "found": 0} for kind in ("drawn faint", "drawn plain")}
     for nodule, marks, distance in _nearest_marks(detections, annotations, seriesuids):
-        same = truth[truth["seriesuid"] == nodule["seriesuid"]]
-        gaps = np.linalg.norm(same[xyz].to_numpy(float) - nodule[xyz].to_numpy(float), axis=1)
-        kind = "drawn faint" if bool(same["doubtful"].iloc[int(gaps.argmin())]) else "drawn plain"
+        drawn = _nearest_truth(truth, nodule["seriesuid"], nodule[xyz].to_numpy(float))
+        kind = "drawn faint" if bool(drawn["doubtful"]) else "drawn plain"
         hits = marks["probability"].to_numpy(np.float64)[distance < nodule["diameter_mm"] / 2]
         out[kind]["nodules"] += 1
         out[kind]["found"] += int(len(hits) > 0 and hits.max() >= threshold)
@@ -851,11 +857,17 @@ def _truth_fields(
     excluded = folder.excluded if folder.excluded is not None else folder.annotations.iloc[:0]
     threshold = _score_at_fps(detections, folder.annotations, excluded, test)
     truth = _phantom_truth(cohort, test, seed)
+    missed = _missed(detections, folder.annotations, test, 10.0, threshold)
+    for miss in missed:  # what the phantom drew there, to explain the miss
+        drawn = _nearest_truth(truth, miss["seriesuid"], miss["world_mm"])
+        miss["drawn"] = {
+            **{key: str(drawn[key]) for key in ("kind", "shape", "place")},
+            "hu": round(float(drawn["hu"])),
+            "faint": bool(drawn["doubtful"]),
+        }
     return {
         "operating_score_at_8_fps": threshold,
-        "missed_10mm_or_more_at_8_fps": _missed(
-            detections, folder.annotations, test, 10.0, threshold
-        ),
+        "missed_10mm_or_more_at_8_fps": missed,
         "found_at_8_fps_by_conspicuity": _found_by_conspicuity(
             detections, folder.annotations, test, threshold, truth
         ),
