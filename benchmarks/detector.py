@@ -808,6 +808,7 @@ def full_truth(
         _, _, test = _row_split(model_dir, all_uids)
         row |= _truth_fields(detections, cohort, test, seed)
     _record(QUALITY, entry)
+    _plot_quality(entry)
 
 
 @app.command()
