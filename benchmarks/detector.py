@@ -33,6 +33,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -40,6 +41,9 @@ import torch
 import typer
 
 from activecad.phantom import PHANTOM_REVISION
+
+if TYPE_CHECKING:
+    from activecad.data.folders import LunaFolder
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "detector.json"
@@ -671,7 +675,11 @@ def _false_positive_sources(
 
 
 def _against_full_truth(
-    detections: pd.DataFrame, cohort: Path, seriesuids: list[str], top_false_positives: int = 30
+    detections: pd.DataFrame,
+    cohort: Path,
+    folder: LunaFolder,
+    seriesuids: list[str],
+    top_false_positives: int = 30,
 ) -> dict[str, object]:
     """The FROC with the phantom's nodules that no reader marked treated as LUNA16 treats
     excluded findings (a mark on one counts neither way).
@@ -684,10 +692,9 @@ def _against_full_truth(
     highest-scored false positives hit one.
     """
     from activecad.data.candidates import label_candidates
-    from activecad.data.folders import froc_summary, read_luna_folder
+    from activecad.data.folders import froc_summary
 
     xyz = ["coordX", "coordY", "coordZ"]
-    folder = read_luna_folder(cohort)
     excluded = folder.excluded if folder.excluded is not None else folder.annotations.iloc[:0]
     findings = pd.concat([folder.annotations, excluded], ignore_index=True)
     truth = pd.read_csv(cohort / "lesions_full.csv", dtype={"seriesuid": str})
@@ -872,7 +879,7 @@ def _truth_fields(
         "found_at_8_fps_by_conspicuity": _found_by_conspicuity(
             detections, folder.annotations, test, threshold, truth
         ),
-        "unmarked_nodules_ignored": _against_full_truth(detections, cohort, test),
+        "unmarked_nodules_ignored": _against_full_truth(detections, cohort, folder, test),
     }
 
 

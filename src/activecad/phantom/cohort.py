@@ -56,7 +56,6 @@ from activecad.phantom.lesions import (
     sample_lesions,
 )
 from activecad.phantom.nodules import (
-    DOUBTFUL_CONTRAST,
     Nodule,
     draw_nodule,
     draw_pleural_bump,
@@ -286,12 +285,7 @@ def _generate_study(
     nodule_centers = np.array([n.center + center for n in patient.nodules]).reshape(-1, 3)
     diameters = np.array([n.diameter_at(study) for n in patient.nodules])
     # A doubtful nodule was drawn faint; the radiograph judges its visibility as drawn.
-    densities = np.array(
-        [
-            LUNG_HU + (DOUBTFUL_CONTRAST if n.doubtful else 1.0) * (n.core_hu - LUNG_HU)
-            for n in patient.nodules
-        ]
-    )
+    densities = np.array([LUNG_HU + n.contrast * (n.core_hu - LUNG_HU) for n in patient.nodules])
     radiograph = project_radiograph(
         hu, labels, grid, nodule_centers, diameters, densities, spec.cxr_size, rng
     )

@@ -76,6 +76,11 @@ class Nodule:
     growth: list[float] = field(default_factory=lambda: [1.0])
     doubtful: bool = False
 
+    @property
+    def contrast(self) -> float:
+        """Share of its density above the tissue it replaces that the nodule is drawn with."""
+        return DOUBTFUL_CONTRAST if self.doubtful else 1.0
+
     def diameter_at(self, study: int) -> float:
         """Diameter at study ``study`` (0-based), mm."""
         return self.diameter * self.growth[study]
@@ -253,7 +258,7 @@ def draw_nodule(
     if nodule.kind == "part-solid":
         core = np.clip((0.45 * r - rho) / grid.voxel_mm + 0.5, 0.0, 1.0)
         value += core * (nodule.core_hu - value)
-    contrast = np.float32(DOUBTFUL_CONTRAST if nodule.doubtful else 1.0)
+    contrast = np.float32(nodule.contrast)
     box += contrast * occ * (value - box)
     for dx, dy, dz, length in nodule.spicules:
         d = np.array([dx, dy, dz])

@@ -84,8 +84,7 @@ def read_nodules(
     rows: list[dict[str, Any]] = []
     for nod in nodules:
         d = nod.diameter_at(study)
-        doubtful = nod.doubtful
-        p = P_MARK_DOUBTFUL if doubtful else P_MARK_CONSPICUOUS
+        p = P_MARK_DOUBTFUL if nod.doubtful else P_MARK_CONSPICUOUS
         texture = {"solid": 5.0, "calcified": 5.0, "part-solid": 3.2, "ground-glass": 1.4}[nod.kind]
         # Calibrated to LIDC's subtlety and spiculation rating shares (lidc_stats.json).
         subtle = 2.4 + 1.6 * np.log(d / 3.0) - (1.0 if nod.kind == "ground-glass" else 0.0)
@@ -103,7 +102,7 @@ def read_nodules(
                     "reader": reader,
                     "diameter_mm": round(d * float(np.exp(rng.normal(0.0, 0.12))), 2),
                     "malignancy": _rating(nod.malignancy, 0.7, rng),
-                    "subtlety": _rating(subtle + (0 if not doubtful else -1.0), 0.8, rng),
+                    "subtlety": _rating(subtle - (1.0 if nod.doubtful else 0.0), 0.8, rng),
                     "calcification": calc,
                     "sphericity": _rating(4.0 - (nod.shape != "smooth"), 0.8, rng),
                     "margin": _rating(4.5 - 1.5 * (nod.shape == "spiculated"), 0.7, rng),
