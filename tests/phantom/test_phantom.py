@@ -300,6 +300,26 @@ def test_acquisitions_vary_like_real_scanners() -> None:
     assert np.ptp([a.grid.origin for a in acqs], axis=0).min() > 10.0
 
 
+def test_medium_preset_has_finer_voxels_over_the_same_field_of_view() -> None:
+    from activecad.phantom.acquisition import sample_acquisition, sample_scanners
+    from activecad.phantom.config import PRESETS
+
+    rng = np.random.default_rng(0)
+    scanners = sample_scanners(rng)
+    acqs = [sample_acquisition(rng, PRESETS["medium"], 110.0, -180.0, scanners) for _ in range(200)]
+    spacing = np.array([a.grid.spacing for a in acqs])
+    # LIDC-like 0.5-0.9 mm pixels doubled (the small preset quadruples them), 1.25-2 mm slices.
+    assert spacing[:, 0].min() >= 1.0 and spacing[:, 0].max() <= 1.8
+    assert set(spacing[:, 2]) == {1.25, 1.5, 2.0}
+    assert all(a.grid.shape[1:] == (256, 256) for a in acqs)
+    # The same field of view as the small preset's 128 pixels of twice the size.
+    small = sample_acquisition(np.random.default_rng(1), PRESETS["small"], 110.0, -180.0, scanners)
+    medium = sample_acquisition(
+        np.random.default_rng(1), PRESETS["medium"], 110.0, -180.0, scanners
+    )
+    assert medium.grid.spacing[0] * 256 == pytest.approx(small.grid.spacing[0] * 128, abs=0.05)
+
+
 def test_phantom_lidc_xml_reads_back_to_the_same_readers_table(
     patients: list, tmp_path: Path
 ) -> None:

@@ -65,7 +65,10 @@ def register(app: typer.Typer) -> None:
             0, "--seed", "-s", min=0, help="Seed; the same seed, the same bytes."
         ),
         preset: str = typer.Option(
-            "small", "--preset", callback=_check_preset, help="small (128^2 CT) or full (512^2)."
+            "small",
+            "--preset",
+            callback=_check_preset,
+            help="small (128^2 CT), medium (256^2) or full (512^2).",
         ),
         formats: str = typer.Option(
             "mhd",
