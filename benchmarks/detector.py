@@ -349,6 +349,10 @@ def quality(
     patch: int = typer.Option(64, help="Cubic patch, voxels."),
     batch: int = typer.Option(4, help="Patches a step (even)."),
     norm: str = typer.Option("batch", help="ours: backbone_norm (batch, group, instance)."),
+    anchors: str = typer.Option(
+        "4,8", help="ours: cubic anchor edges at P2, voxels (level k scales them by 2**k)."
+    ),
+    phantom: str = typer.Option("small", help="Phantom preset of the cohort (small, medium)."),
     threads: int = 2,
     work: Path = typer.Option(WORK, help="Cohort, cache and model folders (resumable)."),
     resume: bool = typer.Option(False, help="Continue this model's interrupted run."),
@@ -358,10 +362,16 @@ def quality(
     training time). Each model is one row of ``quality_heldout`` in the results file."""
     if model not in QUALITY_MODELS:
         raise typer.BadParameter(f"model must be one of {QUALITY_MODELS}, got {model!r}")
-    if model != "ours" and norm != "batch":
-        raise typer.BadParameter("--norm applies to --model ours only")
+    edges = tuple(float(a) for a in anchors.split(","))
+    if model != "ours" and (norm != "batch" or edges != (4.0, 8.0)):
+        raise typer.BadParameter("--norm and --anchors apply to --model ours only")
     # A lever measured against the default row is named by what it changes.
-    levers = [f"{norm} norm"] * (norm != "batch") + [f"{spacing:g} mm"] * (spacing != 2.0)
+    levers = (
+        [f"{norm} norm"] * (norm != "batch")
+        + [f"{spacing:g} mm"] * (spacing != 2.0)
+        + [f"anchors {'-'.join(f'{e:g}' for e in edges)} vox"] * (edges != (4.0, 8.0))
+        + [f"{time_budget / 3600:g} h"] * (time_budget != 3600.0)
+    )
     row_name = ", ".join([model, *levers])
     from activecad.data import PreprocessCache
     from activecad.data.folders import labelled, split_by_patient
@@ -370,7 +380,7 @@ def quality(
     from activecad.models.detector3d.train import froc_summary, train_detector
 
     torch.set_num_threads(threads)
-    cohort = _quality_cohort(work, patients, seed)
+    cohort = _quality_cohort(work, patients, seed, phantom)
     config = preset_config(
         "cpu",
         epochs=epochs,
@@ -380,6 +390,7 @@ def quality(
         patch_size=(patch, patch, patch),
         preprocess={"spacing": (spacing, spacing, spacing)},
         backbone_norm=norm,
+        base_anchor_shapes=tuple((e, e, e) for e in edges),
         seed=seed,
     )
     folder = read_luna_folder(cohort)
@@ -448,7 +459,7 @@ def quality(
     detections = pd.concat([detect(u) for u in split.test], ignore_index=True)
     detect_s = (time.perf_counter() - start) / max(len(split.test), 1)
     detections.to_csv(model_dir / "test_detections.csv", index=False)
-    kept = _kept_detections(model_dir)
+    kept = _kept_detections(model_dir, phantom)
     kept.parent.mkdir(exist_ok=True)
     detections.round(3).to_csv(kept, index=False)
     summary, (fps, sens, _) = froc_summary(
@@ -481,7 +492,7 @@ def quality(
         ],
     }
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    entry = results.get(QUALITY, {})
+    entry = results.get(_quality_key(phantom), {})
     nodules = folder.annotations.groupby("seriesuid").size()
     entry["split"] = {
         "patients": patients,
@@ -492,19 +503,21 @@ def quality(
         },
     }
     entry["phantom_revision"] = PHANTOM_REVISION
+    entry["phantom_preset"] = phantom
     entry.setdefault("rows", {})[row_name] = {**row, "machine": _machine()}
-    _record(QUALITY, entry)
-    _plot_quality(entry)
+    _record(_quality_key(phantom), entry)
+    _plot_quality(entry, phantom)
 
 
-def _quality_cohort(work: Path, patients: int, seed: int) -> Path:
-    """The quality runs' cohort in ``work``, generated on first use; one drawn by another
-    phantom revision is refused (its rows would not be comparable with the others)."""
+def _quality_cohort(work: Path, patients: int, seed: int, phantom: str) -> Path:
+    """The quality runs' cohort of phantom preset ``phantom`` in ``work``, generated on first
+    use; one drawn by another phantom revision is refused (its rows would not be comparable
+    with the others)."""
     from activecad.phantom import generate_cohort
 
-    cohort = work / f"small_{patients}_{seed}"
+    cohort = work / f"{phantom}_{patients}_{seed}"
     if not (cohort / "annotations.csv").is_file():
-        generate_cohort(cohort, patients=patients, seed=seed, preset="small")
+        generate_cohort(cohort, patients=patients, seed=seed, preset=phantom)
     revision = json.loads((cohort / "manifest.json").read_text()).get("revision", 1)
     if revision != PHANTOM_REVISION:
         raise typer.BadParameter(
@@ -526,13 +539,21 @@ def quality_fpr(
     seed: int = 0,
     steps: int = typer.Option(1500, help="FP-reduction training steps."),
     bootstrap: int = typer.Option(300, help="Paired scan-bootstrap resamples of the CPM gain."),
+    marks: str = typer.Option(
+        "100",
+        help="Marks a scan handed to the second stage; several (comma-separated) are "
+        "compared by two-stage CPM on the validation scans and the best is used on the test "
+        "scans. The classifier learns from 100 a scan either way.",
+    ),
+    phantom: str = typer.Option("small", help="Phantom preset of the cohort (small, medium)."),
     threads: int = 2,
     work: Path = typer.Option(WORK, help="The quality run's folder (resumable)."),
 ) -> None:
     """Two stages on a quality row's split: its detector marks the training and validation
     scans, an FP-reduction classifier (cpu preset) learns from the training scans' marks
     and picks its weights on the validation scans, and the row's test marks are re-scored
-    once (``sqrt(p_detector x p_fpr)``). Adds row ``ROW, FP reduction``."""
+    once (``sqrt(p_detector x p_fpr)``). Adds row ``ROW, FP reduction`` (``ROW, FP
+    reduction, N marks`` when the test scans get N marks other than 100)."""
     from tqdm import tqdm
 
     from activecad.active.loop import scan_uid
@@ -544,7 +565,7 @@ def quality_fpr(
     from activecad.models.detector3d.inference import detect_prepared
     from activecad.models.fpr import apply_fpr, preset_config, train_fpr_on_folder
 
-    entry = json.loads(RESULTS.read_text()).get(QUALITY, {})
+    entry = json.loads(RESULTS.read_text()).get(_quality_key(phantom), {})
     if row not in entry.get("rows", {}):
         raise typer.BadParameter(f"no quality row {row!r}; rows: {sorted(entry.get('rows', {}))}")
     base = entry["rows"][row]
@@ -552,29 +573,51 @@ def quality_fpr(
     if not (model_dir / "test_detections.csv").is_file():
         raise typer.BadParameter(f"{model_dir} holds no test detections: run that row first")
     torch.set_num_threads(threads)
-    cohort = _quality_cohort(work, patients, seed)
+    cohort = _quality_cohort(work, patients, seed, phantom)
     folder = read_luna_folder(cohort)
     paths = {scan_uid(p): p for p in folder.scans}
     train, val, test = _row_split(model_dir, set(paths))
     cache = PreprocessCache(work / "cache")
 
-    marks_path = model_dir / "train_val_detections.csv"
-    if not marks_path.is_file():
-        detector = load_bundle(model_dir)
-        patch_zyx = tuple(detector.config.patch_size)
-        found = []
-        for uid in tqdm(train + val, desc="detector marks, train + val", unit="scan"):
-            prepared = cache.load(paths[uid], detector.config.preprocess, min_shape_zyx=patch_zyx)
-            found.append(detect_prepared(detector, prepared).detections)
-        pd.concat(found, ignore_index=True).to_csv(marks_path, index=False)
     fpr_dir = model_dir / "fpr"
+
+    def marked(uids: list[str], most: int, name: str) -> pd.DataFrame:
+        """The row's detector's marks (at most ``most`` a scan) on ``uids``, kept in
+        ``model_dir / name``."""
+        path = model_dir / name
+        if not path.is_file():
+            detector = load_bundle(model_dir)
+            detector.config = detector.config.model_copy(update={"detections_per_scan": most})
+            patch_zyx = tuple(detector.config.patch_size)
+            found = []
+            for uid in tqdm(uids, desc=f"detector marks, {most} a scan", unit="scan"):
+                scan = cache.load(paths[uid], detector.config.preprocess, min_shape_zyx=patch_zyx)
+                found.append(detect_prepared(detector, scan).detections)
+            pd.concat(found, ignore_index=True).to_csv(path, index=False)
+        return pd.read_csv(path, dtype={"seriesuid": str})
+
+    def rescore(detections: pd.DataFrame, uids: list[str], name: str) -> pd.DataFrame:
+        """``detections`` re-scored by the classifier, kept in ``fpr_dir / name`` (and the
+        seconds a scan it took beside it, ``.seconds``)."""
+        path = fpr_dir / name
+        if not path.is_file():
+            start = time.perf_counter()
+            rescored = apply_fpr(
+                detections, [paths[u] for u in uids], fpr_dir, cache=cache, progress=True
+            )
+            seconds = (time.perf_counter() - start) / max(len(uids), 1)
+            path.with_suffix(".seconds").write_text(f"{seconds}\n")
+            rescored.to_csv(path, index=False)
+        return pd.read_csv(path, dtype={"seriesuid": str})
+
+    marked(train + val, 100, "train_val_detections.csv")
     if not (fpr_dir / "weights.pt").is_file():
         start = time.perf_counter()
         training = train_fpr_on_folder(
             cohort,
             fpr_dir,
             preset_config("cpu", steps=steps, seed=seed),
-            candidates=marks_path,
+            candidates=model_dir / "train_val_detections.csv",
             seriesuids=train,
             val_seriesuids=val,
             cache_dir=work / "cache",
@@ -583,22 +626,40 @@ def quality_fpr(
         training["seconds"] = round(time.perf_counter() - start, 1)
         (fpr_dir / "training.json").write_text(json.dumps(training, indent=2) + "\n")
     training = json.loads((fpr_dir / "training.json").read_text())
-
-    detections = pd.read_csv(model_dir / "test_detections.csv", dtype={"seriesuid": str})
-    rescored_path = fpr_dir / "test_detections.csv"
-    if not rescored_path.is_file():
-        start = time.perf_counter()
-        rescored = apply_fpr(
-            detections, [paths[u] for u in test], fpr_dir, cache=cache, progress=True
-        )
-        training["rescore_s_per_scan"] = (time.perf_counter() - start) / max(len(test), 1)
-        (fpr_dir / "training.json").write_text(json.dumps(training, indent=2) + "\n")
-        rescored.to_csv(rescored_path, index=False)
-    rescored = pd.read_csv(rescored_path, dtype={"seriesuid": str})
-    kept = _kept_detections(model_dir, rescored=True)
-    rescored.round(4).to_csv(kept, index=False)
     annotations = folder.annotations
     excluded = folder.excluded if folder.excluded is not None else annotations.iloc[:0]
+
+    # How many marks the test scans get is chosen on the validation scans: their deepest
+    # marks are re-scored once, and each choice keeps the detector's top ones.
+    choices = sorted(int(m) for m in marks.split(","))
+    validation_by_marks: dict[str, dict[str, float]] = {}
+    if len(choices) > 1:
+        deepest = marked(val, choices[-1], f"val_detections_{choices[-1]}.csv")
+        ranked = rescore(deepest, val, f"val_detections_{choices[-1]}.csv").sort_values(
+            "det_probability", ascending=False, kind="stable"
+        )
+        for most in choices:
+            top = ranked.groupby("seriesuid", sort=False).head(most)
+            found = froc_summary(top, annotations, excluded, val)[0]
+            counts = found["counts"]
+            validation_by_marks[str(most)] = {
+                "cpm": found["cpm"],
+                "nodules_reached": counts["detected"] / max(counts["nodules"], 1),
+            }
+        chosen = max(choices, key=lambda m: (validation_by_marks[str(m)]["cpm"], -m))
+    else:
+        chosen = choices[0]
+    suffix = "" if chosen == 100 else f"_{chosen}"
+    detections = (
+        pd.read_csv(model_dir / "test_detections.csv", dtype={"seriesuid": str})
+        if chosen == 100
+        else marked(test, chosen, f"test_detections{suffix}.csv")
+    )
+    rescored = rescore(detections, test, f"test_detections{suffix}.csv")
+    rescore_s = float((fpr_dir / f"test_detections{suffix}.seconds").read_text())
+    new_name = f"{row}, FP reduction" + (f", {chosen} marks" if chosen != 100 else "")
+    kept = _row_files(work, new_name, patients, seed, phantom)[1]
+    rescored.round(4).to_csv(kept, index=False)
     summary, (fps, sens, _) = froc_summary(rescored, annotations, excluded, test, n_bootstrap=1000)
     classifier_alone, _ = froc_summary(
         rescored.assign(probability=rescored["fpr_probability"]), annotations, excluded, test
@@ -619,14 +680,16 @@ def quality_fpr(
     new_row = {
         "config": f"{base['config']} + FP reduction (cpu preset)",
         "changes": [
-            f"re-scores row {row!r}'s test marks: sqrt(p_detector x p_fpr)",
+            f"re-scores row {row!r}'s test marks ({chosen} a scan): sqrt(p_detector x p_fpr)",
             "FP reduction trained on the training scans' marks (100 a scan) plus every "
             "annotated nodule; weights picked by validation-scan AUC",
         ],
         **base_settings,
         "fpr_training": training,
+        "marks_per_scan": chosen,
+        "validation_by_marks": validation_by_marks,
         "detect_s_per_scan": base["detect_s_per_scan"],
-        "fpr_s_per_scan": training.pop("rescore_s_per_scan"),
+        "fpr_s_per_scan": rescore_s,
         "cpm": summary["cpm"],
         "ci_95": summary["ci"],
         "sensitivities": summary["sensitivities"],
@@ -646,10 +709,10 @@ def quality_fpr(
         "validation_cpm_by_time": [],
     }
     # Read again: other rows may have landed while this one ran (both run for an hour).
-    entry = json.loads(RESULTS.read_text())[QUALITY]
-    entry["rows"][f"{row}, FP reduction"] = {**new_row, "machine": _machine()}
-    _record(QUALITY, entry)
-    _plot_quality(entry)
+    entry = json.loads(RESULTS.read_text())[_quality_key(phantom)]
+    entry["rows"][new_name] = {**new_row, "machine": _machine()}
+    _record(_quality_key(phantom), entry)
+    _plot_quality(entry, phantom)
 
 
 def _false_positive_sources(
@@ -753,10 +816,13 @@ def _phantom_truth(cohort: Path, seriesuids: list[str], seed: int) -> pd.DataFra
 
     patients = pd.read_csv(cohort / "patients.csv", dtype={"seriesuid": str})
     ids = patients.loc[patients["seriesuid"].isin(seriesuids), "patient"].unique()
+    preset = json.loads((cohort / "manifest.json").read_text())["preset"]
     studies = [
         study.nodules
         for pid in ids
-        for study in generate_patient(int(pid.rsplit("-", 1)[1]) - 1, seed=seed).studies
+        for study in generate_patient(
+            int(pid.rsplit("-", 1)[1]) - 1, seed=seed, preset=preset
+        ).studies
     ]
     truth = pd.concat(studies, ignore_index=True)
     return truth[truth["seriesuid"].isin(seriesuids)]
@@ -794,6 +860,7 @@ def _found_by_conspicuity(
 def full_truth(
     patients: int = 240,
     seed: int = 0,
+    phantom: str = typer.Option("small", help="Phantom preset of the cohort (small, medium)."),
     work: Path = typer.Option(WORK, help="The quality run's folder (its cohort)."),
 ) -> None:
     """Add the truth fields (``_truth_fields``: misses at 8 false positives a scan, found
@@ -802,20 +869,19 @@ def full_truth(
     from activecad.active.loop import scan_uid
     from activecad.data.folders import read_luna_folder
 
-    entry = json.loads(RESULTS.read_text())[QUALITY]
-    cohort = _quality_cohort(work, patients, seed)
+    entry = json.loads(RESULTS.read_text())[_quality_key(phantom)]
+    cohort = _quality_cohort(work, patients, seed, phantom)
     all_uids = {scan_uid(p) for p in read_luna_folder(cohort).scans}
     for name, row in entry["rows"].items():
-        model_dir = _model_dir(work, name.removesuffix(", FP reduction"), patients, seed)
-        kept = _kept_detections(model_dir, rescored=name.endswith(", FP reduction"))
+        model_dir, kept = _row_files(work, name, patients, seed, phantom)
         if not kept.is_file():
             typer.echo(f"{name}: no kept test detections, skipped", err=True)
             continue
         detections = pd.read_csv(kept, dtype={"seriesuid": str})
         _, _, test = _row_split(model_dir, all_uids)
         row |= _truth_fields(detections, cohort, test, seed)
-    _record(QUALITY, entry)
-    _plot_quality(entry)
+    _record(_quality_key(phantom), entry)
+    _plot_quality(entry, phantom)
 
 
 @app.command()
@@ -825,6 +891,7 @@ def paired(
     bootstrap: int = typer.Option(300, help="Paired scan-bootstrap resamples."),
     patients: int = 240,
     seed: int = 0,
+    phantom: str = typer.Option("small", help="Phantom preset of the cohort (small, medium)."),
     work: Path = typer.Option(WORK, help="The quality run's folder (its cohort)."),
 ) -> None:
     """CPM(ROW) - CPM(AGAINST) on the same test scans, resampled together (paired 95 %
@@ -832,16 +899,15 @@ def paired(
     from activecad.active.loop import scan_uid
     from activecad.data.folders import paired_cpm_bootstrap, read_luna_folder
 
-    entry = json.loads(RESULTS.read_text())[QUALITY]
-    cohort = _quality_cohort(work, patients, seed)
+    entry = json.loads(RESULTS.read_text())[_quality_key(phantom)]
+    cohort = _quality_cohort(work, patients, seed, phantom)
     folder = read_luna_folder(cohort)
     excluded = folder.excluded if folder.excluded is not None else folder.annotations.iloc[:0]
     marks, tests = {}, {}
     for name in (row, against):
         if name not in entry["rows"]:
             raise typer.BadParameter(f"no quality row {name!r}; rows: {sorted(entry['rows'])}")
-        model_dir = _model_dir(work, name.removesuffix(", FP reduction"), patients, seed)
-        kept = _kept_detections(model_dir, rescored=name.endswith(", FP reduction"))
+        model_dir, kept = _row_files(work, name, patients, seed, phantom)
         marks[name] = pd.read_csv(kept, dtype={"seriesuid": str})
         tests[name] = _row_split(model_dir, {scan_uid(p) for p in folder.scans})[2]
     if tests[row] != tests[against]:
@@ -850,7 +916,7 @@ def paired(
         marks[against], marks[row], folder.annotations, excluded, tests[row], bootstrap, seed=seed
     )
     entry["rows"][row].setdefault("paired", {})[against] = gain
-    _record(QUALITY, entry)
+    _record(_quality_key(phantom), entry)
 
 
 def _truth_fields(
@@ -891,11 +957,32 @@ def _row_split(model_dir: Path, all_uids: set[str]) -> tuple[list[str], list[str
     return train, val, sorted(all_uids - set(train) - set(val))
 
 
-def _kept_detections(model_dir: Path, rescored: bool = False) -> Path:
-    """Where a row's test detections are kept beside the results, so a miss can be looked
-    into after the machine is gone (``rescored``: the FP-reduction row's)."""
-    name = f"{model_dir.name}_{'fpr_' if rescored else ''}test_detections.csv.gz"
-    return RESULTS.parent / "detector_quality" / name
+def _quality_key(phantom: str) -> str:
+    """The results entry of the quality rows on a phantom preset's cohort: ``QUALITY`` for the
+    small preset, ``QUALITY_PRESET_phantom`` for another (another cohort, another split)."""
+    return QUALITY if phantom == "small" else f"{QUALITY}_{phantom}_phantom"
+
+
+def _kept_detections(model_dir: Path, phantom: str) -> Path:
+    """Where a detector row's test detections are kept beside the results, so a miss can be
+    looked into after the machine is gone."""
+    folder = RESULTS.parent / "detector_quality"
+    if phantom != "small":
+        folder = folder / f"{phantom}_phantom"
+    return folder / f"{model_dir.name}_test_detections.csv.gz"
+
+
+def _row_files(work: Path, name: str, patients: int, seed: int, phantom: str) -> tuple[Path, Path]:
+    """A quality row's model folder and kept test detections. A two-stage row is named
+    ``DETECTOR ROW, FP reduction[, N marks]`` and lives in its detector row's folder."""
+    detector_row, _, second_stage = name.partition(", FP reduction")
+    model_dir = _model_dir(work, detector_row, patients, seed)
+    kept = _kept_detections(model_dir, phantom)
+    if name == detector_row:
+        return model_dir, kept
+    marks = second_stage.removeprefix(", ").removesuffix(" marks")
+    tag = f"fpr_{marks}_" if marks else "fpr_"
+    return model_dir, kept.with_name(f"{model_dir.name}_{tag}test_detections.csv.gz")
 
 
 def _thin(values: np.ndarray, most: int = 400) -> list[float]:
@@ -905,7 +992,7 @@ def _thin(values: np.ndarray, most: int = 400) -> list[float]:
     return [float(v) for v in values[keep]] if len(values) else []
 
 
-def _plot_quality(entry: dict) -> None:
+def _plot_quality(entry: dict, phantom: str) -> None:
     """FROC on the test split and validation CPM against training time, one line per row."""
     import matplotlib
 
@@ -931,7 +1018,8 @@ def _plot_quality(entry: dict) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(ROOT / "docs" / "detector_quality.png", dpi=120)
+    suffix = "" if phantom == "small" else f"_{phantom}_phantom"
+    fig.savefig(ROOT / "docs" / f"detector_quality{suffix}.png", dpi=120)
 
 
 def _nearest_marks(
