@@ -281,13 +281,18 @@ def test_dicom_and_nifti_formats_read_back(tmp_path: Path) -> None:
     assert not (tmp_path / "c" / "ct").exists()
 
 
-def test_acquisitions_vary_like_real_scanners() -> None:
+def _acquisitions(preset: str, n: int, seed: int = 0) -> list:
+    """``n`` studies' acquisitions drawn for ``preset`` (apices 110 mm up, recesses 180 down)."""
     from activecad.phantom.acquisition import sample_acquisition, sample_scanners
     from activecad.phantom.config import PRESETS
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     scanners = sample_scanners(rng)
-    acqs = [sample_acquisition(rng, PRESETS["full"], 110.0, -180.0, scanners) for _ in range(300)]
+    return [sample_acquisition(rng, PRESETS[preset], 110.0, -180.0, scanners) for _ in range(n)]
+
+
+def test_acquisitions_vary_like_real_scanners() -> None:
+    acqs = _acquisitions("full", 300)
     spacing = np.array([a.grid.spacing for a in acqs])
     # The issue's ranges: in-plane 0.5-0.9 mm, slices 0.6-2.5 mm; 512 x 512 in-plane.
     assert spacing[:, 0].min() >= 0.5 and spacing[:, 0].max() <= 0.9
@@ -301,23 +306,16 @@ def test_acquisitions_vary_like_real_scanners() -> None:
 
 
 def test_medium_preset_has_finer_voxels_over_the_same_field_of_view() -> None:
-    from activecad.phantom.acquisition import sample_acquisition, sample_scanners
-    from activecad.phantom.config import PRESETS
-
-    rng = np.random.default_rng(0)
-    scanners = sample_scanners(rng)
-    acqs = [sample_acquisition(rng, PRESETS["medium"], 110.0, -180.0, scanners) for _ in range(200)]
+    acqs = _acquisitions("medium", 200)
     spacing = np.array([a.grid.spacing for a in acqs])
     # LIDC-like 0.5-0.9 mm pixels doubled (the small preset quadruples them), 1.25-2 mm slices.
     assert spacing[:, 0].min() >= 1.0 and spacing[:, 0].max() <= 1.8
     assert set(spacing[:, 2]) == {1.25, 1.5, 2.0}
     assert all(a.grid.shape[1:] == (256, 256) for a in acqs)
-    # The same field of view as the small preset's 128 pixels of twice the size.
-    small = sample_acquisition(np.random.default_rng(1), PRESETS["small"], 110.0, -180.0, scanners)
-    medium = sample_acquisition(
-        np.random.default_rng(1), PRESETS["medium"], 110.0, -180.0, scanners
-    )
+    # The same draws give the small preset's field of view: 128 pixels of twice the size.
+    small, medium = _acquisitions("small", 1, seed=1)[0], _acquisitions("medium", 1, seed=1)[0]
     assert medium.grid.spacing[0] * 256 == pytest.approx(small.grid.spacing[0] * 128, abs=0.05)
+    assert np.allclose(medium.body_center, small.body_center)
 
 
 def test_phantom_lidc_xml_reads_back_to_the_same_readers_table(
