@@ -8,6 +8,7 @@ Subcommands (results are merged into ``benchmarks/results/detector.json``)::
     python benchmarks/detector.py pool --model M --cohort C  # pool scoring, L_RoI zeros
     python benchmarks/detector.py quality --model ours          # held-out patients, 1 h
     python benchmarks/detector.py quality --model monai-recipe  # MONAI's recipe, same split
+    python benchmarks/detector.py quality --spacing 1.4 --phantom medium  # finer phantom
     python benchmarks/detector.py quality-fpr --row "ours, 1.4 mm"  # + FP reduction, same split
     python benchmarks/detector.py full-truth  # rows against the phantom's own truth
     python benchmarks/detector.py paired --row "ours, 1.4 mm"  # paired CPM gain over "ours"
@@ -359,7 +360,8 @@ def quality(
 ) -> None:
     """Held-out quality: train on one patient split, pick checkpoints on a second, report a
     third once (CPM with its scan-bootstrap interval, found by size, validation CPM against
-    training time). Each model is one row of ``quality_heldout`` in the results file."""
+    training time). Each model is one row of ``quality_heldout`` in the results file
+    (``quality_heldout_PRESET_phantom`` on a cohort of another phantom preset)."""
     if model not in QUALITY_MODELS:
         raise typer.BadParameter(f"model must be one of {QUALITY_MODELS}, got {model!r}")
     edges = tuple(float(a) for a in anchors.split(","))
