@@ -156,7 +156,8 @@ def generate_patient(
     Args:
         index: 0-based patient number in the cohort.
         seed: cohort seed; the patient depends only on ``(seed, index)``.
-        preset: ``"small"`` (about 128 x 128 x 100) or ``"full"`` (512 x 512 x ~300).
+        preset: ``"small"`` (about 128 x 128 x 100), ``"medium"`` (256 x 256 x ~220) or
+            ``"full"`` (512 x 512 x ~300).
         n_studies: force the number of studies (1-3); drawn (70/20/10 %) when None.
         phase: contrast phase of every study (``PHASES``): ``"unenhanced"`` (screening
             chest CT, the cohort's default) or ``"portal_venous"`` (diagnostic CT: the
@@ -785,7 +786,7 @@ def generate_cohort(
         out_dir: target folder (created; an earlier cohort in it is replaced).
         patients: number of patients (each has 1-3 studies).
         seed: the cohort seed; the same seed gives byte-identical files.
-        preset: ``"small"`` or ``"full"``.
+        preset: ``"small"``, ``"medium"`` or ``"full"`` (:data:`.config.PRESETS`).
         formats: CT formats among ``"mhd"``, ``"dicom"``, ``"nifti"``.
         preview: also write preview PNGs of the first few studies.
         progress: show a progress bar.
