@@ -651,12 +651,9 @@ def quality_fpr(
         chosen = max(choices, key=lambda m: (validation_by_marks[str(m)]["cpm"], -m))
     else:
         chosen = choices[0]
+    # The row's own test marks (100 a scan) are in test_detections.csv already.
     suffix = "" if chosen == 100 else f"_{chosen}"
-    detections = (
-        pd.read_csv(model_dir / "test_detections.csv", dtype={"seriesuid": str})
-        if chosen == 100
-        else marked(test, chosen, f"test_detections{suffix}.csv")
-    )
+    detections = marked(test, chosen, f"test_detections{suffix}.csv")
     rescored = rescore(detections, test, f"test_detections{suffix}.csv")
     rescore_s = float((fpr_dir / f"test_detections{suffix}.seconds").read_text())
     new_name = f"{row}, FP reduction" + (f", {chosen} marks" if chosen != 100 else "")
