@@ -133,6 +133,17 @@ def detect_command(
             "probability = sqrt(detector x classifier), both kept as columns.",
         ),
     ] = None,
+    blobs: Annotated[
+        int,
+        typer.Option(
+            "--blobs",
+            min=0,
+            help="With --fpr: also hand the classifier this many blob candidates a scan (a "
+            "Hessian dot filter's strongest spots in the lungs that no detection covers; "
+            "they catch small nodules a detector misses). Their probability is the "
+            "classifier's alone; column source tells them apart. 0: none.",
+        ),
+    ] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print a summary as JSON.")] = False,
     heatmaps: Annotated[
         Path | None,
@@ -159,7 +170,12 @@ def detect_command(
     from activecad.cli.detect_meld import detect_meld, is_meld_model
 
     if is_meld_model(model):  # a lesion model: 2D boxes on every stored slice
-        given = {"--uncertainty": uncertainty, "--fpr": fpr, "--heatmaps": heatmaps}
+        given = {
+            "--uncertainty": uncertainty,
+            "--fpr": fpr,
+            "--heatmaps": heatmaps,
+            "--blobs": blobs or None,
+        }
         for option, value in given.items():
             if value is not None:
                 raise usage_error("does not apply to a MELD model; drop it", option=option)
@@ -170,6 +186,8 @@ def detect_command(
     if stacked is not None:
         raise usage_error("applies to MELD models ('train meld') only; drop it", option="--stacked")
     if is_cxr_model(model):  # a chest-radiograph model: SCANS are radiographs
+        if blobs:
+            raise usage_error("applies to CT detectors only; drop it", option="--blobs")
         return detect_cxr(scans, model, out, heatmaps, as_json)
     from activecad.data.preprocess import PreprocessCache, default_cache_dir
     from activecad.io.tables import write_table
@@ -178,6 +196,11 @@ def detect_command(
     from activecad.models.fpr import apply_fpr, load_fpr
 
     # Everything is checked before the first scan is processed.
+    if blobs and fpr is None:
+        raise usage_error(
+            "blob candidates need a classifier to score them: add --fpr MODEL_DIR",
+            option="--blobs",
+        )
     out = output_file(out)
     if uncertainty is not None:
         uncertainty = output_file(uncertainty, option="--uncertainty")
@@ -203,6 +226,19 @@ def detect_command(
     detections, uncertainties = detect_files(
         detector, scans, progress=not as_json, cache=PreprocessCache(cache_dir)
     )
+    if blobs:
+        from activecad.models.blobs import BlobConfig, blob_candidates_for_files, merge_candidates
+        from activecad.models.detector3d.inference import min_shape_zyx
+
+        found = blob_candidates_for_files(
+            scans,
+            detector.config.preprocess,
+            PreprocessCache(cache_dir),
+            min_shape_zyx=min_shape_zyx(detector),
+            config=BlobConfig(per_scan=blobs),
+            progress=not as_json,
+        )
+        detections = merge_candidates(detections, found)
     if fpr is not None:
         detections = apply_fpr(
             detections, scans, fpr, cache=PreprocessCache(cache_dir), progress=not as_json

@@ -153,10 +153,26 @@ def lung_box(
         # Labelling is the slow part; the lungs are large, so a coarser grid finds the same box.
         lo, hi = lung_box(array[::step, ::step, ::step], hu_threshold, ap_axis=ap_axis)
         return lo * step, np.minimum(hi * step, np.array(array.shape))
-    dark = array < hu_threshold
+    lungs = lung_components(array, hu_threshold, ap_axis=ap_axis)
+    if not lungs.any():
+        return np.zeros(3, dtype=int), np.array(array.shape)
+    where = np.argwhere(lungs)
+    return where.min(axis=0), where.max(axis=0) + 1
+
+
+def lung_components(array: np.ndarray, threshold: float, *, ap_axis: int = 1) -> np.ndarray:
+    """(Z, Y, X) bool: the dark voxels of the lungs, i.e. the one or two largest dark
+    components not connected to the outside air (all False when there are none).
+
+    Args:
+        array: (Z, Y, X) image, HU or any monotone rescaling of it.
+        threshold: voxels below it (in ``array``'s units) count as air or lung.
+        ap_axis: the array axis that runs anterior-posterior (see :func:`lung_box`).
+    """
+    dark = array < threshold
     labels, count = ndimage.label(dark)
     if count == 0:
-        return np.zeros(3, dtype=int), np.array(array.shape)
+        return dark
     # Components touching the anterior or posterior edge are the air around the patient
     # and the table. The lateral edges are not used: a tight field of view can cut the
     # chest wall there, and the lungs would then touch them.
@@ -165,12 +181,11 @@ def lung_box(
     sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, count + 1))
     sizes[border[border > 0] - 1] = 0
     if sizes.max() <= 0:
-        return np.zeros(3, dtype=int), np.array(array.shape)
+        return np.zeros_like(dark)
     # The two lungs, or one if they touch; tiny dark pockets (bowel gas) are ignored.
     keep = np.argsort(sizes)[::-1][:2]
     keep = keep[sizes[keep] > 0.1 * sizes.max()] + 1
-    where = np.argwhere(np.isin(labels, keep))
-    return where.min(axis=0), where.max(axis=0) + 1
+    return np.isin(labels, keep)
 
 
 def anterior_posterior_axis(direction: np.ndarray) -> int:

@@ -85,6 +85,58 @@ def test_detect_with_fpr_keeps_both_probabilities(
     np.testing.assert_allclose(table["probability"], expected, rtol=1e-6)
 
 
+def _chest_with_a_ball(folder: Path) -> tuple[Path, np.ndarray]:
+    """Soft tissue around a lung (-850 HU) holding a 4 mm-radius ball (0 HU); 1 mm voxels.
+    Returns the scan file and the ball's centre, world mm x-y-z."""
+    hu = np.full((40, 44, 48), 40.0, dtype=np.float32)
+    hu[6:34, 8:36, 6:42] = -850.0
+    zz, yy, xx = np.mgrid[:40, :44, :48]
+    hu[(zz - 20) ** 2 + (yy - 22) ** 2 + (xx - 24) ** 2 <= 16] = 0.0
+    image = SimpleITK.GetImageFromArray(hu)
+    image.SetOrigin((-10.0, 5.0, -60.0))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "1.2.3.mhd"
+    SimpleITK.WriteImage(image, str(path))
+    return path, np.array([-10.0 + 24, 5.0 + 22, -60.0 + 20])
+
+
+def test_detect_with_blobs_hands_the_classifier_spots_the_detector_left(
+    run_cli: Callable[..., object], model_dir: Path, tmp_path: Path
+) -> None:
+    from activecad.models.fpr import build_net, preset_config, save_fpr
+
+    fpr_config = preset_config("cpu", patch_size=16, widths=(4, 8), patches_per_candidate=2)
+    save_fpr(tmp_path / "fpr", build_net(fpr_config), fpr_config, [])
+    scan, ball = _chest_with_a_ball(tmp_path / "ct")
+    out = tmp_path / "det.csv"
+    result = run_cli(
+        "detect", scan, "--model", model_dir, "--out", out, "--fpr", tmp_path / "fpr",
+        "--blobs", "3", "--cache", tmp_path / "c",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr  # type: ignore[attr-defined]
+    table = pd.read_csv(out)
+    blobs = table[table["source"] == "blob"]
+    assert 1 <= len(blobs) <= 3
+    # The untrained detector's marks do not cover the ball; the filter's strongest spot is it.
+    xyz = blobs[["coordX", "coordY", "coordZ"]].to_numpy()
+    assert np.linalg.norm(xyz - ball, axis=1).min() <= 1.0
+    # No detector score: the classifier's probability alone.
+    assert blobs["det_probability"].isna().all()
+    np.testing.assert_allclose(blobs["probability"], blobs["fpr_probability"], rtol=1e-6)
+
+
+def test_blobs_without_a_classifier_is_a_usage_error(
+    run_cli: Callable[..., object], model_dir: Path, tmp_path: Path
+) -> None:
+    scan = _scan(tmp_path / "ct", "1.2.3")
+    result = run_cli(
+        "detect", scan, "--model", model_dir, "--out", tmp_path / "d.csv", "--blobs", "5"
+    )
+    assert result.exit_code == 2  # type: ignore[attr-defined]
+    assert "--fpr" in result.stderr  # type: ignore[attr-defined]
+    assert not (tmp_path / "d.csv").exists()
+
+
 @pytest.mark.parametrize(
     ("case", "message"),
     [

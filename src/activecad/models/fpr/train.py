@@ -409,8 +409,12 @@ def combine_probabilities(det_probability: np.ndarray, fpr_probability: np.ndarr
 
     Why this rule: a mark must convince both stages (either one near 0 sinks it), and with
     one stage's score fixed the ranking is the other's, so neither stage's ranking is lost.
+    A candidate the detector never scored (NaN: it came from another generator, e.g.
+    :mod:`activecad.models.blobs`) keeps the classifier's probability alone.
     """
-    return np.sqrt(np.clip(det_probability, 0, 1) * np.clip(fpr_probability, 0, 1))
+    det = np.asarray(det_probability, dtype=float)
+    fpr = np.clip(np.asarray(fpr_probability, dtype=float), 0, 1)
+    return np.where(np.isnan(det), fpr, np.sqrt(np.clip(det, 0, 1) * fpr))
 
 
 def apply_fpr(
