@@ -547,6 +547,12 @@ def quality_fpr(
         "compared by two-stage CPM on the validation scans and the best is used on the test "
         "scans. The classifier learns from 100 a scan either way.",
     ),
+    blobs: int = typer.Option(
+        0,
+        help="Also hand the classifier this many blob candidates a scan (Hessian dot filter, "
+        "activecad.models.blobs) that no mark covers, scored by the classifier alone; 0: "
+        "none. The classifier is the row's own, trained on marks.",
+    ),
     phantom: str = typer.Option("small", help="Phantom preset of the cohort (small, medium)."),
     threads: int = 2,
     work: Path = typer.Option(WORK, help="The quality run's folder (resumable)."),
@@ -555,7 +561,8 @@ def quality_fpr(
     scans, an FP-reduction classifier (cpu preset) learns from the training scans' marks
     and picks its weights on the validation scans, and the row's test marks are re-scored
     once (``sqrt(p_detector x p_fpr)``). Adds row ``ROW, FP reduction`` (``ROW, FP
-    reduction, N marks`` when the test scans get N marks other than 100)."""
+    reduction, N marks`` when the test scans get N marks other than 100; ``ROW, FP
+    reduction + B blobs`` with ``--blobs B``)."""
     from tqdm import tqdm
 
     from activecad.active.loop import scan_uid
@@ -563,6 +570,7 @@ def quality_fpr(
     from activecad.data.candidates import label_candidates
     from activecad.data.folders import froc_summary, paired_cpm_bootstrap, read_luna_folder
     from activecad.metrics import roc_auc_score
+    from activecad.models.blobs import BlobConfig, blob_candidates_for_files, merge_candidates
     from activecad.models.detector3d import load_bundle
     from activecad.models.detector3d.inference import detect_prepared
     from activecad.models.fpr import apply_fpr, preset_config, train_fpr_on_folder
@@ -581,7 +589,7 @@ def quality_fpr(
     train, val, test = _row_split(model_dir, set(paths))
     cache = PreprocessCache(work / "cache")
 
-    fpr_dir = model_dir / "fpr"
+    plain_dir = model_dir / "fpr"
 
     def marked(uids: list[str], most: int, name: str) -> pd.DataFrame:
         """The row's detector's marks (at most ``most`` a scan) on ``uids``, kept in
@@ -598,36 +606,59 @@ def quality_fpr(
             pd.concat(found, ignore_index=True).to_csv(path, index=False)
         return pd.read_csv(path, dtype={"seriesuid": str})
 
-    def rescore(detections: pd.DataFrame, uids: list[str], name: str) -> pd.DataFrame:
-        """``detections`` re-scored by the classifier, kept in ``fpr_dir / name`` (and the
-        seconds a scan it took beside it, ``.seconds``)."""
-        path = fpr_dir / name
+    def rescore(
+        detections: pd.DataFrame, uids: list[str], name: str, classifier: Path = plain_dir
+    ) -> pd.DataFrame:
+        """``detections`` re-scored by the classifier in ``classifier``, kept there as
+        ``name`` (and the seconds a scan it took beside it, ``.seconds``)."""
+        path = classifier / name
         if not path.is_file():
             start = time.perf_counter()
             rescored = apply_fpr(
-                detections, [paths[u] for u in uids], fpr_dir, cache=cache, progress=True
+                detections, [paths[u] for u in uids], classifier, cache=cache, progress=True
             )
             seconds = (time.perf_counter() - start) / max(len(uids), 1)
             path.with_suffix(".seconds").write_text(f"{seconds}\n")
             rescored.to_csv(path, index=False)
         return pd.read_csv(path, dtype={"seriesuid": str})
 
+    def blob_table() -> pd.DataFrame:
+        """``blobs`` blob candidates a scan of every cohort scan (they depend on the scan
+        only), kept beside the cohort (and the seconds a scan they took)."""
+        path = work / f"{cohort.name}_blobs_{blobs}.csv"
+        if not path.is_file():
+            start = time.perf_counter()
+            found = blob_candidates_for_files(
+                [paths[u] for u in sorted(paths)], cache, BlobConfig(per_scan=blobs), progress=True
+            )
+            seconds = (time.perf_counter() - start) / max(len(paths), 1)
+            path.with_suffix(".seconds").write_text(f"{seconds}\n")
+            found.to_csv(path, index=False)
+        return pd.read_csv(path, dtype={"seriesuid": str})
+
+    def classifier(directory: Path, extra: pd.DataFrame | None = None) -> dict[str, object]:
+        """The FP-reduction classifier in ``directory``, trained once on the training
+        scans' marks (plus ``extra`` candidates) with the validation scans picking its
+        weights; returns its training summary."""
+        if not (directory / "weights.pt").is_file():
+            start = time.perf_counter()
+            training = train_fpr_on_folder(
+                cohort,
+                directory,
+                preset_config("cpu", steps=steps, seed=seed),
+                candidates=model_dir / "train_val_detections.csv",
+                extra_candidates=extra,
+                seriesuids=train,
+                val_seriesuids=val,
+                cache_dir=work / "cache",
+                progress=True,
+            )
+            training["seconds"] = round(time.perf_counter() - start, 1)
+            (directory / "training.json").write_text(json.dumps(training, indent=2) + "\n")
+        return json.loads((directory / "training.json").read_text())
+
     marked(train + val, 100, "train_val_detections.csv")
-    if not (fpr_dir / "weights.pt").is_file():
-        start = time.perf_counter()
-        training = train_fpr_on_folder(
-            cohort,
-            fpr_dir,
-            preset_config("cpu", steps=steps, seed=seed),
-            candidates=model_dir / "train_val_detections.csv",
-            seriesuids=train,
-            val_seriesuids=val,
-            cache_dir=work / "cache",
-            progress=True,
-        )
-        training["seconds"] = round(time.perf_counter() - start, 1)
-        (fpr_dir / "training.json").write_text(json.dumps(training, indent=2) + "\n")
-    training = json.loads((fpr_dir / "training.json").read_text())
+    training = classifier(plain_dir)
     annotations = folder.annotations
     excluded = folder.excluded if folder.excluded is not None else annotations.iloc[:0]
 
@@ -654,9 +685,44 @@ def quality_fpr(
     # The row's own test marks (100 a scan) are in test_detections.csv already.
     suffix = "" if chosen == 100 else f"_{chosen}"
     detections = marked(test, chosen, f"test_detections{suffix}.csv")
-    rescored = rescore(detections, test, f"test_detections{suffix}.csv")
-    rescore_s = float((fpr_dir / f"test_detections{suffix}.seconds").read_text())
     new_name = f"{row}, FP reduction" + (f", {chosen} marks" if chosen != 100 else "")
+    blob_fields: dict[str, object] = {}
+    fpr_dir = plain_dir
+    if blobs:
+        # A classifier that also learns the blobs' mimics; the validation scans say what
+        # the blobs add to the same marks, before the test scans are scored.
+        found = blob_table()
+        fpr_dir = model_dir / f"fpr_blobs{blobs}"
+        training = classifier(fpr_dir, found[found["seriesuid"].isin(train + val)])
+        val_marks = (
+            marked(train + val, 100, "train_val_detections.csv").query("seriesuid in @val")
+            if chosen == 100
+            else marked(val, chosen, f"val_detections_{chosen}.csv")
+        )
+        with_blobs = merge_candidates(val_marks, found[found["seriesuid"].isin(val)])
+        validation = {
+            "marks": rescore(val_marks, val, f"val_detections_{chosen}.csv"),
+            "marks_and_blobs": rescore(with_blobs, val, f"val_detections_{chosen}.csv", fpr_dir),
+        }
+        marks_only = rescore(detections, test, f"test_detections{suffix}.csv")
+        detections = merge_candidates(detections, found[found["seriesuid"].isin(test)])
+        new_name = new_name.replace("FP reduction", f"FP reduction + {blobs} blobs")
+        blob_fields = {
+            "blobs_per_scan": blobs,
+            "blob_s_per_scan": float((work / f"{cohort.name}_blobs_{blobs}.seconds").read_text()),
+            "validation_cpm": {
+                name: froc_summary(table, annotations, excluded, val)[0]["cpm"]
+                for name, table in validation.items()
+            },
+        }
+    rescored = rescore(detections, test, f"test_detections{suffix}.csv", fpr_dir)
+    rescore_s = float((fpr_dir / f"test_detections{suffix}.seconds").read_text())
+    if blobs:
+        blob_fields["cpm_gain_over_marks_only_paired_bootstrap"] = paired_cpm_bootstrap(
+            marks_only, rescored, annotations, excluded, test, bootstrap, seed=seed
+        )
+        blob_fields["found_by_size_with_blobs"] = _found_by_size(rescored, annotations, test)
+        detections = detections[detections["source"] == "detector"]
     kept = _row_files(work, new_name, patients, seed, phantom)[1]
     rescored.round(4).to_csv(kept, index=False)
     summary, (fps, sens, _) = froc_summary(rescored, annotations, excluded, test, n_bootstrap=1000)
@@ -665,24 +731,32 @@ def quality_fpr(
     )
     labels = label_candidates(rescored, annotations, excluded)
     known = labels["label"] >= 0
-    candidate_auc = {
-        name: float(roc_auc_score(labels["label"][known], labels[column][known]))
-        for name, column in (
-            ("detector", "det_probability"),
-            ("fpr", "fpr_probability"),
-            ("combined", "probability"),
-        )
-    }
+    # The detector's AUC over its own marks (blob candidates have no detector score).
+    candidate_auc = {}
+    for name, column in (
+        ("detector", "det_probability"),
+        ("fpr", "fpr_probability"),
+        ("combined", "probability"),
+    ):
+        scored = known & labels[column].notna()
+        candidate_auc[name] = float(roc_auc_score(labels["label"][scored], labels[column][scored]))
     base_settings = {k: base[k] for k in ("spacing_mm", "patch", "batch", "epochs_done",
                                           "steps_per_epoch", "time_budget_s", "train_s",
                                           "best_epoch")}  # fmt: skip
     new_row = {
-        "config": f"{base['config']} + FP reduction (cpu preset)",
+        "config": f"{base['config']} + FP reduction (cpu preset)"
+        + (f" + {blobs} blob candidates a scan" if blobs else ""),
         "changes": [
             f"re-scores row {row!r}'s test marks ({chosen} a scan): sqrt(p_detector x p_fpr)",
             "FP reduction trained on the training scans' marks (100 a scan) plus every "
             "annotated nodule; weights picked by validation-scan AUC",
-        ],
+        ]
+        + [
+            f"plus the {blobs} strongest blob candidates a scan (Hessian dot filter, 1.5-6 "
+            "mm radii, 1.4 mm grid) more than 5 mm from every mark, scored p_fpr alone; the "
+            "classifier learns from the training scans' blob candidates too"
+        ]
+        * bool(blobs),
         **base_settings,
         "fpr_training": training,
         "marks_per_scan": chosen,
@@ -696,6 +770,7 @@ def quality_fpr(
         "cpm_gain_paired_bootstrap": paired_cpm_bootstrap(
             detections, rescored, annotations, excluded, test, bootstrap, seed=seed
         ),
+        **blob_fields,
         "candidate_auc": candidate_auc,
         # Not chosen on validation (the rule above was fixed before): a hint only.
         "classifier_score_alone": {k: classifier_alone[k] for k in ("cpm", "sensitivities")},

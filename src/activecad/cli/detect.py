@@ -228,15 +228,9 @@ def detect_command(
     )
     if blobs:
         from activecad.models.blobs import BlobConfig, blob_candidates_for_files, merge_candidates
-        from activecad.models.detector3d.inference import min_shape_zyx
 
         found = blob_candidates_for_files(
-            scans,
-            detector.config.preprocess,
-            PreprocessCache(cache_dir),
-            min_shape_zyx=min_shape_zyx(detector),
-            config=BlobConfig(per_scan=blobs),
-            progress=not as_json,
+            scans, PreprocessCache(cache_dir), BlobConfig(per_scan=blobs), progress=not as_json
         )
         detections = merge_candidates(detections, found)
     if fpr is not None:

@@ -31,6 +31,15 @@ def train_fpr_command(
             "a LUNA16 candidates.csv. Default: DATA_DIR/candidates.csv.",
         ),
     ] = None,
+    blobs: Annotated[
+        int,
+        typer.Option(
+            "--blobs",
+            min=0,
+            help="Also learn from this many blob candidates a scan that no candidate covers "
+            "(as 'detect --fpr --blobs N' hands them over). 0: none.",
+        ),
+    ] = 0,
     seriesuids: Annotated[
         Path | None,
         typer.Option(
@@ -75,12 +84,26 @@ def train_fpr_command(
         _, start = load_fpr(init_from)  # checked before any scan is read
         config = start.model_copy(update=overrides)
     only = list(read_seriesuids(seriesuids)) if seriesuids is not None else None
+    extra = None
+    if blobs:
+        from activecad.active.loop import scan_uid
+        from activecad.data.folders import read_luna_folder
+        from activecad.data.preprocess import PreprocessCache
+        from activecad.models.blobs import BlobConfig, blob_candidates_for_files
+
+        scans = read_luna_folder(data_dir).scans
+        if only is not None:
+            scans = [path for path in scans if scan_uid(path) in set(only)]
+        extra = blob_candidates_for_files(
+            scans, PreprocessCache(cache), BlobConfig(per_scan=blobs), progress=not as_json
+        )
     with atomic_output(out, folder=True) as tmp:
         summary = train_fpr_on_folder(
             data_dir,
             tmp,
             config,
             candidates=candidates,
+            extra_candidates=extra,
             seriesuids=only,
             init_from=init_from,
             cache_dir=cache,

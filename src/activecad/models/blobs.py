@@ -40,6 +40,7 @@ __all__ = [
     "BlobConfig",
     "blob_candidates",
     "blob_candidates_for_files",
+    "blob_grid",
     "dot_strength",
     "lung_mask",
     "merge_candidates",
@@ -50,6 +51,9 @@ class BlobConfig(StrictConfig):
     """Settings of the blob candidate generator.
 
     Attributes:
+        spacing_mm: the isotropic grid the filter runs on (:func:`blob_candidates_for_files`
+            prepares every scan so, whatever grid a detector beside it uses, so training and
+            use see the same candidates).
         radii_mm: nodule radii the filter is tuned to (sigma = radius / sqrt(3), where the
             scale-normalised response of a solid sphere peaks).
         min_hu: a candidate's own voxel must be at least this dense (ground glass included).
@@ -62,6 +66,7 @@ class BlobConfig(StrictConfig):
         per_scan: at most this many candidates a scan, strongest first.
     """
 
+    spacing_mm: float = Field(default=1.4, gt=0)
     radii_mm: tuple[float, ...] = (1.5, 2.5, 4.0, 6.0)
     min_hu: float = -800.0
     lung_hu: float = -400.0
@@ -199,23 +204,27 @@ def merge_candidates(
     )
 
 
+def blob_grid(config: BlobConfig | None = None) -> PreprocessConfig:
+    """How :func:`blob_candidates_for_files` prepares a scan: ``config.spacing_mm``
+    isotropic, the default HU window and lung crop (a detector at that spacing shares it)."""
+    spacing = (config or BlobConfig()).spacing_mm
+    return PreprocessConfig(spacing=(spacing, spacing, spacing))
+
+
 def blob_candidates_for_files(
     paths: Sequence[str | Path],
-    preprocess: PreprocessConfig,
     cache: PreprocessCache,
-    *,
-    min_shape_zyx: tuple[int, int, int] | None = None,
     config: BlobConfig | None = None,
+    *,
     progress: bool = False,
 ) -> pd.DataFrame:
-    """:func:`blob_candidates` of each scan file, prepared through ``cache`` (so on the
-    grid, and from the same cache entry, as a detector with ``preprocess`` reads it)."""
+    """:func:`blob_candidates` of each scan file, prepared on :func:`blob_grid` through
+    ``cache``."""
     from tqdm import tqdm
 
+    grid = blob_grid(config)
     tables = [
-        blob_candidates(
-            cache.load(path, preprocess, min_shape_zyx=min_shape_zyx), preprocess, config
-        )
+        blob_candidates(cache.load(path, grid), grid, config)
         for path in tqdm(paths, desc="blob candidates", unit="scan", disable=not progress)
     ]
     return pd.concat(tables, ignore_index=True) if tables else blob_candidates_empty()

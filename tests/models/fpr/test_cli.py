@@ -42,3 +42,16 @@ def test_a_missing_candidates_file_fails_before_training(
     assert result.exit_code == 1  # type: ignore[attr-defined]
     assert "candidates file does not exist" in result.stderr  # type: ignore[attr-defined]
     assert not (tmp_path / "m").exists()
+
+
+def test_train_fpr_with_blobs_also_learns_from_blob_candidates(
+    run_cli: Callable[..., object], tiny_cohort: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "fpr"
+    args = ["train", "fpr", tiny_cohort, "--out", out, "--steps", "2", "--cache", tmp_path / "c"]
+    result = run_cli(*args, "--blobs", "20", "--json")
+    assert result.exit_code == 0, result.stderr  # type: ignore[attr-defined]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])  # type: ignore[attr-defined]
+    # Blobs that no candidate of candidates.csv already covers joined them.
+    assert 0 < summary["extra_candidates"] <= 20 * len(list((tiny_cohort / "ct").glob("*.mhd")))
+    load_fpr(out)

@@ -330,6 +330,7 @@ def train_fpr_on_folder(
     config: FprConfig,
     *,
     candidates: str | Path | None = None,
+    extra_candidates: pd.DataFrame | None = None,
     seriesuids: list[str] | None = None,
     val_seriesuids: list[str] | None = None,
     init_from: str | Path | None = None,
@@ -342,6 +343,10 @@ def train_fpr_on_folder(
     validation (``config.val_fraction``), unless ``val_seriesuids`` names the validation
     scans (a split made elsewhere, e.g. the detector's); the candidates of each part are
     labelled by the LUNA16 hit rule, with every annotated nodule added as a candidate.
+    ``extra_candidates`` come from a second generator (e.g.
+    :func:`activecad.models.blobs.blob_candidates_for_files`); those that no candidate of
+    ``candidates`` covers join them (:func:`activecad.models.blobs.merge_candidates`), so
+    the classifier learns the mimics it will be handed from that generator too.
 
     Returns:
         A summary: candidate counts, the best validation AUC and the epochs.
@@ -355,6 +360,12 @@ def train_fpr_on_folder(
 
     folder = read_luna_folder(data_dir)
     table = read_candidates(candidates or Path(data_dir) / "candidates.csv")
+    extra_kept = 0
+    if extra_candidates is not None:
+        from activecad.models.blobs import merge_candidates
+
+        merged = merge_candidates(table, extra_candidates)
+        extra_kept, table = len(merged) - len(table), merged
     scans = prepare_scans(folder.scans, config, PreprocessCache(cache_dir), progress=progress)
     uids = sorted(scans) if seriesuids is None else list(seriesuids)
     missing = sorted(set(uids).union(val_seriesuids or []) - set(scans))
@@ -396,6 +407,7 @@ def train_fpr_on_folder(
     aucs = [h["auc"] for h in history if "auc" in h]
     return {
         "train_candidates": len(train.table),
+        **({"extra_candidates": extra_kept} if extra_candidates is not None else {}),
         "train_nodules": int((train.table["label"] == 1).sum()),
         "val_candidates": 0 if val is None else len(val.table),
         "val_auc": round(max(aucs), 4) if aucs else None,
