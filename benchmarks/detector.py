@@ -703,6 +703,10 @@ def quality_fpr(
         validation = {
             "marks": rescore(val_marks, val, f"val_detections_{chosen}.csv"),
             "marks_and_blobs": rescore(with_blobs, val, f"val_detections_{chosen}.csv", fpr_dir),
+            # The same candidates before the classifier has seen any blob.
+            "marks_and_blobs_classifier_of_marks": rescore(
+                with_blobs, val, f"val_detections_{chosen}_blobs{blobs}.csv"
+            ),
         }
         marks_only = rescore(detections, test, f"test_detections{suffix}.csv")
         detections = merge_candidates(detections, found[found["seriesuid"].isin(test)])
