@@ -99,6 +99,12 @@ def broadcast_object(obj: object, ctx: DistContext) -> object:
 
 
 def teardown() -> None:
-    """Leave the process group (if this process joined one)."""
+    """Leave the process group (if this process joined one), once every rank is here.
+
+    Why the barrier: a rank that destroys its group while a peer is still finishing its
+    last collective closes the gloo connection under it, and the peer aborts (SIGABRT,
+    "terminate called without an active exception"), seen on a loaded 2-core machine.
+    """
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
