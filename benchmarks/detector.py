@@ -699,7 +699,11 @@ def quality_fpr(
             if chosen == 100
             else marked(val, chosen, f"val_detections_{chosen}.csv")
         )
-        with_blobs = merge_candidates(val_marks, found[found["seriesuid"].isin(val)])
+        # A blob's detector score is the row's threshold: the most the detector said there.
+        floor = load_bundle(model_dir).config.score_thresh
+        with_blobs = merge_candidates(
+            val_marks, found[found["seriesuid"].isin(val)], blob_score=floor
+        )
         validation = {
             "marks": rescore(val_marks, val, f"val_detections_{chosen}.csv"),
             "marks_and_blobs": rescore(with_blobs, val, f"val_detections_{chosen}.csv", fpr_dir),
@@ -709,7 +713,9 @@ def quality_fpr(
             ),
         }
         marks_only = rescore(detections, test, f"test_detections{suffix}.csv")
-        detections = merge_candidates(detections, found[found["seriesuid"].isin(test)])
+        detections = merge_candidates(
+            detections, found[found["seriesuid"].isin(test)], blob_score=floor
+        )
         new_name = new_name.replace("FP reduction", f"FP reduction + {blobs} blobs")
         blob_fields = {
             "blobs_per_scan": blobs,
@@ -757,7 +763,8 @@ def quality_fpr(
         ]
         + [
             f"plus the {blobs} strongest blob candidates a scan (Hessian dot filter, 1.5-6 "
-            "mm radii, 1.4 mm grid) more than 5 mm from every mark, scored p_fpr alone; the "
+            "mm radii, 1.4 mm grid) more than 5 mm from every mark, p_detector = the detector's "
+            "score threshold; the "
             "classifier learns from the training scans' blob candidates too"
         ]
         * bool(blobs),

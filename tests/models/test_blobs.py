@@ -84,10 +84,10 @@ def test_merge_drops_blobs_a_mark_already_covers() -> None:
         {"seriesuid": ["a", "a", "c"], "coordX": [3.0, 6.0, 0.0], "coordY": [4.0, 0.0, 0.0],
          "coordZ": [0.0, 0.0, 0.0], "blob_strength": [2.0, 1.0, 1.0], "diameter_mm": [4, 4, 3]}
     )  # fmt: skip
-    merged = merge_candidates(marks, blobs, within_mm=5.0)
+    merged = merge_candidates(marks, blobs, blob_score=0.05, within_mm=5.0)
     # The blob 5 mm from a's mark is covered (<= 5 mm); 6 mm away, and on scan c, it is not.
     assert merged["source"].tolist() == ["detector", "detector", "blob", "blob"]
     assert merged["coordX"].tolist() == [0.0, 0.0, 6.0, 0.0]
     assert merged["seriesuid"].tolist() == ["a", "b", "a", "c"]
-    assert merged["probability"].iloc[2:].isna().all()
+    assert merged["probability"].iloc[2:].tolist() == [0.05, 0.05]
     assert "blob_strength" not in merged.columns

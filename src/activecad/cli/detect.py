@@ -140,8 +140,8 @@ def detect_command(
             min=0,
             help="With --fpr: also hand the classifier this many blob candidates a scan (a "
             "Hessian dot filter's strongest spots in the lungs that no detection covers; "
-            "they catch small nodules a detector misses). Their probability is the "
-            "classifier's alone; column source tells them apart. 0: none.",
+            "they catch small nodules a detector misses), each given the detector's score "
+            "threshold as its detector probability; column source tells them apart. 0: none.",
         ),
     ] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print a summary as JSON.")] = False,
@@ -232,7 +232,7 @@ def detect_command(
         found = blob_candidates_for_files(
             scans, PreprocessCache(cache_dir), BlobConfig(per_scan=blobs), progress=not as_json
         )
-        detections = merge_candidates(detections, found)
+        detections = merge_candidates(detections, found, blob_score=detector.config.score_thresh)
     if fpr is not None:
         detections = apply_fpr(
             detections, scans, fpr, cache=PreprocessCache(cache_dir), progress=not as_json

@@ -177,16 +177,26 @@ def blob_candidates(
 
 
 def merge_candidates(
-    detections: pd.DataFrame, blobs: pd.DataFrame, *, within_mm: float = 5.0
+    detections: pd.DataFrame,
+    blobs: pd.DataFrame,
+    *,
+    blob_score: float,
+    within_mm: float = 5.0,
 ) -> pd.DataFrame:
     """The detector's marks plus the blobs no mark already covers.
 
     A blob within ``within_mm`` of a mark of the same scan is dropped: it would be a second
     candidate for the same spot (a false positive of its own where the spot is no nodule).
 
+    Args:
+        blob_score: the detector probability a kept blob is given. Pass the detector's score
+            threshold: it scored the spot below that, or not among its top marks, so the
+            threshold is the most it can have said there (and the classifier's probability
+            then combines with it as with any mark's).
+
     Returns:
         ``detections``' rows first, with ``source`` "detector", then the kept blobs, with
-        ``source`` "blob" and ``probability`` NaN (the detector gave them no score).
+        ``source`` "blob" and ``probability`` ``blob_score``.
     """
     xyz = ["coordX", "coordY", "coordZ"]
     blobs = blobs.reset_index(drop=True)
@@ -199,7 +209,7 @@ def merge_candidates(
             keep[blobs.index.get_indexer(group.index)] = nearest > within_mm
     kept = blobs[keep].drop(columns=["blob_strength"], errors="ignore")
     return pd.concat(
-        [detections.assign(source="detector"), kept.assign(probability=np.nan, source="blob")],
+        [detections.assign(source="detector"), kept.assign(probability=blob_score, source="blob")],
         ignore_index=True,
     )
 

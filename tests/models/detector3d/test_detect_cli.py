@@ -120,9 +120,11 @@ def test_detect_with_blobs_hands_the_classifier_spots_the_detector_left(
     # The untrained detector's marks do not cover the ball; the filter's strongest spot is it.
     xyz = blobs[["coordX", "coordY", "coordZ"]].to_numpy()
     assert np.linalg.norm(xyz - ball, axis=1).min() <= 1.0
-    # No detector score: the classifier's probability alone.
-    assert blobs["det_probability"].isna().all()
-    np.testing.assert_allclose(blobs["probability"], blobs["fpr_probability"], rtol=1e-6)
+    # The detector's score threshold stands for its score there (TINY's is 0: none at all).
+    threshold = 0.0
+    assert (blobs["det_probability"] == threshold).all()
+    expected = np.sqrt(threshold * blobs["fpr_probability"])
+    np.testing.assert_allclose(blobs["probability"], expected, rtol=1e-6)
 
 
 def test_blobs_without_a_classifier_is_a_usage_error(

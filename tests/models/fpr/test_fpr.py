@@ -55,11 +55,6 @@ def test_combined_probability_is_the_geometric_mean() -> None:
     )
 
 
-def test_a_candidate_the_detector_never_scored_keeps_the_classifier_probability() -> None:
-    combined = combine_probabilities(np.array([np.nan, 0.64]), np.array([0.3, 0.25]))
-    assert combined == pytest.approx([0.3, 0.4])
-
-
 def _balls_and_tubes(seed: int) -> tuple[PreparedScan, pd.DataFrame]:
     """A 1 mm scan with bright balls (nodules) and bright rods along z (vessel mimics)."""
     rng = np.random.default_rng(seed)

@@ -364,7 +364,8 @@ def train_fpr_on_folder(
     if extra_candidates is not None:
         from activecad.models.blobs import merge_candidates
 
-        merged = merge_candidates(table, extra_candidates)
+        # The score is not used in training; candidates of a LUNA16 file carry 1.
+        merged = merge_candidates(table, extra_candidates, blob_score=1.0)
         extra_kept, table = len(merged) - len(table), merged
     scans = prepare_scans(folder.scans, config, PreprocessCache(cache_dir), progress=progress)
     uids = sorted(scans) if seriesuids is None else list(seriesuids)
@@ -421,12 +422,8 @@ def combine_probabilities(det_probability: np.ndarray, fpr_probability: np.ndarr
 
     Why this rule: a mark must convince both stages (either one near 0 sinks it), and with
     one stage's score fixed the ranking is the other's, so neither stage's ranking is lost.
-    A candidate the detector never scored (NaN: it came from another generator, e.g.
-    :mod:`activecad.models.blobs`) keeps the classifier's probability alone.
     """
-    det = np.asarray(det_probability, dtype=float)
-    fpr = np.clip(np.asarray(fpr_probability, dtype=float), 0, 1)
-    return np.where(np.isnan(det), fpr, np.sqrt(np.clip(det, 0, 1) * fpr))
+    return np.sqrt(np.clip(det_probability, 0, 1) * np.clip(fpr_probability, 0, 1))
 
 
 def apply_fpr(
