@@ -1059,15 +1059,18 @@ def _kept_detections(model_dir: Path, phantom: str) -> Path:
 
 def _row_files(work: Path, name: str, patients: int, seed: int, phantom: str) -> tuple[Path, Path]:
     """A quality row's model folder and kept test detections. A two-stage row is named
-    ``DETECTOR ROW, FP reduction[, N marks]`` and lives in its detector row's folder."""
+    ``DETECTOR ROW, FP reduction[ + B blobs][, N marks]`` and lives in its detector row's
+    folder."""
     detector_row, _, second_stage = name.partition(", FP reduction")
     model_dir = _model_dir(work, detector_row, patients, seed)
     kept = _kept_detections(model_dir, phantom)
     if name == detector_row:
         return model_dir, kept
-    marks = second_stage.removeprefix(", ").removesuffix(" marks")
-    tag = f"fpr_{marks}_" if marks else "fpr_"
-    return model_dir, kept.with_name(f"{model_dir.name}_{tag}test_detections.csv.gz")
+    blobs, _, marks = second_stage.partition(", ")
+    parts = [marks.removesuffix(" marks")] if marks else []
+    parts += [blobs.strip(" +").replace(" ", "_")] if blobs.strip() else []
+    tag = "".join(f"{part}_" for part in parts)
+    return model_dir, kept.with_name(f"{model_dir.name}_fpr_{tag}test_detections.csv.gz")
 
 
 def _thin(values: np.ndarray, most: int = 400) -> list[float]:
