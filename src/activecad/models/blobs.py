@@ -216,7 +216,8 @@ def merge_candidates(
 
 def blob_grid(config: BlobConfig | None = None) -> PreprocessConfig:
     """How :func:`blob_candidates_for_files` prepares a scan: ``config.spacing_mm``
-    isotropic, the default HU window and lung crop (a detector at that spacing shares it)."""
+    isotropic, the default HU window and lung crop (a cache entry of its own: a detector's
+    entry also records the patch size it must not shrink below)."""
     spacing = (config or BlobConfig()).spacing_mm
     return PreprocessConfig(spacing=(spacing, spacing, spacing))
 
