@@ -93,7 +93,8 @@ def train_fpr_command(
 
         scans = read_luna_folder(data_dir).scans
         if only is not None:
-            scans = [path for path in scans if scan_uid(path) in set(only)]
+            wanted = set(only)
+            scans = [path for path in scans if scan_uid(path) in wanted]
         extra = blob_candidates_for_files(
             scans, PreprocessCache(cache), BlobConfig(per_scan=blobs), progress=not as_json
         )
