@@ -354,6 +354,12 @@ def quality(
         "4,8", help="ours: cubic anchor edges at P2, voxels (level k scales them by 2**k)."
     ),
     phantom: str = typer.Option("small", help="Phantom preset of the cohort (small, medium)."),
+    lr_drop: str = typer.Option(
+        "budget",
+        help="ours: the step schedule's tenfold drop at the last tenth of the epochs or 90 % "
+        "of the time budget, whichever comes first (budget), or at the last tenth of the "
+        "epochs only (epochs: how rows were trained before 2026-12-03).",
+    ),
     threads: int = 2,
     work: Path = typer.Option(WORK, help="Cohort, cache and model folders (resumable)."),
     resume: bool = typer.Option(False, help="Continue this model's interrupted run."),
@@ -365,14 +371,18 @@ def quality(
     if model not in QUALITY_MODELS:
         raise typer.BadParameter(f"model must be one of {QUALITY_MODELS}, got {model!r}")
     edges = tuple(float(a) for a in anchors.split(","))
-    if model != "ours" and (norm != "batch" or edges != (4.0, 8.0)):
-        raise typer.BadParameter("--norm and --anchors apply to --model ours only")
+    if lr_drop not in ("budget", "epochs"):
+        raise typer.BadParameter(f"--lr-drop must be budget or epochs, got {lr_drop!r}")
+    if model != "ours" and (norm != "batch" or edges != (4.0, 8.0) or lr_drop != "budget"):
+        raise typer.BadParameter("--norm, --anchors and --lr-drop apply to --model ours only")
     # A lever measured against the default row is named by what it changes.
     levers = (
         [f"{norm} norm"] * (norm != "batch")
         + [f"{spacing:g} mm"] * (spacing != 2.0)
         + [f"anchors {'-'.join(f'{e:g}' for e in edges)} vox"] * (edges != (4.0, 8.0))
         + [f"{time_budget / 3600:g} h"] * (time_budget != 3600.0)
+        # Rows before 2026-12-03 dropped the rate by epoch only and keep their names.
+        + ["rate drop in budget"] * (model == "ours" and lr_drop == "budget")
     )
     row_name = ", ".join([model, *levers])
     from activecad.data import PreprocessCache
@@ -422,6 +432,7 @@ def quality(
             train_uids=split.train,
             val_uids=split.val,
             time_budget_s=time_budget,
+            lr_drop_in_budget=lr_drop == "budget",
         )
         history, best_epoch = result.history, result.best_epoch
         detector = load_bundle(model_dir)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -79,6 +80,38 @@ def test_step_schedule_drops_tenfold_for_the_last_tenth() -> None:
     assert [lr_at(recipe, 1, 0), lr_at(recipe, 14, 9), lr_at(recipe, 15, 0)] == (
         pytest.approx([1.0, 1.0, 0.1])
     )
+
+
+class _SlowRegression(Regression):
+    """Each epoch takes ``seconds`` on a fake clock (advanced as the epoch starts)."""
+
+    def __init__(self, clock: list[float], seconds: float):
+        super().__init__()
+        self.clock, self.seconds = clock, seconds
+
+    def start_epoch(self, epoch: int) -> None:
+        self.clock[0] += self.seconds
+
+
+def test_step_schedule_drops_when_the_time_budget_would_end_the_fit_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """By hand: 20 epochs of 10 s under a 100 s budget. Epoch e (0-based) starts at
+    10 (e + 1) s, so the first past 90 s is epoch 8, and the fit stops after epoch 10, the
+    first to end past 100 s; the epoch rule alone would drop at epoch 18, never reached."""
+    from activecad.training import engine
+
+    clock = [0.0]
+    monkeypatch.setattr(engine, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    plan = FitPlan(epochs=20, steps_per_epoch=2, lr=0.01, time_budget_s=100.0)
+    result = fit(_SlowRegression(clock, 10.0), plan, checkpoint=tmp_path / "c.pt")
+    assert result.stopped_early and result.epochs_done == 11
+    assert [r["lr"] for r in result.history] == pytest.approx([0.01] * 8 + [0.001] * 3)
+    # A resumed run keeps the drop.
+    assert torch.load(tmp_path / "c.pt", weights_only=False)["lr_dropped_at"] == 8
+    # Without a budget the epoch rule is the only one.
+    untimed = fit(_SlowRegression(clock, 10.0), FitPlan(epochs=20, steps_per_epoch=2, lr=0.01))
+    assert [r["lr"] for r in untimed.history].index(pytest.approx(0.001)) == 18
 
 
 def test_fit_learns_and_resume_equals_an_unbroken_run(tmp_path: Path) -> None:

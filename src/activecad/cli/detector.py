@@ -46,7 +46,11 @@ def train_detector_command(
     ),
     cache: Path | None = typer.Option(None, "--cache", help="Preprocessing cache folder."),
     time_budget: float | None = typer.Option(
-        None, "--time-budget", min=1, help="Stop after the epoch that passes this many seconds."
+        None,
+        "--time-budget",
+        min=1,
+        help="Stop after the epoch that passes this many seconds; the learning rate drops "
+        "at 90 % of it if that comes before the last tenth of the epochs.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:

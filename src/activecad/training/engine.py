@@ -54,7 +54,10 @@ class FitPlan:
         weight_decay: weight decay.
         schedule: ``step`` (the rate drops tenfold for the last tenth of the epochs, as
             Liu, Cao & Tian, "Deep Active Learning for Effective Pulmonary Nodule
-            Detection", MICCAI 2020, §3.1 do), ``constant``, or ``cosine`` (per step, from
+            Detection", MICCAI 2020, §3.1 do; with ``time_budget_s`` and
+            ``lr_drop_in_budget``, from the first epoch that starts past 90 % of the budget
+            if that comes first, so a fit the budget cuts short still ends on the low
+            rate), ``constant``, or ``cosine`` (per step, from
             ``lr`` down to 0 at the last step), or ``drops`` (the rate is multiplied by 0.1
             at each share of the fit's steps in ``lr_drops``).
         lr_drops: for ``schedule="drops"``: shares of the fit's total steps, e.g.
@@ -65,6 +68,8 @@ class FitPlan:
         best_metric: the validation metric whose maximum picks the kept weights.
         seed: seed of every random draw of the fit.
         time_budget_s: stop after the first epoch that ends past this many seconds.
+        lr_drop_in_budget: let the ``step`` schedule drop at 90 % of ``time_budget_s``
+            (False: at the last tenth of the epochs only, as fits before this option did).
         amp: mixed precision where the device supports it (CUDA).
     """
 
@@ -80,6 +85,7 @@ class FitPlan:
     best_metric: str = "cpm"
     seed: int = 0
     time_budget_s: float | None = None
+    lr_drop_in_budget: bool = True
     amp: bool = True
 
     def __post_init__(self) -> None:
@@ -90,14 +96,20 @@ class FitPlan:
             )
 
 
-def lr_at(plan: FitPlan, epoch: int, step: int = 0) -> float:
-    """The learning rate of ``step`` (0-based, within the epoch) of ``epoch`` (0-based)."""
+def lr_at(plan: FitPlan, epoch: int, step: int = 0, *, dropped_at: int | None = None) -> float:
+    """The learning rate of ``step`` (0-based, within the epoch) of ``epoch`` (0-based).
+
+    ``dropped_at``: for the ``step`` schedule, the epoch (0-based) from which the time
+    budget lowered the rate (None: it has not)."""
     total = plan.epochs * plan.steps_per_epoch
     done = epoch * plan.steps_per_epoch + step
     warming = math.ceil(plan.warmup * total)
+    rate = _scheduled_lr(plan, done, total)
+    if plan.schedule == "step" and dropped_at is not None and epoch >= dropped_at:
+        rate = min(rate, 0.1 * plan.lr)
     if done < warming:
-        return _scheduled_lr(plan, done, total) * (done + 1) / warming
-    return _scheduled_lr(plan, done, total)
+        return rate * (done + 1) / warming
+    return rate
 
 
 def _scheduled_lr(plan: FitPlan, done: int, total: int) -> float:
@@ -153,6 +165,8 @@ class FitState:
         best_value: the best ``plan.best_metric`` so far (None before any validation).
         best_epoch: the epoch (1-based) it was reached.
         improved: True at the end of an epoch that set a new best.
+        lr_dropped_at: the epoch (0-based) from which the time budget lowered the
+            ``step`` schedule's rate (None: it has not).
         ctx: where this process stands in a data-parallel job.
     """
 
@@ -164,6 +178,7 @@ class FitState:
     best_value: float | None = None
     best_epoch: int | None = None
     improved: bool = False
+    lr_dropped_at: int | None = None
     ctx: DistContext = field(default_factory=DistContext)
 
 
@@ -288,6 +303,7 @@ def fit(
         scaler.load_state_dict(saved["scaler"])
         state.epoch, state.history = int(saved["epoch"]), list(saved["history"])
         state.best_value, state.best_epoch = saved["best_value"], saved["best_epoch"]
+        state.lr_dropped_at = saved.get("lr_dropped_at")
         best_weights = saved["best_weights"]
     runner: nn.Module = task.loss_module
     if ctx.distributed:
@@ -308,12 +324,15 @@ def fit(
         task.reseed(seed)
         torch.manual_seed(seed)
         task.start_epoch(epoch)
+        if _time_to_drop(plan, state, time.monotonic() - start):
+            state.lr_dropped_at = epoch
+        state.lr_dropped_at = broadcast_object(state.lr_dropped_at, ctx)
         model.train()
         sums: dict[str, float] = {}
         epoch_start = time.monotonic()
         for step in range(plan.steps_per_epoch):
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(plan, epoch, step)
+                group["lr"] = lr_at(plan, epoch, step, dropped_at=state.lr_dropped_at)
             batch = task.next_batch(device)
             with torch.autocast("cuda", enabled=use_amp):
                 losses = runner(batch)
@@ -333,7 +352,7 @@ def fit(
         record: dict[str, float] = {
             "epoch": epoch + 1,
             **means,
-            "lr": lr_at(plan, epoch),
+            "lr": lr_at(plan, epoch, dropped_at=state.lr_dropped_at),
             "seconds": time.monotonic() - epoch_start,
         }
         out_of_time = plan.time_budget_s is not None and (
@@ -415,6 +434,17 @@ def _mean_over_ranks(
     return {k: float(v) / (steps * ctx.world_size) for k, v in zip(keys, values, strict=True)}
 
 
+def _time_to_drop(plan: FitPlan, state: FitState, elapsed_s: float) -> bool:
+    """Whether the ``step`` schedule's drop is due by the clock before it is by epoch."""
+    return (
+        plan.schedule == "step"
+        and plan.lr_drop_in_budget
+        and plan.time_budget_s is not None
+        and state.lr_dropped_at is None
+        and elapsed_s >= 0.9 * plan.time_budget_s
+    )
+
+
 def _save_checkpoint(
     path: Path,
     model: nn.Module,
@@ -435,6 +465,7 @@ def _save_checkpoint(
             "history": state.history,
             "best_value": state.best_value,
             "best_epoch": state.best_epoch,
+            "lr_dropped_at": state.lr_dropped_at,
             "best_weights": best_weights,
             "plan": copy.copy(state.plan.__dict__),
             "extra": extra or {},

@@ -225,6 +225,7 @@ def fit_detector(
     resume: bool = False,
     callbacks: Sequence[Callback] = (),
     time_budget_s: float | None = None,
+    lr_drop_in_budget: bool = True,
     device: str | None = None,
 ) -> FitResult:
     """Train or fine-tune a detector in memory; the active-learning loop's entry point.
@@ -250,7 +251,10 @@ def fit_detector(
         checkpoint: file to checkpoint to after every epoch (None: none).
         resume: continue from ``checkpoint``.
         callbacks: progress and metric hooks.
-        time_budget_s: stop after the epoch that ends past this many seconds.
+        time_budget_s: stop after the epoch that ends past this many seconds (the rate
+            drops at 90 % of it if that comes first: :class:`activecad.training.FitPlan`).
+        lr_drop_in_budget: False: the ``step`` schedule drops at the last tenth of the
+            epochs only, as fits before the budget could lower the rate.
         device: torch device (default CUDA when available; under torchrun, this rank's).
 
     Returns:
@@ -290,6 +294,7 @@ def fit_detector(
         best_metric="cpm",
         seed=config.seed,
         time_budget_s=time_budget_s,
+        lr_drop_in_budget=lr_drop_in_budget,
         amp=config.amp,
     )
     return fit(
@@ -457,6 +462,7 @@ def train_detector(
     train_uids: Sequence[str] | None = None,
     val_uids: Sequence[str] | None = None,
     time_budget_s: float | None = None,
+    lr_drop_in_budget: bool = True,
     device: str | None = None,
     console: Console | None = None,
     callbacks: Sequence[Callback] = (),
@@ -475,7 +481,9 @@ def train_detector(
             or ``$ACTIVECAD_CACHE``; see :class:`~activecad.data.preprocess.PreprocessCache`).
         train_uids: series to train on (default: a seeded split by patient).
         val_uids: series to validate on (default: the rest of that split).
-        time_budget_s: stop after the first epoch that ends past this many seconds.
+        time_budget_s: stop after the first epoch that ends past this many seconds (the
+            rate drops at 90 % of it if that comes first).
+        lr_drop_in_budget: see :func:`fit_detector`.
         device: torch device (default CUDA when available).
         console: where progress goes (default stderr).
         callbacks: more hooks into the fit, after the one that writes the model folder.
@@ -558,6 +566,7 @@ def train_detector(
         resume=resume,
         callbacks=[_BundleWriter(model_dir, config, console), *callbacks],
         time_budget_s=time_budget_s,
+        lr_drop_in_budget=lr_drop_in_budget,
         device=device,
     )
     return TrainResult(
