@@ -87,10 +87,13 @@ def train_fpr_command(
     extra = None
     if blobs:
         from activecad.active.loop import scan_uid
+        from activecad.data.candidates import read_candidates
         from activecad.data.folders import read_luna_folder
         from activecad.data.preprocess import PreprocessCache
         from activecad.models.blobs import BlobConfig, blob_candidates_for_files
 
+        # A missing or malformed table fails now, not after minutes of blob filtering.
+        read_candidates(candidates or Path(data_dir) / "candidates.csv")
         scans = read_luna_folder(data_dir).scans
         if only is not None:
             wanted = set(only)

@@ -6,6 +6,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from activecad.models.fpr import load_fpr
 
 
@@ -33,15 +35,19 @@ def test_train_fpr_writes_a_loadable_model(
     assert set(json.loads((out / "split.json").read_text())) == {"train", "val"}
 
 
+@pytest.mark.parametrize("blobs", [[], ["--blobs", "5"]])
 def test_a_missing_candidates_file_fails_before_training(
-    run_cli: Callable[..., object], tiny_cohort: Path, tmp_path: Path
+    run_cli: Callable[..., object], tiny_cohort: Path, tmp_path: Path, blobs: list[str]
 ) -> None:
-    result = run_cli(
-        "train", "fpr", tiny_cohort, "--out", tmp_path / "m", "--candidates", tmp_path / "no.csv"
-    )
+    missing = tmp_path / "no.csv"
+    cache = tmp_path / "c"
+    args = ["--out", tmp_path / "m", "--candidates", missing, "--cache", cache, *blobs]
+    result = run_cli("train", "fpr", tiny_cohort, *args)
     assert result.exit_code == 1  # type: ignore[attr-defined]
     assert "candidates file does not exist" in result.stderr  # type: ignore[attr-defined]
     assert not (tmp_path / "m").exists()
+    # With --blobs too, before the blob filter read any scan.
+    assert not cache.exists() or not any(cache.iterdir())
 
 
 def test_train_fpr_with_blobs_also_learns_from_blob_candidates(
