@@ -23,8 +23,6 @@ def test_train_fpr_writes_a_loadable_model(
         out,
         "--steps",
         "2",
-        "--cache",
-        tmp_path / "c",
         "--json",
     )
     assert result.exit_code == 0, result.stderr  # type: ignore[attr-defined]
@@ -54,7 +52,7 @@ def test_train_fpr_with_blobs_also_learns_from_blob_candidates(
     run_cli: Callable[..., object], tiny_cohort: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "fpr"
-    args = ["train", "fpr", tiny_cohort, "--out", out, "--steps", "2", "--cache", tmp_path / "c"]
+    args = ["train", "fpr", tiny_cohort, "--out", out, "--steps", "2"]
     result = run_cli(*args, "--blobs", "20", "--json")
     assert result.exit_code == 0, result.stderr  # type: ignore[attr-defined]
     summary = json.loads(result.stdout.strip().splitlines()[-1])  # type: ignore[attr-defined]

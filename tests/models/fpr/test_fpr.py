@@ -116,7 +116,7 @@ def test_apply_fpr_keeps_both_scores(tmp_path: Path, tiny_cohort: Path) -> None:
     folder = read_luna_folder(tiny_cohort)
     marks = folder.annotations[["seriesuid", "coordX", "coordY", "coordZ"]].head(3).copy()
     marks["probability"] = [0.9, 0.5, 0.1]
-    out = apply_fpr(marks, folder.scans, tmp_path / "fpr", cache=PreprocessCache(tmp_path / "c"))
+    out = apply_fpr(marks, folder.scans, tmp_path / "fpr", cache=PreprocessCache())
     assert out["det_probability"].tolist() == [0.9, 0.5, 0.1]
     expected = np.sqrt(out["det_probability"] * out["fpr_probability"])
     assert out["probability"].to_numpy() == pytest.approx(expected.to_numpy())
@@ -139,7 +139,6 @@ def test_a_given_validation_split_is_kept_and_may_not_overlap(
         config,
         seriesuids=uids[1:],
         val_seriesuids=uids[:1],
-        cache_dir=tmp_path / "c",
     )
     split = json.loads((tmp_path / "fpr" / "split.json").read_text())
     assert split == {"train": uids[1:], "val": uids[:1]}
@@ -151,5 +150,4 @@ def test_a_given_validation_split_is_kept_and_may_not_overlap(
             config,
             seriesuids=uids,
             val_seriesuids=uids[:1],
-            cache_dir=tmp_path / "c",
-        )
+            )
