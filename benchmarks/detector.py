@@ -10,6 +10,7 @@ Subcommands (results are merged into ``benchmarks/results/detector.json``)::
     python benchmarks/detector.py quality --model monai-recipe  # MONAI's recipe, same split
     python benchmarks/detector.py quality --spacing 1.4 --phantom medium  # finer phantom
     python benchmarks/detector.py quality-fpr --row "ours, 1.4 mm"  # + FP reduction, same split
+    python benchmarks/detector.py quality-fpr --row R --fpr-set steps=3000  # another classifier
     python benchmarks/detector.py full-truth  # rows against the phantom's own truth
     python benchmarks/detector.py paired --row "ours, 1.4 mm"  # paired CPM gain over "ours"
     python benchmarks/detector.py export      # TorchScript / ONNX export attempts
@@ -17,7 +18,10 @@ Subcommands (results are merged into ``benchmarks/results/detector.json``)::
 ``quality`` is long: it generates (or reuses) a 240-patient cohort, splits it by patient
 into train / validation / test (55 / 15 / 30 %), trains within the time budget, keeps the
 best validation epoch, detects on the test split once and writes
-``docs/detector_quality.png``. It can
+``docs/detector_quality.png``. ``quality-fpr`` keeps the row's split and its detector's marks
+on the training and validation scans beside the results (``results/detector_quality/``): a
+retrained detector does not mark the same spots, so on a new machine the two-stage rows
+regenerate the cohort (byte for byte) and read those marks. It can
 run in the background (``nohup ... &``); its progress goes to stderr and every epoch to
 ``MODEL_DIR/metrics.jsonl``.
 """
@@ -564,6 +568,13 @@ def quality_fpr(
         "activecad.models.blobs) that no mark covers, scored by the classifier alone; 0: "
         "none. The classifier is the row's own, trained on marks.",
     ),
+    fpr_set: list[str] = typer.Option(
+        [],
+        "--fpr-set",
+        help="KEY=VALUE: a setting of the classifier's cpu preset to change (repeatable; a "
+        "list as 8,16,32). The row is named by them and reports the validation CPM of the "
+        "preset's classifier beside this one's, and the paired test gain over it.",
+    ),
     phantom: str = typer.Option("small", help="Phantom preset of the cohort (small, medium)."),
     threads: int = 2,
     work: Path = typer.Option(WORK, help="The quality run's folder (resumable)."),
@@ -573,7 +584,8 @@ def quality_fpr(
     and picks its weights on the validation scans, and the row's test marks are re-scored
     once (``sqrt(p_detector x p_fpr)``). Adds row ``ROW, FP reduction`` (``ROW, FP
     reduction, N marks`` when the test scans get N marks other than 100; ``ROW, FP
-    reduction + B blobs`` with ``--blobs B``)."""
+    reduction + B blobs`` with ``--blobs B``; ``ROW, FP reduction (KEY=VALUE ...)`` with
+    ``--fpr-set``)."""
     from tqdm import tqdm
 
     from activecad.active.loop import scan_uid
@@ -586,11 +598,15 @@ def quality_fpr(
     from activecad.models.detector3d.inference import detect_prepared
     from activecad.models.fpr import apply_fpr, preset_config, train_fpr_on_folder
 
+    overrides = _settings(fpr_set)
+    if overrides and blobs:
+        raise typer.BadParameter("--fpr-set and --blobs are measured one at a time")
     entry = json.loads(RESULTS.read_text()).get(_quality_key(phantom), {})
     if row not in entry.get("rows", {}):
         raise typer.BadParameter(f"no quality row {row!r}; rows: {sorted(entry.get('rows', {}))}")
     base = entry["rows"][row]
     model_dir = _model_dir(work, row, patients, seed)
+    _restore_marks(model_dir, phantom)
     if not (model_dir / "test_detections.csv").is_file():
         raise typer.BadParameter(f"{model_dir} holds no test detections: run that row first")
     torch.set_num_threads(threads)
@@ -647,16 +663,18 @@ def quality_fpr(
             found.to_csv(path, index=False)
         return pd.read_csv(path, dtype={"seriesuid": str})
 
-    def classifier(directory: Path, extra: pd.DataFrame | None = None) -> dict[str, object]:
-        """The FP-reduction classifier in ``directory``, trained once on the training
-        scans' marks (plus ``extra`` candidates) with the validation scans picking its
-        weights; returns its training summary."""
+    def classifier(
+        directory: Path, extra: pd.DataFrame | None = None, settings: dict | None = None
+    ) -> dict[str, object]:
+        """The FP-reduction classifier in ``directory`` (the cpu preset with ``settings``),
+        trained once on the training scans' marks (plus ``extra`` candidates) with the
+        validation scans picking its weights; returns its training summary."""
         if not (directory / "weights.pt").is_file():
             start = time.perf_counter()
             training = train_fpr_on_folder(
                 cohort,
                 directory,
-                preset_config("cpu", steps=steps, seed=seed),
+                preset_config("cpu", **{"steps": steps, "seed": seed, **(settings or {})}),
                 candidates=model_dir / "train_val_detections.csv",
                 extra_candidates=extra,
                 seriesuids=train,
@@ -668,8 +686,9 @@ def quality_fpr(
             (directory / "training.json").write_text(json.dumps(training, indent=2) + "\n")
         return json.loads((directory / "training.json").read_text())
 
-    marked(train + val, 100, "train_val_detections.csv")
-    training = classifier(plain_dir)
+    _keep_marks(model_dir, phantom, marked(train + val, 100, "train_val_detections.csv"))
+    # A changed classifier trains first, so it can run beside the preset's own training.
+    training = classifier(plain_dir) if not overrides else {}
     annotations = folder.annotations
     excluded = folder.excluded if folder.excluded is not None else annotations.iloc[:0]
 
@@ -697,21 +716,47 @@ def quality_fpr(
     suffix = "" if chosen == 100 else f"_{chosen}"
     detections = marked(test, chosen, f"test_detections{suffix}.csv")
     new_name = f"{row}, FP reduction" + (f", {chosen} marks" if chosen != 100 else "")
-    blob_fields: dict[str, object] = {}
+    extra_fields: dict[str, object] = {}
     fpr_dir = plain_dir
+
+    def validation_marks() -> pd.DataFrame:
+        """The validation scans' marks, as many a scan as the test scans get."""
+        if chosen == 100:
+            return marked(train + val, 100, "train_val_detections.csv").query("seriesuid in @val")
+        return marked(val, chosen, f"val_detections_{chosen}.csv")
+
+    if overrides:
+        # The validation scans compare this classifier with the preset's first.
+        tag = " ".join(
+            f"{k}={'-'.join(map(str, v)) if isinstance(v, list | tuple) else v}"
+            for k, v in overrides.items()
+        )
+        fpr_dir = model_dir / f"fpr_{_slug(tag)}"
+        training = classifier(fpr_dir, settings=overrides)
+        classifier(plain_dir)
+        extra_fields = {
+            "classifier_settings": overrides,
+            "validation_cpm": {
+                name: froc_summary(
+                    rescore(validation_marks(), val, f"val_detections_{chosen}.csv", directory),
+                    annotations,
+                    excluded,
+                    val,
+                )[0]["cpm"]
+                for name, directory in (("preset", plain_dir), ("this", fpr_dir))
+            },
+        }
+        marks_only = rescore(detections, test, f"test_detections{suffix}.csv")
+        new_name = f"{new_name} ({tag})"
     if blobs:
         # A classifier that also learns the blobs' mimics; the validation scans say what
         # the blobs add to the same marks, before the test scans are scored.
         found = blob_table()
         fpr_dir = model_dir / f"fpr_blobs{blobs}"
         training = classifier(fpr_dir, found[found["seriesuid"].isin(train + val)])
-        val_marks = (
-            marked(train + val, 100, "train_val_detections.csv").query("seriesuid in @val")
-            if chosen == 100
-            else marked(val, chosen, f"val_detections_{chosen}.csv")
-        )
         # A blob's detector score is the row's threshold: the most the detector said there.
         floor = load_bundle(model_dir).config.score_thresh
+        val_marks = validation_marks()
         with_blobs = merge_candidates(
             val_marks, found[found["seriesuid"].isin(val)], blob_score=floor
         )
@@ -728,7 +773,7 @@ def quality_fpr(
             detections, found[found["seriesuid"].isin(test)], blob_score=floor
         )
         new_name = new_name.replace("FP reduction", f"FP reduction + {blobs} blobs")
-        blob_fields = {
+        extra_fields = {
             "blobs_per_scan": blobs,
             "blob_s_per_scan": float((work / f"{cohort.name}_blobs_{blobs}.seconds").read_text()),
             "validation_cpm": {
@@ -738,11 +783,15 @@ def quality_fpr(
         }
     rescored = rescore(detections, test, f"test_detections{suffix}.csv", fpr_dir)
     rescore_s = float((fpr_dir / f"test_detections{suffix}.seconds").read_text())
-    if blobs:
-        blob_fields["cpm_gain_over_marks_only_paired_bootstrap"] = paired_cpm_bootstrap(
+    if overrides:
+        extra_fields["cpm_gain_over_preset_classifier_paired_bootstrap"] = paired_cpm_bootstrap(
             marks_only, rescored, annotations, excluded, test, bootstrap, seed=seed
         )
-        blob_fields["found_by_size_with_blobs"] = _found_by_size(rescored, annotations, test)
+    if blobs:
+        extra_fields["cpm_gain_over_marks_only_paired_bootstrap"] = paired_cpm_bootstrap(
+            marks_only, rescored, annotations, excluded, test, bootstrap, seed=seed
+        )
+        extra_fields["found_by_size_with_blobs"] = _found_by_size(rescored, annotations, test)
         detections = detections[detections["source"] == "detector"]
     kept = _row_files(work, new_name, patients, seed, phantom)[1]
     rescored.round(4).to_csv(kept, index=False)
@@ -765,7 +814,9 @@ def quality_fpr(
                                           "steps_per_epoch", "time_budget_s", "train_s",
                                           "best_epoch")}  # fmt: skip
     new_row = {
-        "config": f"{base['config']} + FP reduction (cpu preset)"
+        "config": f"{base['config']} + FP reduction (cpu preset"
+        + (f" with {overrides}" if overrides else "")
+        + ")"
         + (f" + {blobs} blob candidates a scan" if blobs else ""),
         "changes": [
             f"re-scores row {row!r}'s test marks ({chosen} a scan): sqrt(p_detector x p_fpr)",
@@ -792,7 +843,7 @@ def quality_fpr(
         "cpm_gain_paired_bootstrap": paired_cpm_bootstrap(
             detections, rescored, annotations, excluded, test, bootstrap, seed=seed
         ),
-        **blob_fields,
+        **extra_fields,
         "candidate_auc": candidate_auc,
         # Not chosen on validation (the rule above was fixed before): a hint only.
         "classifier_score_alone": {k: classifier_alone[k] for k in ("cpm", "sensitivities")},
@@ -1068,6 +1119,39 @@ def _kept_detections(model_dir: Path, phantom: str) -> Path:
     return folder / f"{model_dir.name}_test_detections.csv.gz"
 
 
+def _kept_marks(model_dir: Path, phantom: str) -> dict[str, Path]:
+    """Where a detector row's split and marks are kept beside the results (model folder
+    file: kept file). A retrained detector does not give the same marks, so the two-stage
+    rows of later sessions read these to stay on one set of candidates."""
+    test = _kept_detections(model_dir, phantom)
+    return {
+        "test_detections.csv": test,
+        "train_val_detections.csv": test.with_name(f"{model_dir.name}_train_val_detections.csv.gz"),
+        "split.json": test.with_name(f"{model_dir.name}_split.json"),
+    }
+
+
+def _keep_marks(model_dir: Path, phantom: str, train_val: pd.DataFrame) -> None:
+    """Keep a detector row's split and training/validation marks beside the results."""
+    kept = _kept_marks(model_dir, phantom)
+    if not kept["train_val_detections.csv"].is_file():
+        train_val.round(4).to_csv(kept["train_val_detections.csv"], index=False)
+    if not kept["split.json"].is_file():
+        kept["split.json"].write_text((model_dir / "split.json").read_text())
+
+
+def _restore_marks(model_dir: Path, phantom: str) -> None:
+    """Put a detector row's kept split and marks back into a model folder that lacks them
+    (a new machine: the cohort regenerates byte for byte, the detector does not)."""
+    for name, kept in _kept_marks(model_dir, phantom).items():
+        if kept.is_file() and not (model_dir / name).is_file():
+            model_dir.mkdir(parents=True, exist_ok=True)
+            if kept.suffix == ".json":
+                (model_dir / name).write_text(kept.read_text())
+            else:
+                pd.read_csv(kept, dtype={"seriesuid": str}).to_csv(model_dir / name, index=False)
+
+
 def _row_files(work: Path, name: str, patients: int, seed: int, phantom: str) -> tuple[Path, Path]:
     """A quality row's model folder and kept test detections. A two-stage row is named
     ``DETECTOR ROW, FP reduction[ + B blobs][, N marks]`` and lives in its detector row's
@@ -1077,11 +1161,46 @@ def _row_files(work: Path, name: str, patients: int, seed: int, phantom: str) ->
     kept = _kept_detections(model_dir, phantom)
     if name == detector_row:
         return model_dir, kept
+    second_stage, _, settings = second_stage.partition(" (")
+    if settings:
+        return model_dir, kept.with_name(
+            f"{model_dir.name}_fpr_{_slug(settings.rstrip(')'))}_test_detections.csv.gz"
+        )
     blobs, _, marks = second_stage.partition(", ")
     parts = [marks.removesuffix(" marks")] if marks else []
     parts += [blobs.strip(" +").replace(" ", "_")] if blobs.strip() else []
     tag = "".join(f"{part}_" for part in parts)
     return model_dir, kept.with_name(f"{model_dir.name}_fpr_{tag}test_detections.csv.gz")
+
+
+def _settings(pairs: list[str]) -> dict[str, object]:
+    """``KEY=VALUE`` strings as settings (a value with commas is a list; numbers are
+    numbers, anything else a string)."""
+
+    def value(text: str) -> object:
+        for kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+        return text
+
+    settings: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}")
+        items = [value(item.strip()) for item in text.split(",")]
+        settings[key.strip()] = items if "," in text else items[0]
+    return settings
+
+
+def _slug(text: str) -> str:
+    """``text`` as a file-name part: runs of other characters than letters and digits
+    become one underscore."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")
 
 
 def _thin(values: np.ndarray, most: int = 400) -> list[float]:
