@@ -1174,8 +1174,8 @@ def _row_files(work: Path, name: str, patients: int, seed: int, phantom: str) ->
 
 
 def _settings(pairs: list[str]) -> dict[str, object]:
-    """``KEY=VALUE`` strings as settings (a value with commas is a list; numbers are
-    numbers, anything else a string)."""
+    """``KEY=VALUE`` strings as settings (a value with a comma is a list, ``1.0,`` one of
+    one item; numbers are numbers, anything else a string)."""
 
     def value(text: str) -> object:
         for kind in (int, float):
@@ -1190,7 +1190,7 @@ def _settings(pairs: list[str]) -> dict[str, object]:
         key, sep, text = pair.partition("=")
         if not sep or not key:
             raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}")
-        items = [value(item.strip()) for item in text.split(",")]
+        items = [value(item.strip()) for item in text.split(",") if item.strip()]
         settings[key.strip()] = items if "," in text else items[0]
     return settings
 
