@@ -592,6 +592,7 @@ def quality_fpr(
     from activecad.data import PreprocessCache
     from activecad.data.candidates import label_candidates
     from activecad.data.folders import froc_summary, paired_cpm_bootstrap, read_luna_folder
+    from activecad.errors import InputError
     from activecad.metrics import roc_auc_score
     from activecad.models.blobs import BlobConfig, blob_candidates_for_files, merge_candidates
     from activecad.models.detector3d import load_bundle
@@ -601,6 +602,11 @@ def quality_fpr(
     overrides = _settings(fpr_set)
     if overrides and blobs:
         raise typer.BadParameter("--fpr-set and --blobs are measured one at a time")
+    # An unknown or invalid setting fails now, not after the detector's marks.
+    try:
+        preset_config("cpu", **overrides)
+    except InputError as error:
+        raise typer.BadParameter(f"--fpr-set: {error}") from error
     entry = json.loads(RESULTS.read_text()).get(_quality_key(phantom), {})
     if row not in entry.get("rows", {}):
         raise typer.BadParameter(f"no quality row {row!r}; rows: {sorted(entry.get('rows', {}))}")
@@ -1191,6 +1197,8 @@ def _settings(pairs: list[str]) -> dict[str, object]:
         if not sep or not key:
             raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}")
         items = [value(item.strip()) for item in text.split(",") if item.strip()]
+        if not items:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}")
         settings[key.strip()] = items if "," in text else items[0]
     return settings
 
