@@ -493,6 +493,7 @@ def quality(
         "time_budget_s": time_budget,
         "train_s": float(elapsed[-1]) if len(elapsed) else 0.0,
         "best_epoch": best_epoch,
+        "first_low_rate_epoch": _first_low_rate_epoch(history),
         "detect_s_per_scan": detect_s,
         "cpm": summary["cpm"],
         "ci_95": summary["ci"],
@@ -524,6 +525,17 @@ def quality(
     entry.setdefault("rows", {})[row_name] = {**row, "machine": _machine()}
     _record(_quality_key(phantom), entry)
     _plot_quality(entry, phantom)
+
+
+def _first_low_rate_epoch(history: list[dict]) -> int | None:
+    """The first epoch (1-based) trained below the highest learning rate before it (the
+    schedule's first drop), or None when the rate never dropped."""
+    peak = 0.0
+    for record in history:
+        if float(record["lr"]) < peak:
+            return int(record["epoch"])
+        peak = max(peak, float(record["lr"]))
+    return None
 
 
 def _quality_cohort(work: Path, patients: int, seed: int, phantom: str) -> Path:
