@@ -751,20 +751,28 @@ def quality_fpr(
         )
         fpr_dir = model_dir / f"fpr_{_slug(tag)}"
         training = classifier(fpr_dir, settings=overrides)
-        classifier(plain_dir)
+        preset_scores = [f"val_detections_{chosen}.csv", f"test_detections{suffix}.csv"]
+        if not all((plain_dir / name).is_file() for name in preset_scores):
+            # Both re-scored anew by this classifier: a pair from one classifier.
+            for name in preset_scores:
+                (plain_dir / name).unlink(missing_ok=True)
+            classifier(plain_dir)
+        validation = {
+            name: rescore(validation_marks(), val, f"val_detections_{chosen}.csv", directory)
+            for name, directory in (("preset", plain_dir), ("this", fpr_dir))
+        }
         extra_fields = {
             "classifier_settings": overrides,
             "validation_cpm": {
-                name: froc_summary(
-                    rescore(validation_marks(), val, f"val_detections_{chosen}.csv", directory),
-                    annotations,
-                    excluded,
-                    val,
-                )[0]["cpm"]
-                for name, directory in (("preset", plain_dir), ("this", fpr_dir))
+                name: froc_summary(table, annotations, excluded, val)[0]["cpm"]
+                for name, table in validation.items()
             },
         }
         marks_only = rescore(detections, test, f"test_detections{suffix}.csv")
+        kept_files = _kept_marks(model_dir, phantom)
+        if chosen == 100 and not all(kept_files[name].is_file() for name in PRESET_SCORES):
+            for name, table in zip(PRESET_SCORES, (validation["preset"], marks_only), strict=True):
+                table.round(4).to_csv(kept_files[name], index=False)
         new_name = f"{new_name} ({tag})"
     if blobs:
         # A classifier that also learns the blobs' mimics; the validation scans say what
@@ -1137,15 +1145,26 @@ def _kept_detections(model_dir: Path, phantom: str) -> Path:
     return folder / f"{model_dir.name}_test_detections.csv.gz"
 
 
+# The preset classifier's re-scoring of a row's validation and test marks (100 a scan).
+PRESET_SCORES = ("fpr/val_detections_100.csv", "fpr/test_detections.csv")
+
+
 def _kept_marks(model_dir: Path, phantom: str) -> dict[str, Path]:
     """Where a detector row's split and marks are kept beside the results (model folder
     file: kept file). A retrained detector does not give the same marks, so the two-stage
-    rows of later sessions read these to stay on one set of candidates."""
+    rows of later sessions read these to stay on one set of candidates. The preset
+    classifier's re-scoring of the validation and test marks (``PRESET_SCORES``, written
+    together by one classifier) is kept too, so a changed classifier is compared with it
+    without training it again."""
     test = _kept_detections(model_dir, phantom)
     return {
         "test_detections.csv": test,
         "train_val_detections.csv": test.with_name(f"{model_dir.name}_train_val_detections.csv.gz"),
         "split.json": test.with_name(f"{model_dir.name}_split.json"),
+        **{
+            name: test.with_name(f"{model_dir.name}_fpr_preset_{name[4:-4]}.csv.gz")
+            for name in PRESET_SCORES
+        },
     }
 
 
@@ -1161,9 +1180,13 @@ def _keep_marks(model_dir: Path, phantom: str, train_val: pd.DataFrame) -> None:
 def _restore_marks(model_dir: Path, phantom: str) -> None:
     """Put a detector row's kept split and marks back into a model folder that lacks them
     (a new machine: the cohort regenerates byte for byte, the detector does not)."""
-    for name, kept in _kept_marks(model_dir, phantom).items():
+    kept_files = _kept_marks(model_dir, phantom)
+    # The preset classifier's scores come back as a pair or not at all: one classifier's.
+    if not all(kept_files[name].is_file() for name in PRESET_SCORES):
+        kept_files = {k: v for k, v in kept_files.items() if k not in PRESET_SCORES}
+    for name, kept in kept_files.items():
         if kept.is_file() and not (model_dir / name).is_file():
-            model_dir.mkdir(parents=True, exist_ok=True)
+            (model_dir / name).parent.mkdir(parents=True, exist_ok=True)
             if kept.suffix == ".json":
                 (model_dir / name).write_text(kept.read_text())
             else:
