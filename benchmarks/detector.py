@@ -769,6 +769,13 @@ def quality_fpr(
             },
         }
         marks_only = rescore(detections, test, f"test_detections{suffix}.csv")
+        # The preset classifier's own test CPM: with a retrained preset classifier, how far
+        # one retraining moves it (beside the row it was first measured in).
+        extra_fields["preset_classifier_test_cpm"] = froc_summary(
+            marks_only, annotations, excluded, test
+        )[0]["cpm"]
+        if (plain_dir / "training.json").is_file():
+            extra_fields["preset_classifier_training"] = classifier(plain_dir)
         kept_files = _kept_marks(model_dir, phantom)
         if chosen == 100 and not all(kept_files[name].is_file() for name in PRESET_SCORES):
             for name, table in zip(PRESET_SCORES, (validation["preset"], marks_only), strict=True):
