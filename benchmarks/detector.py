@@ -1267,7 +1267,8 @@ def _plot_quality(entry: dict, phantom: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (froc, curve) = plt.subplots(1, 2, figsize=(10, 4))
+    # The legends go below the axes: a results entry gathers many rows.
+    fig, (froc, curve) = plt.subplots(1, 2, figsize=(11, 4.5))
     for k, (name, row) in enumerate(entry["rows"].items()):
         fps = np.maximum(np.asarray(row["froc"]["fps_per_scan"]), 1e-3)
         froc.semilogx(fps, row["froc"]["sensitivity"], drawstyle="steps-post", color=f"C{k}",
@@ -1284,10 +1285,10 @@ def _plot_quality(entry: dict, phantom: str) -> None:
               title=f"validation: {entry['split']['val']['scans']} scans")  # fmt: skip
     for ax in (froc, curve):
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(loc="lower right")
-    fig.tight_layout()
+        if ax.lines:
+            ax.legend(loc="upper left", bbox_to_anchor=(0, -0.14), fontsize="small")
     suffix = "" if phantom == "small" else f"_{phantom}_phantom"
-    fig.savefig(ROOT / "docs" / f"detector_quality{suffix}.png", dpi=120)
+    fig.savefig(ROOT / "docs" / f"detector_quality{suffix}.png", dpi=120, bbox_inches="tight")
 
 
 def _nearest_marks(
