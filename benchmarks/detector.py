@@ -688,6 +688,9 @@ def quality_fpr(
         trained once on the training scans' marks (plus ``extra`` candidates) with the
         validation scans picking its weights; returns its training summary."""
         if not (directory / "weights.pt").is_file():
+            # Scores already here (kept ones put back) are another classifier's.
+            for scores in [*directory.glob("*_detections*.csv"), *directory.glob("*.seconds")]:
+                scores.unlink()
             start = time.perf_counter()
             training = train_fpr_on_folder(
                 cohort,
@@ -753,9 +756,6 @@ def quality_fpr(
         training = classifier(fpr_dir, settings=overrides)
         preset_scores = [f"val_detections_{chosen}.csv", f"test_detections{suffix}.csv"]
         if not all((plain_dir / name).is_file() for name in preset_scores):
-            # Both re-scored anew by this classifier: a pair from one classifier.
-            for name in preset_scores:
-                (plain_dir / name).unlink(missing_ok=True)
             classifier(plain_dir)
         validation = {
             name: rescore(validation_marks(), val, f"val_detections_{chosen}.csv", directory)
