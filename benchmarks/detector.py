@@ -1269,14 +1269,17 @@ def _plot_quality(entry: dict, phantom: str) -> None:
 
     # The legends go below the axes: a results entry gathers many rows.
     fig, (froc, curve) = plt.subplots(1, 2, figsize=(11, 4.5))
+    # Matplotlib's default cycle repeats after ten colours; more rows take tab20's twenty.
+    colours = plt.get_cmap("tab10" if len(entry["rows"]) <= 10 else "tab20").colors
     for k, (name, row) in enumerate(entry["rows"].items()):
+        colour = colours[k % len(colours)]
         fps = np.maximum(np.asarray(row["froc"]["fps_per_scan"]), 1e-3)
-        froc.semilogx(fps, row["froc"]["sensitivity"], drawstyle="steps-post", color=f"C{k}",
+        froc.semilogx(fps, row["froc"]["sensitivity"], drawstyle="steps-post", color=colour,
                       label=f"{name}: CPM {row['cpm']:.3f}")  # fmt: skip
         points = row["validation_cpm_by_time"]  # none for a re-scoring row
         if points:
             curve.plot([p["train_s"] / 60 for p in points], [p["cpm"] for p in points], "o-",
-                       color=f"C{k}", label=name)  # fmt: skip
+                       color=colour, label=name)  # fmt: skip
     test = entry["split"]["test"]
     froc.set(xlim=(0.1, 16), ylim=(0, 1), xlabel="false positives per scan",
              ylabel="sensitivity",
