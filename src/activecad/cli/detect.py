@@ -140,10 +140,23 @@ def detect_command(
             min=0,
             help="With --fpr: also hand the classifier this many blob candidates a scan (a "
             "Hessian dot filter's strongest spots in the lungs that no detection covers; "
-            "they catch small nodules a detector misses), each given the detector's score "
-            "threshold as its detector probability; column source tells them apart. 0: none.",
+            "they catch small nodules a detector misses), each given --blob-score as its "
+            "detector probability; column source tells them apart. 0: none.",
         ),
     ] = 0,
+    blob_score: Annotated[
+        float | None,
+        typer.Option(
+            "--blob-score",
+            min=0.0,
+            max=1.0,
+            help="With --blobs: the detector probability a blob candidate is given before "
+            "the classifier's is combined with it (default: the detector's score threshold, "
+            "the most it said there). Choose it on validation scans: 0.2 on the medium "
+            "phantom's (see README, 'Quality and speed').",
+            show_default=False,
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a summary as JSON.")] = False,
     heatmaps: Annotated[
         Path | None,
@@ -175,6 +188,7 @@ def detect_command(
             "--fpr": fpr,
             "--heatmaps": heatmaps,
             "--blobs": blobs or None,
+            "--blob-score": blob_score,
         }
         for option, value in given.items():
             if value is not None:
@@ -186,8 +200,9 @@ def detect_command(
     if stacked is not None:
         raise usage_error("applies to MELD models ('train meld') only; drop it", option="--stacked")
     if is_cxr_model(model):  # a chest-radiograph model: SCANS are radiographs
-        if blobs:
-            raise usage_error("applies to CT detectors only; drop it", option="--blobs")
+        for option, value in (("--blobs", blobs or None), ("--blob-score", blob_score)):
+            if value is not None:
+                raise usage_error("applies to CT detectors only; drop it", option=option)
         return detect_cxr(scans, model, out, heatmaps, as_json)
     from activecad.data.preprocess import PreprocessCache, default_cache_dir
     from activecad.io.tables import write_table
@@ -201,6 +216,8 @@ def detect_command(
             "blob candidates need a classifier to score them: add --fpr MODEL_DIR",
             option="--blobs",
         )
+    if blob_score is not None and not blobs:
+        raise usage_error("scores blob candidates: add --blobs N", option="--blob-score")
     out = output_file(out)
     if uncertainty is not None:
         uncertainty = output_file(uncertainty, option="--uncertainty")
@@ -232,7 +249,8 @@ def detect_command(
         found = blob_candidates_for_files(
             scans, PreprocessCache(cache_dir), BlobConfig(per_scan=blobs), progress=not as_json
         )
-        detections = merge_candidates(detections, found, blob_score=detector.config.score_thresh)
+        score = detector.config.score_thresh if blob_score is None else blob_score
+        detections = merge_candidates(detections, found, blob_score=score)
     if fpr is not None:
         detections = apply_fpr(
             detections, scans, fpr, cache=PreprocessCache(cache_dir), progress=not as_json

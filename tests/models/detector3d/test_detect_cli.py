@@ -100,8 +100,16 @@ def _chest_with_a_ball(folder: Path) -> tuple[Path, np.ndarray]:
     return path, np.array([-10.0 + 24, 5.0 + 22, -60.0 + 20])
 
 
+# Without --blob-score a blob's detector score is the detector's threshold (TINY's is 0).
+@pytest.mark.parametrize(
+    ("score_option", "det_probability"), [([], 0.0), (["--blob-score", "0.2"], 0.2)]
+)
 def test_detect_with_blobs_hands_the_classifier_spots_the_detector_left(
-    run_cli: Callable[..., object], model_dir: Path, tmp_path: Path
+    run_cli: Callable[..., object],
+    model_dir: Path,
+    tmp_path: Path,
+    score_option: list[str],
+    det_probability: float,
 ) -> None:
     from activecad.models.fpr import build_net, preset_config, save_fpr
 
@@ -111,7 +119,7 @@ def test_detect_with_blobs_hands_the_classifier_spots_the_detector_left(
     out = tmp_path / "det.csv"
     result = run_cli(
         "detect", scan, "--model", model_dir, "--out", out, "--fpr", tmp_path / "fpr",
-        "--blobs", "3", "--cache", tmp_path / "c",
+        "--blobs", "3", "--cache", tmp_path / "c", *score_option,
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr  # type: ignore[attr-defined]
     table = pd.read_csv(out)
@@ -120,10 +128,8 @@ def test_detect_with_blobs_hands_the_classifier_spots_the_detector_left(
     # The untrained detector's marks do not cover the ball; the filter's strongest spot is it.
     xyz = blobs[["coordX", "coordY", "coordZ"]].to_numpy()
     assert np.linalg.norm(xyz - ball, axis=1).min() <= 1.0
-    # The detector's score threshold stands for its score there (TINY's is 0: none at all).
-    threshold = 0.0
-    assert (blobs["det_probability"] == threshold).all()
-    expected = np.sqrt(threshold * blobs["fpr_probability"])
+    assert (blobs["det_probability"] == det_probability).all()
+    expected = np.sqrt(det_probability * blobs["fpr_probability"])
     np.testing.assert_allclose(blobs["probability"], expected, rtol=1e-6)
 
 
@@ -137,6 +143,17 @@ def test_blobs_without_a_classifier_is_a_usage_error(
     assert result.exit_code == 2  # type: ignore[attr-defined]
     assert "--fpr" in result.stderr  # type: ignore[attr-defined]
     assert not (tmp_path / "d.csv").exists()
+
+
+def test_a_blob_score_without_blobs_is_a_usage_error(
+    run_cli: Callable[..., object], model_dir: Path, tmp_path: Path
+) -> None:
+    scan = _scan(tmp_path / "ct", "1.2.3")
+    out = tmp_path / "d.csv"
+    result = run_cli("detect", scan, "--model", model_dir, "--out", out, "--blob-score", "0.2")
+    assert result.exit_code == 2  # type: ignore[attr-defined]
+    assert "--blobs" in result.stderr  # type: ignore[attr-defined]
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(

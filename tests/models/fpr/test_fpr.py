@@ -23,6 +23,7 @@ from activecad.models.fpr import (
     preset_config,
     save_fpr,
     train_fpr,
+    with_blob_score,
 )
 from activecad.models.fpr.train import _FprLoss
 
@@ -53,6 +54,18 @@ def test_combined_probability_is_the_geometric_mean() -> None:
     assert combine_probabilities(np.array([0.64, 1.0]), np.array([0.25, 0.0])) == pytest.approx(
         [0.4, 0.0]
     )
+
+
+def test_another_blob_score_recombines_blobs_only() -> None:
+    rescored = pd.DataFrame(
+        {"source": ["detector", "blob", "blob"], "det_probability": [0.64, 0.05, 0.05],
+         "fpr_probability": [0.25, 0.64, 0.01], "probability": [0.4, np.sqrt(0.032), 0.0]}
+    )  # fmt: skip
+    moved = with_blob_score(rescored, 0.25)
+    # sqrt(0.25 x 0.64) = 0.4 and sqrt(0.25 x 0.01) = 0.05 by hand; the mark keeps its 0.4.
+    assert moved["det_probability"].tolist() == [0.64, 0.25, 0.25]
+    assert moved["probability"].tolist() == pytest.approx([0.4, 0.4, 0.05])
+    assert rescored["det_probability"].tolist() == [0.64, 0.05, 0.05]  # the input is kept
 
 
 def _balls_and_tubes(seed: int) -> tuple[PreparedScan, pd.DataFrame]:
@@ -150,4 +163,4 @@ def test_a_given_validation_split_is_kept_and_may_not_overlap(
             config,
             seriesuids=uids,
             val_seriesuids=uids[:1],
-            )
+        )

@@ -18,6 +18,7 @@ from activecad.models.fpr.train import (
     save_fpr,
     train_fpr,
     train_fpr_on_folder,
+    with_blob_score,
 )
 
 __all__ = [
@@ -38,4 +39,5 @@ __all__ = [
     "save_fpr",
     "train_fpr",
     "train_fpr_on_folder",
+    "with_blob_score",
 ]

@@ -426,6 +426,24 @@ def combine_probabilities(det_probability: np.ndarray, fpr_probability: np.ndarr
     return np.sqrt(np.clip(det_probability, 0, 1) * np.clip(fpr_probability, 0, 1))
 
 
+def with_blob_score(rescored: pd.DataFrame, blob_score: float) -> pd.DataFrame:
+    """:func:`apply_fpr`'s output with every blob candidate (``source`` "blob") given the
+    detector probability ``blob_score`` and its final probability combined anew.
+
+    The classifier's probability of a candidate does not depend on its detector score, so
+    comparing blob scores (on validation scans) needs one classifier pass, not one each.
+    """
+    out = rescored.copy()
+    if "source" not in out.columns:
+        return out
+    blob = (out["source"] == "blob").to_numpy()
+    out.loc[blob, "det_probability"] = float(blob_score)
+    out.loc[blob, "probability"] = combine_probabilities(
+        np.full(int(blob.sum()), float(blob_score)), out.loc[blob, "fpr_probability"].to_numpy()
+    )
+    return out
+
+
 def apply_fpr(
     detections: pd.DataFrame,
     scans: Iterable[Path],
@@ -508,4 +526,5 @@ __all__ = [
     "save_fpr",
     "train_fpr",
     "train_fpr_on_folder",
+    "with_blob_score",
 ]
