@@ -577,8 +577,18 @@ def quality_fpr(
     blobs: int = typer.Option(
         0,
         help="Also hand the classifier this many blob candidates a scan (Hessian dot filter, "
-        "activecad.models.blobs) that no mark covers, scored by the classifier alone; 0: "
-        "none. The classifier is the row's own, trained on marks.",
+        "activecad.models.blobs) that no mark covers; 0: none.",
+    ),
+    blob_scores: str = typer.Option(
+        "",
+        help="With --blobs: detector scores a blob may be given (comma-separated), compared "
+        "by two-stage CPM on the validation scans, the best used on the test scans; empty: "
+        "the detector's score threshold.",
+    ),
+    blob_classifier: str = typer.Option(
+        "marks+blobs",
+        help="With --blobs: the classifier that scores marks and blobs, 'marks+blobs' (one "
+        "that also learns the training scans' blobs) or 'marks' (the row's own).",
     ),
     fpr_set: list[str] = typer.Option(
         [],
@@ -596,8 +606,9 @@ def quality_fpr(
     and picks its weights on the validation scans, and the row's test marks are re-scored
     once (``sqrt(p_detector x p_fpr)``). Adds row ``ROW, FP reduction`` (``ROW, FP
     reduction, N marks`` when the test scans get N marks other than 100; ``ROW, FP
-    reduction + B blobs`` with ``--blobs B``; ``ROW, FP reduction (KEY=VALUE ...)`` with
-    ``--fpr-set``)."""
+    reduction + B blobs`` with ``--blobs B``, ``ROW, FP reduction + B blobs (blob_scores=...
+    classifier=marks)`` with a blob score chosen on validation or the row's own classifier;
+    ``ROW, FP reduction (KEY=VALUE ...)`` with ``--fpr-set``)."""
     from tqdm import tqdm
 
     from activecad.active.loop import scan_uid
@@ -609,11 +620,28 @@ def quality_fpr(
     from activecad.models.blobs import BlobConfig, blob_candidates_for_files, merge_candidates
     from activecad.models.detector3d import load_bundle
     from activecad.models.detector3d.inference import detect_prepared
-    from activecad.models.fpr import apply_fpr, preset_config, train_fpr_on_folder
+    from activecad.models.fpr import (
+        apply_fpr,
+        preset_config,
+        train_fpr_on_folder,
+        with_blob_score,
+    )
 
     overrides = _settings(fpr_set)
     if overrides and blobs:
         raise typer.BadParameter("--fpr-set and --blobs are measured one at a time")
+    if blob_classifier not in ("marks+blobs", "marks"):
+        raise typer.BadParameter(
+            f"--blob-classifier: 'marks+blobs' or 'marks', not {blob_classifier!r}"
+        )
+    try:
+        score_choices = sorted(float(v) for v in blob_scores.split(",") if v.strip())
+    except ValueError as error:
+        raise typer.BadParameter(f"--blob-scores: numbers, as 0.05,0.2 ({error})") from error
+    if not all(0 <= v <= 1 for v in score_choices):
+        raise typer.BadParameter("--blob-scores: each between 0 and 1")
+    if (score_choices or blob_classifier != "marks+blobs") and not blobs:
+        raise typer.BadParameter("--blob-scores and --blob-classifier apply with --blobs N")
     # An unknown or invalid setting fails now, not after the detector's marks.
     try:
         preset_config("cpu", **overrides)
@@ -667,19 +695,31 @@ def quality_fpr(
             rescored.to_csv(path, index=False)
         return pd.read_csv(path, dtype={"seriesuid": str})
 
-    def blob_table() -> pd.DataFrame:
-        """``blobs`` blob candidates a scan of every cohort scan (they depend on the scan
-        only), kept beside the cohort (and the seconds a scan they took)."""
+    def blob_table(uids: list[str]) -> pd.DataFrame:
+        """``blobs`` blob candidates a scan of ``uids`` (they depend on the scan only),
+        kept beside the cohort with those of other scans (and the seconds a scan that the
+        last ones took); scans already there are not filtered again."""
         path = work / f"{cohort.name}_blobs_{blobs}.csv"
-        if not path.is_file():
+        done = path.with_suffix(".scans")
+        found = pd.read_csv(path, dtype={"seriesuid": str}) if path.is_file() else None
+        # A table from before scans were listed beside it holds every cohort scan.
+        if done.is_file():
+            listed = set(done.read_text().split())
+        else:
+            listed = set(paths) if found is not None else set()
+        missing = sorted(set(uids) - listed)
+        if missing:
             start = time.perf_counter()
-            found = blob_candidates_for_files(
-                [paths[u] for u in sorted(paths)], cache, BlobConfig(per_scan=blobs), progress=True
+            new = blob_candidates_for_files(
+                [paths[u] for u in missing], cache, BlobConfig(per_scan=blobs), progress=True
             )
-            seconds = (time.perf_counter() - start) / max(len(paths), 1)
+            seconds = (time.perf_counter() - start) / len(missing)
             path.with_suffix(".seconds").write_text(f"{seconds}\n")
+            found = new if found is None else pd.concat([found, new], ignore_index=True)
             found.to_csv(path, index=False)
-        return pd.read_csv(path, dtype={"seriesuid": str})
+            done.write_text("\n".join(sorted(listed | set(missing))) + "\n")
+        assert found is not None
+        return found[found["seriesuid"].isin(uids)]
 
     def classifier(
         directory: Path, extra: pd.DataFrame | None = None, settings: dict | None = None
@@ -781,46 +821,79 @@ def quality_fpr(
             for name, table in zip(PRESET_SCORES, (validation["preset"], marks_only), strict=True):
                 table.round(4).to_csv(kept_files[name], index=False)
         new_name = f"{new_name} ({tag})"
+    # The test scans' candidates are re-scored once, and kept under this name.
+    test_scores = f"test_detections{suffix}.csv"
+    blob_score = None
     if blobs:
-        # A classifier that also learns the blobs' mimics; the validation scans say what
-        # the blobs add to the same marks, before the test scans are scored.
-        found = blob_table()
-        fpr_dir = model_dir / f"fpr_blobs{blobs}"
-        training = classifier(fpr_dir, found[found["seriesuid"].isin(train + val)])
-        # A blob's detector score is the row's threshold: the most the detector said there.
-        floor = load_bundle(model_dir).config.score_thresh
+        # The validation scans say what the blobs add to the same marks (and, with several
+        # blob scores, which one), before the test scans are scored.
+        learns_blobs = blob_classifier == "marks+blobs"
+        found = blob_table(train + val + test if learns_blobs else val + test)
+        if learns_blobs:  # a classifier that also learns the blobs' mimics
+            fpr_dir = model_dir / f"fpr_blobs{blobs}"
+            training = classifier(fpr_dir, found[found["seriesuid"].isin(train + val)])
+        # Candidates are scored with the row's threshold as the blobs' detector score (the
+        # most the detector said there); other blob scores only recombine the two stages.
+        floor = _score_threshold(model_dir)
         val_marks = validation_marks()
         with_blobs = merge_candidates(
             val_marks, found[found["seriesuid"].isin(val)], blob_score=floor
         )
+        # The same candidates before the classifier has seen any blob.
+        of_marks = rescore(with_blobs, val, f"val_detections_{chosen}_blobs{blobs}.csv")
         validation = {
             "marks": rescore(val_marks, val, f"val_detections_{chosen}.csv"),
-            "marks_and_blobs": rescore(with_blobs, val, f"val_detections_{chosen}.csv", fpr_dir),
-            # The same candidates before the classifier has seen any blob.
-            "marks_and_blobs_classifier_of_marks": rescore(
-                with_blobs, val, f"val_detections_{chosen}_blobs{blobs}.csv"
-            ),
+            "marks_and_blobs": rescore(with_blobs, val, f"val_detections_{chosen}.csv", fpr_dir)
+            if learns_blobs
+            else of_marks,
+            "marks_and_blobs_classifier_of_marks": of_marks,
         }
-        marks_only = rescore(detections, test, f"test_detections{suffix}.csv")
+        validation_cpm = {
+            name: froc_summary(table, annotations, excluded, val)[0]["cpm"]
+            for name, table in validation.items()
+        }
+        by_blob_score = {
+            f"{score:g}": froc_summary(
+                with_blob_score(validation["marks_and_blobs"], score), annotations, excluded, val
+            )[0]["cpm"]
+            for score in score_choices
+        }
+        if by_blob_score:
+            # Ties go to the lower score: blobs above fewer of the detector's own marks.
+            blob_score = max(score_choices, key=lambda v: (by_blob_score[f"{v:g}"], -v))
+            validation_cpm["marks_and_blobs"] = by_blob_score[f"{blob_score:g}"]
+        marks_only = rescore(detections, test, test_scores)
         detections = merge_candidates(
             detections, found[found["seriesuid"].isin(test)], blob_score=floor
         )
+        if not learns_blobs:  # beside the marks' own scores in the same folder
+            test_scores = f"test_detections{suffix}_blobs{blobs}.csv"
         new_name = new_name.replace("FP reduction", f"FP reduction + {blobs} blobs")
+        tag = " ".join(
+            [f"blob_scores={'-'.join(f'{v:g}' for v in score_choices)}"] * bool(score_choices)
+            + ["classifier=marks"] * (not learns_blobs)
+        )
+        new_name += f" ({tag})" if tag else ""
         extra_fields = {
             "blobs_per_scan": blobs,
             "blob_s_per_scan": float((work / f"{cohort.name}_blobs_{blobs}.seconds").read_text()),
-            "validation_cpm": {
-                name: froc_summary(table, annotations, excluded, val)[0]["cpm"]
-                for name, table in validation.items()
-            },
+            "blob_classifier": blob_classifier,
+            "blob_score": floor if blob_score is None else blob_score,
+            "validation_cpm": validation_cpm,
+            **({"validation_cpm_by_blob_score": by_blob_score} if by_blob_score else {}),
         }
-    rescored = rescore(detections, test, f"test_detections{suffix}.csv", fpr_dir)
-    rescore_s = float((fpr_dir / f"test_detections{suffix}.seconds").read_text())
+    rescored = rescore(detections, test, test_scores, fpr_dir)
+    if blob_score is not None:
+        rescored = with_blob_score(rescored, blob_score)
+    rescore_s = float((fpr_dir / test_scores).with_suffix(".seconds").read_text())
     if overrides:
         extra_fields["cpm_gain_over_preset_classifier_paired_bootstrap"] = paired_cpm_bootstrap(
             marks_only, rescored, annotations, excluded, test, bootstrap, seed=seed
         )
     if blobs:
+        extra_fields["marks_only_cpm"] = froc_summary(marks_only, annotations, excluded, test)[0][
+            "cpm"
+        ]
         extra_fields["cpm_gain_over_marks_only_paired_bootstrap"] = paired_cpm_bootstrap(
             marks_only, rescored, annotations, excluded, test, bootstrap, seed=seed
         )
@@ -834,14 +907,15 @@ def quality_fpr(
     )
     labels = label_candidates(rescored, annotations, excluded)
     known = labels["label"] >= 0
-    # The detector's AUC over its own marks (blob candidates have no detector score).
+    # The detector's AUC over its own marks only: a blob's detector score is a constant.
+    own_marks = labels["source"] == "detector" if "source" in labels.columns else known
     candidate_auc = {}
     for name, column in (
         ("detector", "det_probability"),
         ("fpr", "fpr_probability"),
         ("combined", "probability"),
     ):
-        scored = known & labels[column].notna()
+        scored = known & labels[column].notna() & (own_marks if name == "detector" else True)
         candidate_auc[name] = float(roc_auc_score(labels["label"][scored], labels[column][scored]))
     base_settings = {k: base[k] for k in ("spacing_mm", "patch", "batch", "epochs_done",
                                           "steps_per_epoch", "time_budget_s", "train_s",
@@ -858,9 +932,18 @@ def quality_fpr(
         ]
         + [
             f"plus the {blobs} strongest blob candidates a scan (Hessian dot filter, 1.5-6 "
-            "mm radii, 1.4 mm grid) more than 5 mm from every mark, p_detector = the detector's "
-            "score threshold; the "
-            "classifier learns from the training scans' blob candidates too"
+            "mm radii, 1.4 mm grid) more than 5 mm from every mark, p_detector = "
+            + (
+                f"{blob_score:g}, chosen on the validation scans from {score_choices}"
+                if blob_score is not None
+                else "the detector's score threshold"
+            )
+            + "; the classifier "
+            + (
+                "learns from the training scans' blob candidates too"
+                if blob_classifier == "marks+blobs"
+                else "is the one trained on marks only"
+            )
         ]
         * bool(blobs),
         **base_settings,
@@ -1184,12 +1267,24 @@ def _keep_marks(model_dir: Path, phantom: str, train_val: pd.DataFrame) -> None:
         kept["split.json"].write_text((model_dir / "split.json").read_text())
 
 
+def _score_threshold(model_dir: Path) -> float:
+    """A quality row's detector score threshold: its model folder's, or where only its kept
+    marks came back (a new machine) the cpu preset's, which every quality row keeps."""
+    from activecad.models.detector3d import load_bundle, preset_config
+
+    if (model_dir / "bundle.json").is_file():
+        return load_bundle(model_dir).config.score_thresh
+    return preset_config("cpu").score_thresh
+
+
 def _restore_marks(model_dir: Path, phantom: str) -> None:
     """Put a detector row's kept split and marks back into a model folder that lacks them
     (a new machine: the cohort regenerates byte for byte, the detector does not)."""
     kept_files = _kept_marks(model_dir, phantom)
-    # The preset classifier's scores come back as a pair or not at all: one classifier's.
-    if not all(kept_files[name].is_file() for name in PRESET_SCORES):
+    # The preset classifier's scores come back as a pair or not at all: one classifier's;
+    # and not beside a preset classifier trained here, whose own scores they are not.
+    trained_here = (model_dir / "fpr" / "weights.pt").is_file()
+    if trained_here or not all(kept_files[name].is_file() for name in PRESET_SCORES):
         kept_files = {k: v for k, v in kept_files.items() if k not in PRESET_SCORES}
     for name, kept in kept_files.items():
         if kept.is_file() and not (model_dir / name).is_file():
@@ -1202,8 +1297,8 @@ def _restore_marks(model_dir: Path, phantom: str) -> None:
 
 def _row_files(work: Path, name: str, patients: int, seed: int, phantom: str) -> tuple[Path, Path]:
     """A quality row's model folder and kept test detections. A two-stage row is named
-    ``DETECTOR ROW, FP reduction[ + B blobs][, N marks]`` and lives in its detector row's
-    folder."""
+    ``DETECTOR ROW, FP reduction[ + B blobs][, N marks][ (SETTINGS)]`` and lives in its
+    detector row's folder."""
     detector_row, _, second_stage = name.partition(", FP reduction")
     model_dir = _model_dir(work, detector_row, patients, seed)
     kept = _kept_detections(model_dir, phantom)
@@ -1211,9 +1306,8 @@ def _row_files(work: Path, name: str, patients: int, seed: int, phantom: str) ->
         return model_dir, kept
     second_stage, _, settings = second_stage.partition(" (")
     if settings:
-        return model_dir, kept.with_name(
-            f"{model_dir.name}_fpr_{_slug(settings.rstrip(')'))}_test_detections.csv.gz"
-        )
+        tag = _slug(f"{second_stage} {settings.rstrip(')')}")
+        return model_dir, kept.with_name(f"{model_dir.name}_fpr_{tag}_test_detections.csv.gz")
     blobs, _, marks = second_stage.partition(", ")
     parts = [marks.removesuffix(" marks")] if marks else []
     parts += [blobs.strip(" +").replace(" ", "_")] if blobs.strip() else []
