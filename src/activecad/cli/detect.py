@@ -130,7 +130,20 @@ def detect_command(
         typer.Option(
             "--fpr",
             help="FP-reduction model folder ('activecad train fpr'): re-score every detection; "
-            "probability = sqrt(detector x classifier), both kept as columns.",
+            "probability = detector^(1-w) x classifier^w (w: --fpr-weight), both kept as "
+            "columns.",
+        ),
+    ] = None,
+    fpr_weight: Annotated[
+        float | None,
+        typer.Option(
+            "--fpr-weight",
+            min=0.0,
+            max=1.0,
+            help="With --fpr: the classifier's weight w in the final probability (default "
+            "0.5: sqrt(detector x classifier); 1: the classifier alone). Choose it on "
+            "validation scans (see README, 'Quality and speed').",
+            show_default=False,
         ),
     ] = None,
     blobs: Annotated[
@@ -186,6 +199,7 @@ def detect_command(
         given = {
             "--uncertainty": uncertainty,
             "--fpr": fpr,
+            "--fpr-weight": fpr_weight,
             "--heatmaps": heatmaps,
             "--blobs": blobs or None,
             "--blob-score": blob_score,
@@ -200,7 +214,13 @@ def detect_command(
     if stacked is not None:
         raise usage_error("applies to MELD models ('train meld') only; drop it", option="--stacked")
     if is_cxr_model(model):  # a chest-radiograph model: SCANS are radiographs
-        for option, value in (("--blobs", blobs or None), ("--blob-score", blob_score)):
+        ct_only = {
+            "--fpr": fpr,
+            "--fpr-weight": fpr_weight,
+            "--blobs": blobs or None,
+            "--blob-score": blob_score,
+        }
+        for option, value in ct_only.items():
             if value is not None:
                 raise usage_error("applies to CT detectors only; drop it", option=option)
         return detect_cxr(scans, model, out, heatmaps, as_json)
@@ -218,6 +238,10 @@ def detect_command(
         )
     if blob_score is not None and not blobs:
         raise usage_error("scores blob candidates: add --blobs N", option="--blob-score")
+    if fpr_weight is not None and fpr is None:
+        raise usage_error(
+            "weighs the FP-reduction classifier: add --fpr MODEL_DIR", option="--fpr-weight"
+        )
     out = output_file(out)
     if uncertainty is not None:
         uncertainty = output_file(uncertainty, option="--uncertainty")
@@ -253,7 +277,12 @@ def detect_command(
         detections = merge_candidates(detections, found, blob_score=score)
     if fpr is not None:
         detections = apply_fpr(
-            detections, scans, fpr, cache=PreprocessCache(cache_dir), progress=not as_json
+            detections,
+            scans,
+            fpr,
+            cache=PreprocessCache(cache_dir),
+            fpr_weight=0.5 if fpr_weight is None else fpr_weight,
+            progress=not as_json,
         )
     with atomic_output(out, folder=False) as tmp:
         write_table(detections, tmp, "submission")

@@ -84,3 +84,10 @@ def test_errors_are_one_line_and_write_nothing(tmp_path: Path, run_cli) -> None:
     r = run_cli("detect", ct, "--model", tmp_path / "fake", "--out", tmp_path / "s.csv")
     assert r.exit_code == 1 and "CT scan, not a chest radiograph" in r.stderr
     assert not (tmp_path / "s.csv").exists()
+    # The CT detector's second stage does not apply to a radiograph model.
+    for option in (["--fpr", tmp_path], ["--fpr-weight", "0.8"], ["--blobs", "5"]):
+        r = run_cli(
+            "detect", ct, "--model", tmp_path / "fake", "--out", tmp_path / "s.csv", *option
+        )
+        assert r.exit_code == 2 and "applies to CT detectors only" in r.stderr, r.stderr
+        assert option[0] in r.stderr and not (tmp_path / "s.csv").exists()

@@ -65,8 +65,16 @@ def test_detect_writes_tables_and_caches_in_the_user_folder(
     assert PreprocessCache(tmp_path / "c").info().entries == 1
 
 
+# Without --fpr-weight the final probability is sqrt(detector x classifier).
+@pytest.mark.parametrize(
+    ("weight_option", "fpr_weight"), [([], 0.5), (["--fpr-weight", "0.8"], 0.8)]
+)
 def test_detect_with_fpr_keeps_both_probabilities(
-    run_cli: Callable[..., object], model_dir: Path, tmp_path: Path
+    run_cli: Callable[..., object],
+    model_dir: Path,
+    tmp_path: Path,
+    weight_option: list[str],
+    fpr_weight: float,
 ) -> None:
     from activecad.models.fpr import build_net, preset_config, save_fpr
 
@@ -76,12 +84,12 @@ def test_detect_with_fpr_keeps_both_probabilities(
     out = tmp_path / "det.csv"
     result = run_cli(
         "detect", scan, "--model", model_dir, "--out", out, "--fpr", tmp_path / "fpr",
-        "--cache", tmp_path / "c",
+        "--cache", tmp_path / "c", *weight_option,
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr  # type: ignore[attr-defined]
     table = pd.read_csv(out)
     assert {"det_probability", "fpr_probability"} <= set(table.columns)
-    expected = np.sqrt(table["det_probability"] * table["fpr_probability"])
+    expected = table["det_probability"] ** (1 - fpr_weight) * table["fpr_probability"] ** fpr_weight
     np.testing.assert_allclose(table["probability"], expected, rtol=1e-6)
 
 
@@ -145,14 +153,21 @@ def test_blobs_without_a_classifier_is_a_usage_error(
     assert not (tmp_path / "d.csv").exists()
 
 
-def test_a_blob_score_without_blobs_is_a_usage_error(
-    run_cli: Callable[..., object], model_dir: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    ("option", "needs"), [(["--blob-score", "0.2"], "--blobs"), (["--fpr-weight", "0.8"], "--fpr")]
+)
+def test_a_scoring_option_without_what_it_scores_is_a_usage_error(
+    run_cli: Callable[..., object],
+    model_dir: Path,
+    tmp_path: Path,
+    option: list[str],
+    needs: str,
 ) -> None:
     scan = _scan(tmp_path / "ct", "1.2.3")
     out = tmp_path / "d.csv"
-    result = run_cli("detect", scan, "--model", model_dir, "--out", out, "--blob-score", "0.2")
+    result = run_cli("detect", scan, "--model", model_dir, "--out", out, *option)
     assert result.exit_code == 2  # type: ignore[attr-defined]
-    assert "--blobs" in result.stderr  # type: ignore[attr-defined]
+    assert needs in result.stderr.split("add")[-1]  # type: ignore[attr-defined]
     assert not out.exists()
 
 

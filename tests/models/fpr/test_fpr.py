@@ -21,9 +21,9 @@ from activecad.models.fpr import (
     load_fpr,
     predict,
     preset_config,
+    recombine,
     save_fpr,
     train_fpr,
-    with_blob_score,
 )
 from activecad.models.fpr.train import _FprLoss
 
@@ -56,16 +56,30 @@ def test_combined_probability_is_the_geometric_mean() -> None:
     )
 
 
-def test_another_blob_score_recombines_blobs_only() -> None:
+def test_the_classifier_weight_moves_the_combination_between_the_stages() -> None:
+    det, fpr = np.array([1 / 16, 1.0, 0.0]), np.array([1.0, 1 / 16, 0.3])
+    # By hand: (1/16)^(1/4) = 1/2 and (1/16)^(3/4) = 1/8; 0^0 = 1 leaves the classifier's 0.3.
+    assert combine_probabilities(det, fpr, 0.75)[:2] == pytest.approx([0.5, 0.125])
+    assert combine_probabilities(det, fpr, 1.0) == pytest.approx(fpr)
+    assert combine_probabilities(det, fpr, 0.0) == pytest.approx(det)
+    with pytest.raises(InputError, match="between 0 and 1"):
+        combine_probabilities(det, fpr, 1.5)
+
+
+def test_recombining_moves_blob_scores_and_the_weight_without_a_classifier_pass() -> None:
     rescored = pd.DataFrame(
         {"source": ["detector", "blob", "blob"], "det_probability": [0.64, 0.05, 0.05],
          "fpr_probability": [0.25, 0.64, 0.01], "probability": [0.4, np.sqrt(0.032), 0.0]}
     )  # fmt: skip
-    moved = with_blob_score(rescored, 0.25)
+    moved = recombine(rescored, blob_score=0.25)
     # sqrt(0.25 x 0.64) = 0.4 and sqrt(0.25 x 0.01) = 0.05 by hand; the mark keeps its 0.4.
     assert moved["det_probability"].tolist() == [0.64, 0.25, 0.25]
     assert moved["probability"].tolist() == pytest.approx([0.4, 0.4, 0.05])
     assert rescored["det_probability"].tolist() == [0.64, 0.05, 0.05]  # the input is kept
+    # Weight 1: the classifier's own probability, whatever the detector said.
+    alone = recombine(rescored, fpr_weight=1.0)
+    assert alone["probability"].tolist() == pytest.approx([0.25, 0.64, 0.01])
+    assert alone["det_probability"].tolist() == [0.64, 0.05, 0.05]
 
 
 def _balls_and_tubes(seed: int) -> tuple[PreparedScan, pd.DataFrame]:

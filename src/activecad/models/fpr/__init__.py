@@ -15,10 +15,10 @@ from activecad.models.fpr.train import (
     load_fpr,
     predict,
     prepare_scans,
+    recombine,
     save_fpr,
     train_fpr,
     train_fpr_on_folder,
-    with_blob_score,
 )
 
 __all__ = [
@@ -36,8 +36,8 @@ __all__ = [
     "predict",
     "prepare_scans",
     "preset_config",
+    "recombine",
     "save_fpr",
     "train_fpr",
     "train_fpr_on_folder",
-    "with_blob_score",
 ]

@@ -416,30 +416,48 @@ def train_fpr_on_folder(
     }
 
 
-def combine_probabilities(det_probability: np.ndarray, fpr_probability: np.ndarray) -> np.ndarray:
-    """Final probability of a detection after FP reduction: the geometric mean
-    ``sqrt(p_detector * p_fpr)``.
+def combine_probabilities(
+    det_probability: np.ndarray, fpr_probability: np.ndarray, fpr_weight: float = 0.5
+) -> np.ndarray:
+    """Final probability of a detection after FP reduction: the weighted geometric mean
+    ``p_detector ** (1 - w) x p_fpr ** w`` with ``w = fpr_weight``; the default 0.5 is
+    ``sqrt(p_detector x p_fpr)``.
 
     Why this rule: a mark must convince both stages (either one near 0 sinks it), and with
     one stage's score fixed the ranking is the other's, so neither stage's ranking is lost.
+    The weight says how far to trust the classifier over the detector; choose it on
+    validation scans (w = 1 ranks by the classifier alone, w = 0 by the detector alone).
+
+    Raises:
+        InputError: ``fpr_weight`` outside [0, 1].
     """
-    return np.sqrt(np.clip(det_probability, 0, 1) * np.clip(fpr_probability, 0, 1))
+    if not 0 <= fpr_weight <= 1:
+        raise InputError(
+            f"the classifier's weight must lie between 0 and 1, got {fpr_weight}",
+            fix="0.5 (the default) weighs the detector and the classifier alike",
+        )
+    det = np.clip(np.asarray(det_probability, dtype=np.float64), 0, 1)
+    fpr = np.clip(np.asarray(fpr_probability, dtype=np.float64), 0, 1)
+    if fpr_weight == 0.5:  # the default, computed as it always was
+        return np.sqrt(det * fpr)
+    return det ** (1 - fpr_weight) * fpr**fpr_weight
 
 
-def with_blob_score(rescored: pd.DataFrame, blob_score: float) -> pd.DataFrame:
-    """:func:`apply_fpr`'s output with every blob candidate (``source`` "blob") given the
-    detector probability ``blob_score`` and its final probability combined anew.
+def recombine(
+    rescored: pd.DataFrame, *, fpr_weight: float = 0.5, blob_score: float | None = None
+) -> pd.DataFrame:
+    """:func:`apply_fpr`'s output with every final probability combined anew with the
+    classifier's weight ``fpr_weight``, after giving every blob candidate (``source``
+    "blob") the detector probability ``blob_score`` when one is given.
 
-    The classifier's probability of a candidate does not depend on its detector score, so
-    comparing blob scores (on validation scans) needs one classifier pass, not one each.
+    The classifier's probability of a candidate depends on neither, so comparing weights
+    and blob scores (on validation scans) needs one classifier pass, not one each.
     """
     out = rescored.copy()
-    if "source" not in out.columns:
-        return out
-    blob = (out["source"] == "blob").to_numpy()
-    out.loc[blob, "det_probability"] = float(blob_score)
-    out.loc[blob, "probability"] = combine_probabilities(
-        np.full(int(blob.sum()), float(blob_score)), out.loc[blob, "fpr_probability"].to_numpy()
+    if blob_score is not None and "source" in out.columns:
+        out.loc[(out["source"] == "blob").to_numpy(), "det_probability"] = float(blob_score)
+    out["probability"] = combine_probabilities(
+        out["det_probability"].to_numpy(), out["fpr_probability"].to_numpy(), fpr_weight
     )
     return out
 
@@ -450,16 +468,21 @@ def apply_fpr(
     model_dir: str | Path,
     *,
     cache: PreprocessCache,
+    fpr_weight: float = 0.5,
     device: str = "cpu",
     progress: bool = False,
 ) -> pd.DataFrame:
     """Re-score a detector's marks with an FP-reduction model.
+
+    Args:
+        fpr_weight: the classifier's weight in :func:`combine_probabilities`.
 
     Returns:
         ``detections`` with ``det_probability`` (the detector's), ``fpr_probability`` (the
         mean over the candidate's augmented patches) and ``probability`` replaced by
         :func:`combine_probabilities`.
     """
+    combine_probabilities(np.zeros(0), np.zeros(0), fpr_weight)  # a bad weight fails first
     net, config = load_fpr(model_dir)
     out = detections.reset_index(drop=True).copy()
     if out.empty:
@@ -470,7 +493,9 @@ def apply_fpr(
     )
     out["det_probability"] = out["probability"].to_numpy(float)
     out["fpr_probability"] = np.asarray(fpr).mean(axis=1)
-    out["probability"] = combine_probabilities(out["det_probability"], out["fpr_probability"])
+    out["probability"] = combine_probabilities(
+        out["det_probability"], out["fpr_probability"], fpr_weight
+    )
     return out
 
 
@@ -523,8 +548,8 @@ __all__ = [
     "load_fpr",
     "predict",
     "prepare_scans",
+    "recombine",
     "save_fpr",
     "train_fpr",
     "train_fpr_on_folder",
-    "with_blob_score",
 ]
