@@ -126,12 +126,12 @@ def detect_command(
         ),
     ] = None,
     fpr: Annotated[
-        Path | None,
+        list[Path] | None,
         typer.Option(
             "--fpr",
             help="FP-reduction model folder ('activecad train fpr'): re-score every detection; "
             "probability = detector^(1-w) x classifier^w (w: --fpr-weight), both kept as "
-            "columns.",
+            "columns. Repeat it for an ensemble: the classifiers' probabilities are averaged.",
         ),
     ] = None,
     fpr_weight: Annotated[
@@ -198,7 +198,7 @@ def detect_command(
     if is_meld_model(model):  # a lesion model: 2D boxes on every stored slice
         given = {
             "--uncertainty": uncertainty,
-            "--fpr": fpr,
+            "--fpr": fpr or None,
             "--fpr-weight": fpr_weight,
             "--heatmaps": heatmaps,
             "--blobs": blobs or None,
@@ -215,7 +215,7 @@ def detect_command(
         raise usage_error("applies to MELD models ('train meld') only; drop it", option="--stacked")
     if is_cxr_model(model):  # a chest-radiograph model: SCANS are radiographs
         ct_only = {
-            "--fpr": fpr,
+            "--fpr": fpr or None,
             "--fpr-weight": fpr_weight,
             "--blobs": blobs or None,
             "--blob-score": blob_score,
@@ -231,14 +231,14 @@ def detect_command(
     from activecad.models.fpr import apply_fpr, load_fpr
 
     # Everything is checked before the first scan is processed.
-    if blobs and fpr is None:
+    if blobs and not fpr:
         raise usage_error(
             "blob candidates need a classifier to score them: add --fpr MODEL_DIR",
             option="--blobs",
         )
     if blob_score is not None and not blobs:
         raise usage_error("scores blob candidates: add --blobs N", option="--blob-score")
-    if fpr_weight is not None and fpr is None:
+    if fpr_weight is not None and not fpr:
         raise usage_error(
             "weighs the FP-reduction classifier: add --fpr MODEL_DIR", option="--fpr-weight"
         )
@@ -261,8 +261,8 @@ def detect_command(
     for scan in scans:
         check_scan(scan)
     detector = load_bundle(model)
-    if fpr is not None:
-        load_fpr(fpr)  # checked before the first scan
+    for classifier in fpr or []:
+        load_fpr(classifier)  # checked before the first scan
 
     detections, uncertainties = detect_files(
         detector, scans, progress=not as_json, cache=PreprocessCache(cache_dir)
@@ -275,7 +275,7 @@ def detect_command(
         )
         score = detector.config.score_thresh if blob_score is None else blob_score
         detections = merge_candidates(detections, found, blob_score=score)
-    if fpr is not None:
+    if fpr:
         detections = apply_fpr(
             detections,
             scans,

@@ -93,6 +93,30 @@ def test_detect_with_fpr_keeps_both_probabilities(
     np.testing.assert_allclose(table["probability"], expected, rtol=1e-6)
 
 
+def test_detect_with_two_classifiers_averages_them(
+    run_cli: Callable[..., object], model_dir: Path, tmp_path: Path
+) -> None:
+    from activecad.models.fpr import build_net, preset_config, save_fpr
+
+    fpr_config = preset_config("cpu", patch_size=16, widths=(4, 8), patches_per_candidate=2)
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        save_fpr(tmp_path / f"fpr_{seed}", build_net(fpr_config), fpr_config, [])
+    scan = _scan(tmp_path / "ct", "1.2.3")
+    tables = {}
+    for name, models in (("one", ["1"]), ("two", ["2"]), ("both", ["1", "2"])):
+        given = [arg for seed in models for arg in ("--fpr", tmp_path / f"fpr_{seed}")]
+        out = tmp_path / f"{name}.csv"
+        result = run_cli(
+            "detect", scan, "--model", model_dir, "--out", out, "--cache", tmp_path / "c", *given
+        )
+        assert result.exit_code == 0, result.stderr  # type: ignore[attr-defined]
+        tables[name] = pd.read_csv(out)
+    mean = (tables["one"]["fpr_probability"] + tables["two"]["fpr_probability"]) / 2
+    assert len(mean) > 0 and not np.allclose(mean, tables["one"]["fpr_probability"])
+    np.testing.assert_allclose(tables["both"]["fpr_probability"], mean, rtol=1e-5)
+
+
 def _chest_with_a_ball(folder: Path) -> tuple[Path, np.ndarray]:
     """Soft tissue around a lung (-850 HU) holding a 4 mm-radius ball (0 HU); 1 mm voxels.
     Returns the scan file and the ball's centre, world mm x-y-z."""

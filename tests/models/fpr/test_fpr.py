@@ -15,6 +15,7 @@ from activecad.metrics import roc_auc_score
 from activecad.models.fpr import (
     FprNet,
     apply_fpr,
+    average_classifiers,
     build_net,
     candidate_set,
     combine_probabilities,
@@ -147,6 +148,31 @@ def test_apply_fpr_keeps_both_scores(tmp_path: Path, tiny_cohort: Path) -> None:
     assert out["det_probability"].tolist() == [0.9, 0.5, 0.1]
     expected = np.sqrt(out["det_probability"] * out["fpr_probability"])
     assert out["probability"].to_numpy() == pytest.approx(expected.to_numpy())
+    # Two classifiers: each candidate's classifier probability is the two models' mean.
+    torch.manual_seed(1)
+    save_fpr(tmp_path / "fpr_2", build_net(config), config, [])
+    second = apply_fpr(marks, folder.scans, tmp_path / "fpr_2", cache=PreprocessCache())
+    both = apply_fpr(
+        marks, folder.scans, [tmp_path / "fpr", tmp_path / "fpr_2"], cache=PreprocessCache()
+    )
+    mean = (out["fpr_probability"] + second["fpr_probability"]) / 2
+    assert both["fpr_probability"].to_numpy() == pytest.approx(mean.to_numpy())
+    assert both["probability"].to_numpy() == pytest.approx(np.sqrt(both["det_probability"] * mean))
+    assert not np.allclose(out["fpr_probability"], second["fpr_probability"])  # two models
+
+
+def test_averaging_classifiers_needs_the_same_candidates() -> None:
+    one = pd.DataFrame(
+        {"seriesuid": ["a", "a"], "coordX": [1.0, 2.0], "coordY": [0.0, 0.0],
+         "coordZ": [0.0, 0.0], "det_probability": [0.9, 0.4], "fpr_probability": [0.2, 0.1]}
+    )  # fmt: skip
+    other = one.assign(fpr_probability=[0.6, 0.9])
+    mean = average_classifiers([one, other])
+    # By hand: means 0.4 and 0.5; sqrt(0.9 x 0.4) = 0.6 and sqrt(0.4 x 0.5) = sqrt(0.2).
+    assert mean["fpr_probability"].tolist() == pytest.approx([0.4, 0.5])
+    assert mean["probability"].tolist() == pytest.approx([0.6, np.sqrt(0.2)])
+    with pytest.raises(InputError, match="other candidates"):
+        average_classifiers([one, other.iloc[::-1]])
 
 
 def test_a_given_validation_split_is_kept_and_may_not_overlap(

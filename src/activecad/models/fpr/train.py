@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -465,38 +465,78 @@ def recombine(
 def apply_fpr(
     detections: pd.DataFrame,
     scans: Iterable[Path],
-    model_dir: str | Path,
+    model_dir: str | Path | Sequence[str | Path],
     *,
     cache: PreprocessCache,
     fpr_weight: float = 0.5,
     device: str = "cpu",
     progress: bool = False,
 ) -> pd.DataFrame:
-    """Re-score a detector's marks with an FP-reduction model.
+    """Re-score a detector's marks with an FP-reduction model, or with several.
 
     Args:
+        model_dir: a model folder, or several (an ensemble: each scores every candidate
+            and :func:`average_classifiers` takes the mean).
         fpr_weight: the classifier's weight in :func:`combine_probabilities`.
 
     Returns:
         ``detections`` with ``det_probability`` (the detector's), ``fpr_probability`` (the
-        mean over the candidate's augmented patches) and ``probability`` replaced by
-        :func:`combine_probabilities`.
+        mean over the candidate's augmented patches, and over the models) and
+        ``probability`` replaced by :func:`combine_probabilities`.
+
+    Raises:
+        InputError: no model folder, one that is not a classifier, a bad weight.
     """
     combine_probabilities(np.zeros(0), np.zeros(0), fpr_weight)  # a bad weight fails first
-    net, config = load_fpr(model_dir)
+    folders = [model_dir] if isinstance(model_dir, str | Path) else list(model_dir)
+    if not folders:
+        raise InputError("no FP-reduction model folder given", fix="give one or more")
+    models = [load_fpr(folder) for folder in folders]  # every one checked before any scan
     out = detections.reset_index(drop=True).copy()
     if out.empty:
         return out.assign(det_probability=[], fpr_probability=[])
-    prepared = prepare_scans(scans, config, cache, progress=progress)
-    fpr = predict(
-        net.to(device), candidate_set(out, prepared), config, device=device, progress=progress
-    )
+    paths = list(scans)
     out["det_probability"] = out["probability"].to_numpy(float)
-    out["fpr_probability"] = np.asarray(fpr).mean(axis=1)
-    out["probability"] = combine_probabilities(
-        out["det_probability"], out["fpr_probability"], fpr_weight
+    scored = []
+    for net, config in models:
+        prepared = prepare_scans(paths, config, cache, progress=progress)
+        fpr = predict(
+            net.to(device), candidate_set(out, prepared), config, device=device, progress=progress
+        )
+        scored.append(out.assign(fpr_probability=np.asarray(fpr).mean(axis=1)))
+    return average_classifiers(scored, fpr_weight=fpr_weight)
+
+
+def average_classifiers(
+    rescored: Sequence[pd.DataFrame], *, fpr_weight: float = 0.5
+) -> pd.DataFrame:
+    """One table from :func:`apply_fpr`'s outputs for the same candidates by several
+    classifiers: ``fpr_probability`` is their mean and ``probability`` is combined anew.
+
+    Why the mean of probabilities: members trained from other seeds (or on other
+    candidates) err on different mimics, so averaging thins the false positives a single
+    classifier scores near 1 — the ones that decide sensitivity at few false positives.
+
+    Raises:
+        InputError: no tables, or tables that do not list the same candidates in order.
+    """
+    if not rescored:
+        raise InputError("no re-scored tables to average", fix="give one or more")
+    first = rescored[0]
+    keys = ["seriesuid", *XYZ, "det_probability"]
+    for other in rescored[1:]:
+        if len(other) != len(first) or not other[keys].reset_index(drop=True).equals(
+            first[keys].reset_index(drop=True)
+        ):
+            raise InputError(
+                "the re-scored tables list other candidates",
+                fix="score the same detections, in the same order, with every classifier",
+            )
+    out = first.reset_index(drop=True).copy()
+    out["fpr_probability"] = np.mean(
+        [table["fpr_probability"].to_numpy(float) for table in rescored], axis=0
     )
-    return out
+    return recombine(out, fpr_weight=fpr_weight)
 
 
 def save_fpr(
@@ -541,6 +581,7 @@ __all__ = [
     "CandidateSet",
     "FprFitTask",
     "apply_fpr",
+    "average_classifiers",
     "build_net",
     "candidate_set",
     "combine_probabilities",
