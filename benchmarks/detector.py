@@ -588,7 +588,21 @@ def quality_fpr(
     blob_classifier: str = typer.Option(
         "marks+blobs",
         help="With --blobs: the classifier that scores marks and blobs, 'marks+blobs' (one "
-        "that also learns the training scans' blobs) or 'marks' (the row's own).",
+        "that also learns the training scans' blobs), 'marks' (the row's own) or 'both' "
+        "(the mean of the two).",
+    ),
+    fpr_weights: str = typer.Option(
+        "0.5",
+        help="The classifier's weight w in the final probability p_detector^(1-w) x "
+        "p_fpr^w; several (comma-separated) are compared by two-stage CPM on the validation "
+        "scans (after the blob score) and the best is used on the test scans.",
+    ),
+    ensemble: int = typer.Option(
+        1,
+        min=1,
+        help="Classifiers trained alike from seeds SEED, SEED+1, ... whose mean probability "
+        "scores the candidates (the row's own first); the row reports the paired test gain "
+        "over the first alone.",
     ),
     fpr_set: list[str] = typer.Option(
         [],
@@ -604,11 +618,12 @@ def quality_fpr(
     """Two stages on a quality row's split: its detector marks the training and validation
     scans, an FP-reduction classifier (cpu preset) learns from the training scans' marks
     and picks its weights on the validation scans, and the row's test marks are re-scored
-    once (``sqrt(p_detector x p_fpr)``). Adds row ``ROW, FP reduction`` (``ROW, FP
-    reduction, N marks`` when the test scans get N marks other than 100; ``ROW, FP
-    reduction + B blobs`` with ``--blobs B``, ``ROW, FP reduction + B blobs (blob_scores=...
-    classifier=marks)`` with a blob score chosen on validation or the row's own classifier;
-    ``ROW, FP reduction (KEY=VALUE ...)`` with ``--fpr-set``)."""
+    once (``sqrt(p_detector x p_fpr)``, or a classifier weight chosen on validation). Adds
+    row ``ROW, FP reduction`` (``ROW, FP reduction, N marks`` when the test scans get N
+    marks other than 100; ``ROW, FP reduction + B blobs`` with ``--blobs B``, ``ROW, FP
+    reduction + B blobs (blob_scores=... classifier=marks)`` with a blob score chosen on
+    validation or the row's own classifier; ``(... fpr_weights=...)`` with a weight chosen
+    on validation; ``ROW, FP reduction (KEY=VALUE ...)`` with ``--fpr-set``)."""
     from tqdm import tqdm
 
     from activecad.active.loop import scan_uid
@@ -622,17 +637,18 @@ def quality_fpr(
     from activecad.models.detector3d.inference import detect_prepared
     from activecad.models.fpr import (
         apply_fpr,
+        average_classifiers,
         preset_config,
+        recombine,
         train_fpr_on_folder,
-        with_blob_score,
     )
 
     overrides = _settings(fpr_set)
     if overrides and blobs:
         raise typer.BadParameter("--fpr-set and --blobs are measured one at a time")
-    if blob_classifier not in ("marks+blobs", "marks"):
+    if blob_classifier not in ("marks+blobs", "marks", "both"):
         raise typer.BadParameter(
-            f"--blob-classifier: 'marks+blobs' or 'marks', not {blob_classifier!r}"
+            f"--blob-classifier: 'marks+blobs', 'marks' or 'both', not {blob_classifier!r}"
         )
     try:
         score_choices = sorted(float(v) for v in blob_scores.split(",") if v.strip())
@@ -640,6 +656,19 @@ def quality_fpr(
         raise typer.BadParameter(f"--blob-scores: numbers, as 0.05,0.2 ({error})") from error
     if not all(0 <= v <= 1 for v in score_choices):
         raise typer.BadParameter("--blob-scores: each between 0 and 1")
+    try:
+        weight_choices = sorted(float(v) for v in fpr_weights.split(",") if v.strip())
+    except ValueError as error:
+        raise typer.BadParameter(f"--fpr-weights: numbers, as 0.5,0.8 ({error})") from error
+    if not weight_choices or not all(0 <= v <= 1 for v in weight_choices):
+        raise typer.BadParameter("--fpr-weights: one or more, each between 0 and 1")
+    if overrides and weight_choices != [0.5]:
+        raise typer.BadParameter("--fpr-set and --fpr-weights are measured one at a time")
+    if ensemble > 1 and (overrides or (blobs and blob_classifier != "marks")):
+        raise typer.BadParameter(
+            "--ensemble applies to the row's own classifier: without --fpr-set, and with "
+            "--blobs only as --blob-classifier marks"
+        )
     if (score_choices or blob_classifier != "marks+blobs") and not blobs:
         raise typer.BadParameter("--blob-scores and --blob-classifier apply with --blobs N")
     # An unknown or invalid setting fails now, not after the detector's marks.
@@ -750,6 +779,17 @@ def quality_fpr(
     _keep_marks(model_dir, phantom, marked(train + val, 100, "train_val_detections.csv"))
     # A changed classifier trains first, so it can run beside the preset's own training.
     training = classifier(plain_dir) if not overrides else {}
+    # An ensemble's other members: the same classifier from the next seeds.
+    ensemble_dirs = [plain_dir] + [model_dir / f"fpr_seed{seed + k}" for k in range(1, ensemble)]
+    for k, directory in enumerate(ensemble_dirs[1:], start=1):
+        classifier(directory, settings={"seed": seed + k})
+
+    def rescore_all(detections: pd.DataFrame, uids: list[str], name: str) -> pd.DataFrame:
+        """``detections`` re-scored by the row's classifier, or its ensemble's mean."""
+        return average_classifiers(
+            [rescore(detections, uids, name, directory) for directory in ensemble_dirs]
+        )
+
     annotations = folder.annotations
     excluded = folder.excluded if folder.excluded is not None else annotations.iloc[:0]
 
@@ -777,6 +817,7 @@ def quality_fpr(
     suffix = "" if chosen == 100 else f"_{chosen}"
     detections = marked(test, chosen, f"test_detections{suffix}.csv")
     new_name = f"{row}, FP reduction" + (f", {chosen} marks" if chosen != 100 else "")
+    tags: list[str] = []  # the row's settings, in brackets after its name
     extra_fields: dict[str, object] = {}
     fpr_dir = plain_dir
 
@@ -820,18 +861,20 @@ def quality_fpr(
         if chosen == 100 and not all(kept_files[name].is_file() for name in PRESET_SCORES):
             for name, table in zip(PRESET_SCORES, (validation["preset"], marks_only), strict=True):
                 table.round(4).to_csv(kept_files[name], index=False)
-        new_name = f"{new_name} ({tag})"
-    # The test scans' candidates are re-scored once, and kept under this name.
-    test_scores = f"test_detections{suffix}.csv"
+        tags.append(tag)
+    # The test scans' candidates are re-scored once by each classifier, kept in its folder
+    # under this name; with several, their mean is the row's.
+    scorers = [fpr_dir] if overrides else ensemble_dirs
+    members = [(directory, f"test_detections{suffix}.csv") for directory in scorers]
     blob_score = None
     if blobs:
         # The validation scans say what the blobs add to the same marks (and, with several
         # blob scores, which one), before the test scans are scored.
-        learns_blobs = blob_classifier == "marks+blobs"
+        learns_blobs = blob_classifier != "marks"
         found = blob_table(train + val + test if learns_blobs else val + test)
+        blobs_dir = model_dir / f"fpr_blobs{blobs}"
         if learns_blobs:  # a classifier that also learns the blobs' mimics
-            fpr_dir = model_dir / f"fpr_blobs{blobs}"
-            training = classifier(fpr_dir, found[found["seriesuid"].isin(train + val)])
+            training = classifier(blobs_dir, found[found["seriesuid"].isin(train + val)])
         # Candidates are scored with the row's threshold as the blobs' detector score (the
         # most the detector said there); other blob scores only recombine the two stages.
         floor = _score_threshold(model_dir)
@@ -840,12 +883,17 @@ def quality_fpr(
             val_marks, found[found["seriesuid"].isin(val)], blob_score=floor
         )
         # The same candidates before the classifier has seen any blob.
-        of_marks = rescore(with_blobs, val, f"val_detections_{chosen}_blobs{blobs}.csv")
-        validation = {
-            "marks": rescore(val_marks, val, f"val_detections_{chosen}.csv"),
-            "marks_and_blobs": rescore(with_blobs, val, f"val_detections_{chosen}.csv", fpr_dir)
+        of_marks = rescore_all(with_blobs, val, f"val_detections_{chosen}_blobs{blobs}.csv")
+        of_blobs = (
+            rescore(with_blobs, val, f"val_detections_{chosen}.csv", blobs_dir)
             if learns_blobs
-            else of_marks,
+            else of_marks
+        )
+        validation = {
+            "marks": rescore_all(val_marks, val, f"val_detections_{chosen}.csv"),
+            "marks_and_blobs": {"marks": of_marks, "marks+blobs": of_blobs}.get(
+                blob_classifier, average_classifiers([of_marks, of_blobs])
+            ),
             "marks_and_blobs_classifier_of_marks": of_marks,
         }
         validation_cpm = {
@@ -854,7 +902,10 @@ def quality_fpr(
         }
         by_blob_score = {
             f"{score:g}": froc_summary(
-                with_blob_score(validation["marks_and_blobs"], score), annotations, excluded, val
+                recombine(validation["marks_and_blobs"], blob_score=score),
+                annotations,
+                excluded,
+                val,
             )[0]["cpm"]
             for score in score_choices
         }
@@ -862,18 +913,20 @@ def quality_fpr(
             # Ties go to the lower score: blobs above fewer of the detector's own marks.
             blob_score = max(score_choices, key=lambda v: (by_blob_score[f"{v:g}"], -v))
             validation_cpm["marks_and_blobs"] = by_blob_score[f"{blob_score:g}"]
-        marks_only = rescore(detections, test, test_scores)
+        marks_only = rescore(detections, test, f"test_detections{suffix}.csv")
         detections = merge_candidates(
             detections, found[found["seriesuid"].isin(test)], blob_score=floor
         )
-        if not learns_blobs:  # beside the marks' own scores in the same folder
-            test_scores = f"test_detections{suffix}_blobs{blobs}.csv"
+        # The marks' classifier keeps these beside its scores of the marks alone.
+        members = {
+            "marks": [(d, f"test_detections{suffix}_blobs{blobs}.csv") for d in ensemble_dirs],
+            "marks+blobs": [(blobs_dir, f"test_detections{suffix}.csv")],
+        }.get(blob_classifier, [(plain_dir, f"test_detections{suffix}_blobs{blobs}.csv"),
+                                (blobs_dir, f"test_detections{suffix}.csv")])  # fmt: skip
         new_name = new_name.replace("FP reduction", f"FP reduction + {blobs} blobs")
-        tag = " ".join(
-            [f"blob_scores={'-'.join(f'{v:g}' for v in score_choices)}"] * bool(score_choices)
-            + ["classifier=marks"] * (not learns_blobs)
-        )
-        new_name += f" ({tag})" if tag else ""
+        tags += [f"blob_scores={'-'.join(f'{v:g}' for v in score_choices)}"] * bool(
+            score_choices
+        ) + [f"classifier={blob_classifier}"] * (blob_classifier != "marks+blobs")
         extra_fields = {
             "blobs_per_scan": blobs,
             "blob_s_per_scan": float((work / f"{cohort.name}_blobs_{blobs}.seconds").read_text()),
@@ -882,10 +935,79 @@ def quality_fpr(
             "validation_cpm": validation_cpm,
             **({"validation_cpm_by_blob_score": by_blob_score} if by_blob_score else {}),
         }
-    rescored = rescore(detections, test, test_scores, fpr_dir)
-    if blob_score is not None:
-        rescored = with_blob_score(rescored, blob_score)
-    rescore_s = float((fpr_dir / test_scores).with_suffix(".seconds").read_text())
+    # The classifier's weight is chosen last, on the validation candidates as scored above.
+    fpr_weight = weight_choices[0]
+    if len(weight_choices) > 1:
+        on_validation = (
+            recombine(validation["marks_and_blobs"], blob_score=blob_score)
+            if blobs
+            else rescore_all(validation_marks(), val, f"val_detections_{chosen}.csv")
+        )
+        by_weight = {
+            f"{w:g}": froc_summary(
+                recombine(on_validation, fpr_weight=w), annotations, excluded, val
+            )[0]["cpm"]
+            for w in weight_choices
+        }
+        # Ties go to the weight nearest the geometric mean's 0.5.
+        fpr_weight = max(weight_choices, key=lambda w: (by_weight[f"{w:g}"], -abs(w - 0.5)))
+        extra_fields["validation_cpm_by_fpr_weight"] = by_weight
+        tags.append(f"fpr_weights={'-'.join(f'{v:g}' for v in weight_choices)}")
+    if ensemble > 1:
+        tags.append(f"ensemble={ensemble}")
+    if tags:
+        new_name += f" ({' '.join(tags)})"
+    rescored = recombine(
+        average_classifiers([rescore(detections, test, name, where) for where, name in members]),
+        fpr_weight=fpr_weight,
+        blob_score=blob_score,
+    )
+    if blobs and len(members) > 1:  # the same classifiers on the marks alone
+        marks_only = rescored[rescored["source"] == "detector"].reset_index(drop=True)
+    if ensemble > 1:
+        # The first member alone, at the same weight and blob score.
+        first = recombine(
+            rescore(detections, test, members[0][1], members[0][0]),
+            fpr_weight=fpr_weight,
+            blob_score=blob_score,
+        )
+        extra_fields["ensemble"] = [d.name for d in ensemble_dirs]
+        # On the validation scans too, the first member against the mean.
+        val_candidates, val_name = (
+            (with_blobs, f"val_detections_{chosen}_blobs{blobs}.csv")
+            if blobs
+            else (validation_marks(), f"val_detections_{chosen}.csv")
+        )
+        extra_fields["validation_cpm_first_and_ensemble"] = [
+            froc_summary(
+                recombine(table, fpr_weight=fpr_weight, blob_score=blob_score),
+                annotations,
+                excluded,
+                val,
+            )[0]["cpm"]
+            for table in (
+                rescore(val_candidates, val, val_name),
+                rescore_all(val_candidates, val, val_name),
+            )
+        ]
+        extra_fields["first_classifier_cpm"] = froc_summary(first, annotations, excluded, test)[0][
+            "cpm"
+        ]
+        extra_fields["cpm_gain_over_first_classifier_paired_bootstrap"] = paired_cpm_bootstrap(
+            first, rescored, annotations, excluded, test, bootstrap, seed=seed
+        )
+        extra_fields["ensemble_training"] = [classifier(d) for d in ensemble_dirs[1:]]
+    if fpr_weight != 0.5:
+        extra_fields["fpr_weight"] = fpr_weight
+        if blobs:  # the blobs' gain at the row's weight
+            marks_only = recombine(marks_only, fpr_weight=fpr_weight)
+        extra_fields["cpm_gain_over_geometric_mean_paired_bootstrap"] = paired_cpm_bootstrap(
+            recombine(rescored, fpr_weight=0.5), rescored, annotations, excluded, test, bootstrap,
+            seed=seed,
+        )  # fmt: skip
+    rescore_s = sum(
+        float((where / name).with_suffix(".seconds").read_text()) for where, name in members
+    )
     if overrides:
         extra_fields["cpm_gain_over_preset_classifier_paired_bootstrap"] = paired_cpm_bootstrap(
             marks_only, rescored, annotations, excluded, test, bootstrap, seed=seed
@@ -926,10 +1048,21 @@ def quality_fpr(
         + ")"
         + (f" + {blobs} blob candidates a scan" if blobs else ""),
         "changes": [
-            f"re-scores row {row!r}'s test marks ({chosen} a scan): sqrt(p_detector x p_fpr)",
+            f"re-scores row {row!r}'s test marks ({chosen} a scan): "
+            + (
+                "sqrt(p_detector x p_fpr)"
+                if fpr_weight == 0.5
+                else f"p_detector^{1 - fpr_weight:g} x p_fpr^{fpr_weight:g}, the weight chosen "
+                f"on the validation scans from {weight_choices}"
+            ),
             "FP reduction trained on the training scans' marks (100 a scan) plus every "
             "annotated nodule; weights picked by validation-scan AUC",
         ]
+        + [
+            f"an ensemble of {ensemble} such classifiers (seeds {seed} to {seed + ensemble - 1}); "
+            "p_fpr is their mean"
+        ]
+        * (ensemble > 1)
         + [
             f"plus the {blobs} strongest blob candidates a scan (Hessian dot filter, 1.5-6 "
             "mm radii, 1.4 mm grid) more than 5 mm from every mark, p_detector = "
@@ -939,11 +1072,12 @@ def quality_fpr(
                 else "the detector's score threshold"
             )
             + "; the classifier "
-            + (
-                "learns from the training scans' blob candidates too"
-                if blob_classifier == "marks+blobs"
-                else "is the one trained on marks only"
-            )
+            + {
+                "marks+blobs": "learns from the training scans' blob candidates too",
+                "marks": "is the one trained on marks only",
+                "both": "probability is the mean of the one trained on marks only and one "
+                "that learns from the training scans' blob candidates too",
+            }[blob_classifier]
         ]
         * bool(blobs),
         **base_settings,
