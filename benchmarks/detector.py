@@ -561,6 +561,17 @@ def _model_dir(work: Path, row_name: str, patients: int, seed: int) -> Path:
     return work / f"{row_name.replace(', ', '_').replace(' ', '_')}_{patients}_{seed}"
 
 
+def _unit_numbers(text: str, option: str) -> list[float]:
+    """The comma-separated numbers of ``option``, sorted, each between 0 and 1."""
+    try:
+        values = sorted(float(v) for v in text.split(",") if v.strip())
+    except ValueError as error:
+        raise typer.BadParameter(f"{option}: numbers, as 0.05,0.2 ({error})") from error
+    if not all(0 <= v <= 1 for v in values):
+        raise typer.BadParameter(f"{option}: each between 0 and 1")
+    return values
+
+
 @app.command("quality-fpr")
 def quality_fpr(
     row: str = typer.Option("ours, 1.4 mm", help="The quality row whose marks are re-scored."),
@@ -650,18 +661,10 @@ def quality_fpr(
         raise typer.BadParameter(
             f"--blob-classifier: 'marks+blobs', 'marks' or 'both', not {blob_classifier!r}"
         )
-    try:
-        score_choices = sorted(float(v) for v in blob_scores.split(",") if v.strip())
-    except ValueError as error:
-        raise typer.BadParameter(f"--blob-scores: numbers, as 0.05,0.2 ({error})") from error
-    if not all(0 <= v <= 1 for v in score_choices):
-        raise typer.BadParameter("--blob-scores: each between 0 and 1")
-    try:
-        weight_choices = sorted(float(v) for v in fpr_weights.split(",") if v.strip())
-    except ValueError as error:
-        raise typer.BadParameter(f"--fpr-weights: numbers, as 0.5,0.8 ({error})") from error
-    if not weight_choices or not all(0 <= v <= 1 for v in weight_choices):
-        raise typer.BadParameter("--fpr-weights: one or more, each between 0 and 1")
+    score_choices = _unit_numbers(blob_scores, "--blob-scores")
+    weight_choices = _unit_numbers(fpr_weights, "--fpr-weights")
+    if not weight_choices:
+        raise typer.BadParameter("--fpr-weights: one or more, as 0.5,0.8")
     if overrides and weight_choices != [0.5]:
         raise typer.BadParameter("--fpr-set and --fpr-weights are measured one at a time")
     if ensemble > 1 and (overrides or (blobs and blob_classifier != "marks")):
