@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -358,6 +359,14 @@ def quality(
         "4,8", help="ours: cubic anchor edges at P2, voxels (level k scales them by 2**k)."
     ),
     phantom: str = typer.Option("small", help="Phantom preset of the cohort (small, medium)."),
+    cls_loss: str = typer.Option(
+        "focal", help="ours: classification loss (focal, or sampled_bce as MONAI's recipe)."
+    ),
+    train_seed: int | None = typer.Option(
+        None,
+        help="ours: seed of the training's random choices (default --seed; the cohort and "
+        "split stay those of --seed), to retrain a row and see how far one retraining moves it.",
+    ),
     lr_drop: str = typer.Option(
         "budget",
         help="ours: the step schedule's tenfold drop at the last tenth of the epochs or 90 % "
@@ -377,14 +386,27 @@ def quality(
     edges = tuple(float(a) for a in anchors.split(","))
     if lr_drop not in ("budget", "epochs"):
         raise typer.BadParameter(f"--lr-drop must be budget or epochs, got {lr_drop!r}")
-    if model != "ours" and (norm != "batch" or edges != (4.0, 8.0) or lr_drop != "budget"):
-        raise typer.BadParameter("--norm, --anchors and --lr-drop apply to --model ours only")
+    if cls_loss not in ("focal", "sampled_bce"):
+        raise typer.BadParameter(f"--cls-loss must be focal or sampled_bce, got {cls_loss!r}")
+    ours_only = (
+        norm != "batch"
+        or edges != (4.0, 8.0)
+        or lr_drop != "budget"
+        or cls_loss != "focal"
+        or train_seed is not None
+    )
+    if model != "ours" and ours_only:
+        raise typer.BadParameter(
+            "--norm, --anchors, --cls-loss, --train-seed and --lr-drop apply to --model ours only"
+        )
     # A lever measured against the default row is named by what it changes.
     levers = (
         [f"{norm} norm"] * (norm != "batch")
         + [f"{spacing:g} mm"] * (spacing != 2.0)
         + [f"anchors {'-'.join(f'{e:g}' for e in edges)} vox"] * (edges != (4.0, 8.0))
         + [f"{time_budget / 3600:g} h"] * (time_budget != 3600.0)
+        + ["sampled bce"] * (cls_loss == "sampled_bce")
+        + [f"train seed {train_seed}"] * (train_seed is not None and train_seed != seed)
         # Rows before 2026-12-03 dropped the rate by epoch only and keep their names.
         + ["rate drop in budget"] * (model == "ours" and lr_drop == "budget")
     )
@@ -407,7 +429,8 @@ def quality(
         preprocess={"spacing": (spacing, spacing, spacing)},
         backbone_norm=norm,
         base_anchor_shapes=tuple((e, e, e) for e in edges),
-        seed=seed,
+        cls_loss=cls_loss,
+        seed=seed if train_seed is None else train_seed,
     )
     folder = read_luna_folder(cohort)
     cache = PreprocessCache(work / "cache")
@@ -1254,6 +1277,123 @@ def _found_by_conspicuity(
         out[kind]["nodules"] += 1
         out[kind]["found"] += int(len(hits) > 0 and hits.max() >= threshold)
     return out
+
+
+@app.command("quality-nms")
+def quality_nms(
+    row: str = typer.Option(..., help="The detector row (trained here) whose NMS is changed."),
+    nms: str = typer.Option(
+        "0.05,0.1,0.22,0.3,0.5",
+        help="NMS IoU thresholds (comma-separated), compared by CPM on the validation scans; "
+        "the best is used on the test scans.",
+    ),
+    patients: int = 240,
+    seed: int = 0,
+    bootstrap: int = typer.Option(300, help="Paired scan-bootstrap resamples of the CPM gain."),
+    phantom: str = typer.Option("small", help="Phantom preset of the cohort (small, medium)."),
+    threads: int = 2,
+    work: Path = typer.Option(WORK, help="The quality run's folder (its model)."),
+) -> None:
+    """An inference setting of a trained detector, no retraining: the row's detector marks
+    the validation scans at each NMS IoU threshold, the one with the best validation CPM
+    marks the test scans once, and row ``ROW, NMS chosen from ...`` reports its test CPM
+    with the paired gain over the row's own threshold. It also says whether the score
+    threshold ever decides which marks a test scan keeps (it cannot when every scan fills
+    its detections_per_scan above it)."""
+    from tqdm import tqdm
+
+    from activecad.active.loop import scan_uid
+    from activecad.data import PreprocessCache
+    from activecad.data.folders import froc_summary, paired_cpm_bootstrap, read_luna_folder
+    from activecad.models.detector3d import load_bundle
+    from activecad.models.detector3d.inference import detect_prepared
+
+    choices = _unit_numbers(nms, "--nms")
+    if not choices:
+        raise typer.BadParameter("--nms: one or more, as 0.1,0.22")
+    entry = json.loads(RESULTS.read_text()).get(_quality_key(phantom), {})
+    if row not in entry.get("rows", {}):
+        raise typer.BadParameter(f"no quality row {row!r}; rows: {sorted(entry.get('rows', {}))}")
+    model_dir = _model_dir(work, row, patients, seed)
+    if not (model_dir / "bundle.json").is_file():
+        raise typer.BadParameter(f"{model_dir} holds no trained detector: train that row here")
+    torch.set_num_threads(threads)
+    cohort = _quality_cohort(work, patients, seed, phantom)
+    folder = read_luna_folder(cohort)
+    excluded = folder.excluded if folder.excluded is not None else folder.annotations.iloc[:0]
+    paths = {scan_uid(p): p for p in folder.scans}
+    _, val, test = _row_split(model_dir, set(paths))
+    cache = PreprocessCache(work / "cache")
+    detector = load_bundle(model_dir)
+    own = detector.config.nms_thresh
+    patch_zyx = tuple(detector.config.patch_size)
+
+    def marks(uids: list[str], threshold: float) -> pd.DataFrame:
+        """The detector's marks on ``uids`` with NMS at ``threshold``, kept in the model
+        folder (the row's own test marks at its own threshold are its test detections)."""
+        name = "test" if uids == test else "val"
+        path = model_dir / f"{name}_detections_nms_{threshold:g}.csv"
+        if name == "test" and threshold == own:
+            path = model_dir / "test_detections.csv"
+        if not path.is_file():
+            detector.config = detector.config.model_copy(update={"nms_thresh": threshold})
+            found = []
+            for uid in tqdm(uids, desc=f"{name} marks, NMS {threshold:g}", unit="scan"):
+                scan = cache.load(paths[uid], detector.config.preprocess, min_shape_zyx=patch_zyx)
+                found.append(detect_prepared(detector, scan).detections)
+            pd.concat(found, ignore_index=True).to_csv(path, index=False)
+        return pd.read_csv(path, dtype={"seriesuid": str})
+
+    val_cpm = {
+        f"{t:g}": froc_summary(marks(val, t), folder.annotations, excluded, val)[0]["cpm"]
+        for t in choices
+    }
+    # Ties keep the row's own threshold, then the lower one.
+    best = max(choices, key=lambda t: (round(val_cpm[f"{t:g}"], 9), t == own, -t))
+    base = marks(test, own)
+    chosen = marks(test, best)
+    summary, (fps, sens, _) = froc_summary(
+        chosen, folder.annotations, excluded, test, n_bootstrap=1000
+    )
+    per_scan = base.groupby("seriesuid").size().reindex(test).fillna(0)
+    new_row = f"{row}, NMS chosen from {'-'.join(f'{t:g}' for t in choices)}"
+    new_dir = _model_dir(work, new_row, patients, seed)
+    new_dir.mkdir(exist_ok=True)
+    shutil.copy(model_dir / "split.json", new_dir / "split.json")
+    chosen.to_csv(new_dir / "test_detections.csv", index=False)
+    kept = _kept_detections(new_dir, phantom)
+    kept.parent.mkdir(exist_ok=True)
+    chosen.round(3).to_csv(kept, index=False)
+    entry["rows"][new_row] = {
+        "config": f"row {row!r}'s detector, NMS IoU chosen on the validation scans",
+        "changes": [f"NMS IoU {best:g} instead of {own:g}, chosen from {choices}"],
+        "nms_thresh": best,
+        "own_nms_thresh": own,
+        "validation_cpm_by_nms": val_cpm,
+        "own_cpm": froc_summary(base, folder.annotations, excluded, test)[0]["cpm"],
+        "cpm_gain_over_own_nms_paired_bootstrap": paired_cpm_bootstrap(
+            base, chosen, folder.annotations, excluded, test, bootstrap, seed=seed
+        ),
+        "score_threshold": {
+            "score_thresh": detector.config.score_thresh,
+            "detections_per_scan": detector.config.detections_per_scan,
+            "test_scans_with_fewer_marks": int(
+                (per_scan < detector.config.detections_per_scan).sum()
+            ),
+            "lowest_test_mark_probability": float(base["probability"].min()),
+        },
+        "cpm": summary["cpm"],
+        "ci_95": summary["ci"],
+        "sensitivities": summary["sensitivities"],
+        "counts": summary["counts"],
+        "found_by_size": _found_by_size(chosen, folder.annotations, test),
+        **_truth_fields(chosen, cohort, test, seed),
+        "froc": {"fps_per_scan": _thin(fps), "sensitivity": _thin(sens)},
+        "validation_cpm_by_time": [],
+        "machine": _machine(),
+    }
+    _record(_quality_key(phantom), entry)
+    _plot_quality(entry, phantom)
 
 
 @app.command("full-truth")
