@@ -49,6 +49,7 @@ import typer
 from activecad.phantom import PHANTOM_REVISION
 
 if TYPE_CHECKING:
+    from activecad.data import PreprocessCache
     from activecad.data.folders import LunaFolder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -467,7 +468,10 @@ def quality(
         def detect(uid: str) -> pd.DataFrame:
             return detect_prepared(detector, prepared[uid]).detections
 
-        settings: dict[str, object] = {"config": "cpu preset", "changes": []}
+        changes = [f"cls_loss {cls_loss}"] * (cls_loss != "focal") + [
+            f"training seed {config.seed}"
+        ] * (config.seed != seed)
+        settings: dict[str, object] = {"config": "cpu preset", "changes": changes}
     else:
         sys.path.insert(0, str(Path(__file__).parent))
         from _monai_recipe import CHANGES, RecipeTask, detect_recipe, recipe_detector, recipe_plan
@@ -658,7 +662,6 @@ def quality_fpr(
     reduction + B blobs (blob_scores=... classifier=marks)`` with a blob score chosen on
     validation or the row's own classifier; ``(... fpr_weights=...)`` with a weight chosen
     on validation; ``ROW, FP reduction (KEY=VALUE ...)`` with ``--fpr-set``)."""
-    from tqdm import tqdm
 
     from activecad.active.loop import scan_uid
     from activecad.data import PreprocessCache
@@ -667,8 +670,6 @@ def quality_fpr(
     from activecad.errors import InputError
     from activecad.metrics import roc_auc_score
     from activecad.models.blobs import BlobConfig, blob_candidates_for_files, merge_candidates
-    from activecad.models.detector3d import load_bundle
-    from activecad.models.detector3d.inference import detect_prepared
     from activecad.models.fpr import (
         apply_fpr,
         average_classifiers,
@@ -724,14 +725,13 @@ def quality_fpr(
         ``model_dir / name``."""
         path = model_dir / name
         if not path.is_file():
-            detector = load_bundle(model_dir)
-            detector.config = detector.config.model_copy(update={"detections_per_scan": most})
-            patch_zyx = tuple(detector.config.patch_size)
-            found = []
-            for uid in tqdm(uids, desc=f"detector marks, {most} a scan", unit="scan"):
-                scan = cache.load(paths[uid], detector.config.preprocess, min_shape_zyx=patch_zyx)
-                found.append(detect_prepared(detector, scan).detections)
-            pd.concat(found, ignore_index=True).to_csv(path, index=False)
+            _detector_marks(
+                model_dir,
+                [paths[u] for u in uids],
+                cache,
+                f"detector marks, {most} a scan",
+                detections_per_scan=most,
+            ).to_csv(path, index=False)
         return pd.read_csv(path, dtype={"seriesuid": str})
 
     def rescore(
@@ -1300,13 +1300,11 @@ def quality_nms(
     with the paired gain over the row's own threshold. It also says whether the score
     threshold ever decides which marks a test scan keeps (it cannot when every scan fills
     its detections_per_scan above it)."""
-    from tqdm import tqdm
 
     from activecad.active.loop import scan_uid
     from activecad.data import PreprocessCache
     from activecad.data.folders import froc_summary, paired_cpm_bootstrap, read_luna_folder
     from activecad.models.detector3d import load_bundle
-    from activecad.models.detector3d.inference import detect_prepared
 
     choices = _unit_numbers(nms, "--nms")
     if not choices:
@@ -1326,7 +1324,6 @@ def quality_nms(
     cache = PreprocessCache(work / "cache")
     detector = load_bundle(model_dir)
     own = detector.config.nms_thresh
-    patch_zyx = tuple(detector.config.patch_size)
 
     def marks(uids: list[str], threshold: float) -> pd.DataFrame:
         """The detector's marks on ``uids`` with NMS at ``threshold``, kept in the model
@@ -1336,12 +1333,13 @@ def quality_nms(
         if name == "test" and threshold == own:
             path = model_dir / "test_detections.csv"
         if not path.is_file():
-            detector.config = detector.config.model_copy(update={"nms_thresh": threshold})
-            found = []
-            for uid in tqdm(uids, desc=f"{name} marks, NMS {threshold:g}", unit="scan"):
-                scan = cache.load(paths[uid], detector.config.preprocess, min_shape_zyx=patch_zyx)
-                found.append(detect_prepared(detector, scan).detections)
-            pd.concat(found, ignore_index=True).to_csv(path, index=False)
+            _detector_marks(
+                model_dir,
+                [paths[u] for u in uids],
+                cache,
+                f"{name} marks, NMS {threshold:g}",
+                nms_thresh=threshold,
+            ).to_csv(path, index=False)
         return pd.read_csv(path, dtype={"seriesuid": str})
 
     val_cpm = {
@@ -1366,7 +1364,7 @@ def quality_nms(
     chosen.round(3).to_csv(kept, index=False)
     entry["rows"][new_row] = {
         "config": f"row {row!r}'s detector, NMS IoU chosen on the validation scans",
-        "changes": [f"NMS IoU {best:g} instead of {own:g}, chosen from {choices}"],
+        "changes": [f"NMS IoU {best:g} (the row's own: {own:g}), chosen from {choices}"],
         "nms_thresh": best,
         "own_nms_thresh": own,
         "validation_cpm_by_nms": val_cpm,
@@ -1457,6 +1455,27 @@ def paired(
     )
     entry["rows"][row].setdefault("paired", {})[against] = gain
     _record(_quality_key(phantom), entry)
+
+
+def _detector_marks(
+    model_dir: Path, scans: list[Path], cache: PreprocessCache, desc: str, **settings: object
+) -> pd.DataFrame:
+    """The marks of the detector in ``model_dir`` on ``scans`` (read through ``cache``),
+    with its inference ``settings`` changed (e.g. ``nms_thresh``), a progress bar titled
+    ``desc``."""
+    from tqdm import tqdm
+
+    from activecad.models.detector3d import load_bundle
+    from activecad.models.detector3d.inference import detect_prepared
+
+    detector = load_bundle(model_dir)
+    detector.config = detector.config.model_copy(update=settings)
+    patch_zyx = tuple(detector.config.patch_size)
+    found = []
+    for path in tqdm(scans, desc=desc, unit="scan"):
+        scan = cache.load(path, detector.config.preprocess, min_shape_zyx=patch_zyx)
+        found.append(detect_prepared(detector, scan).detections)
+    return pd.concat(found, ignore_index=True)
 
 
 def _truth_fields(
