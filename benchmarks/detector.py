@@ -505,7 +505,7 @@ def quality(
     detections.to_csv(model_dir / "test_detections.csv", index=False)
     kept = _kept_detections(model_dir, phantom)
     kept.parent.mkdir(exist_ok=True)
-    detections.round(3).to_csv(kept, index=False)
+    _write_kept(detections, kept, 3)
     summary, (fps, sens, _) = froc_summary(
         detections, folder.annotations, folder.excluded, split.test, n_bootstrap=1000
     )
@@ -886,7 +886,7 @@ def quality_fpr(
         kept_files = _kept_marks(model_dir, phantom)
         if chosen == 100 and not all(kept_files[name].is_file() for name in PRESET_SCORES):
             for name, table in zip(PRESET_SCORES, (validation["preset"], marks_only), strict=True):
-                table.round(4).to_csv(kept_files[name], index=False)
+                _write_kept(table, kept_files[name], 4)
         tags.append(tag)
     # The test scans' candidates are re-scored once by each classifier, kept in its folder
     # under this name; with several, their mean is the row's.
@@ -1048,7 +1048,7 @@ def quality_fpr(
         extra_fields["found_by_size_with_blobs"] = _found_by_size(rescored, annotations, test)
         detections = detections[detections["source"] == "detector"]
     kept = _row_files(work, new_name, patients, seed, phantom)[1]
-    rescored.round(4).to_csv(kept, index=False)
+    _write_kept(rescored, kept, 4)
     summary, (fps, sens, _) = froc_summary(rescored, annotations, excluded, test, n_bootstrap=1000)
     classifier_alone, _ = froc_summary(
         rescored.assign(probability=rescored["fpr_probability"]), annotations, excluded, test
@@ -1361,7 +1361,7 @@ def quality_nms(
     chosen.to_csv(new_dir / "test_detections.csv", index=False)
     kept = _kept_detections(new_dir, phantom)
     kept.parent.mkdir(exist_ok=True)
-    chosen.round(3).to_csv(kept, index=False)
+    _write_kept(chosen, kept, 3)
     entry["rows"][new_row] = {
         "config": f"row {row!r}'s detector, NMS IoU chosen on the validation scans",
         "changes": [f"NMS IoU {best:g} (the row's own: {own:g}), chosen from {choices}"],
@@ -1522,6 +1522,18 @@ def _quality_key(phantom: str) -> str:
     return QUALITY if phantom == "small" else f"{QUALITY}_{phantom}_phantom"
 
 
+def _write_kept(table: pd.DataFrame, path: Path, decimals: int) -> None:
+    """Write a kept table: positions and sizes rounded to ``decimals``, probabilities whole.
+    A detector trained with BCE scores many marks above 0.9995; rounded, they would tie,
+    and the FROC would rank tied marks in file order."""
+    rounded = {
+        column: decimals
+        for column in table.select_dtypes("number").columns
+        if "probability" not in column
+    }
+    table.round(rounded).to_csv(path, index=False)
+
+
 def _kept_detections(model_dir: Path, phantom: str) -> Path:
     """Where a detector row's test detections are kept beside the results, so a miss can be
     looked into after the machine is gone."""
@@ -1558,7 +1570,7 @@ def _keep_marks(model_dir: Path, phantom: str, train_val: pd.DataFrame) -> None:
     """Keep a detector row's split and training/validation marks beside the results."""
     kept = _kept_marks(model_dir, phantom)
     if not kept["train_val_detections.csv"].is_file():
-        train_val.round(4).to_csv(kept["train_val_detections.csv"], index=False)
+        _write_kept(train_val, kept["train_val_detections.csv"], 4)
     if not kept["split.json"].is_file():
         kept["split.json"].write_text((model_dir / "split.json").read_text())
 
