@@ -723,16 +723,11 @@ def quality_fpr(
     def marked(uids: list[str], most: int, name: str) -> pd.DataFrame:
         """The row's detector's marks (at most ``most`` a scan) on ``uids``, kept in
         ``model_dir / name``."""
-        path = model_dir / name
-        if not path.is_file():
-            _detector_marks(
-                model_dir,
-                [paths[u] for u in uids],
-                cache,
-                f"detector marks, {most} a scan",
-                detections_per_scan=most,
-            ).to_csv(path, index=False)
-        return pd.read_csv(path, dtype={"seriesuid": str})
+        scans = [paths[u] for u in uids]
+        desc = f"detector marks, {most} a scan"
+        return _detector_marks(
+            model_dir, scans, cache, model_dir / name, desc, detections_per_scan=most
+        )
 
     def rescore(
         detections: pd.DataFrame, uids: list[str], name: str, classifier: Path = plain_dir
@@ -1332,15 +1327,9 @@ def quality_nms(
         path = model_dir / f"{name}_detections_nms_{threshold:g}.csv"
         if name == "test" and threshold == own:
             path = model_dir / "test_detections.csv"
-        if not path.is_file():
-            _detector_marks(
-                model_dir,
-                [paths[u] for u in uids],
-                cache,
-                f"{name} marks, NMS {threshold:g}",
-                nms_thresh=threshold,
-            ).to_csv(path, index=False)
-        return pd.read_csv(path, dtype={"seriesuid": str})
+        scans = [paths[u] for u in uids]
+        desc = f"{name} marks, NMS {threshold:g}"
+        return _detector_marks(model_dir, scans, cache, path, desc, nms_thresh=threshold)
 
     val_cpm = {
         f"{t:g}": froc_summary(marks(val, t), folder.annotations, excluded, val)[0]["cpm"]
@@ -1458,11 +1447,19 @@ def paired(
 
 
 def _detector_marks(
-    model_dir: Path, scans: list[Path], cache: PreprocessCache, desc: str, **settings: object
+    model_dir: Path,
+    scans: list[Path],
+    cache: PreprocessCache,
+    path: Path,
+    desc: str,
+    **settings: object,
 ) -> pd.DataFrame:
-    """The marks of the detector in ``model_dir`` on ``scans`` (read through ``cache``),
-    with its inference ``settings`` changed (e.g. ``nms_thresh``), a progress bar titled
-    ``desc``."""
+    """The marks of the detector in ``model_dir`` on ``scans`` (read through ``cache``)
+    with its inference ``settings`` changed (e.g. ``nms_thresh``), kept in ``path``: read
+    from there when a run before wrote them, else detected under a progress bar titled
+    ``desc`` and written there."""
+    if path.is_file():
+        return pd.read_csv(path, dtype={"seriesuid": str})
     from tqdm import tqdm
 
     from activecad.models.detector3d import load_bundle
@@ -1472,10 +1469,11 @@ def _detector_marks(
     detector.config = detector.config.model_copy(update=settings)
     patch_zyx = tuple(detector.config.patch_size)
     found = []
-    for path in tqdm(scans, desc=desc, unit="scan"):
-        scan = cache.load(path, detector.config.preprocess, min_shape_zyx=patch_zyx)
+    for scan_path in tqdm(scans, desc=desc, unit="scan"):
+        scan = cache.load(scan_path, detector.config.preprocess, min_shape_zyx=patch_zyx)
         found.append(detect_prepared(detector, scan).detections)
-    return pd.concat(found, ignore_index=True)
+    pd.concat(found, ignore_index=True).to_csv(path, index=False)
+    return pd.read_csv(path, dtype={"seriesuid": str})
 
 
 def _truth_fields(
