@@ -170,6 +170,15 @@ def detect_command(
             show_default=False,
         ),
     ] = None,
+    tta: Annotated[
+        bool,
+        typer.Option(
+            "--tta",
+            help="Test-time augmentation: also run each scan mirrored along every subset of "
+            "its axes (8 passes, 8 times the time) and fuse the passes' boxes, as "
+            "nnDetection does. CT detectors only.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a summary as JSON.")] = False,
     heatmaps: Annotated[
         Path | None,
@@ -203,6 +212,7 @@ def detect_command(
             "--heatmaps": heatmaps,
             "--blobs": blobs or None,
             "--blob-score": blob_score,
+            "--tta": tta or None,
         }
         for option, value in given.items():
             if value is not None:
@@ -219,6 +229,7 @@ def detect_command(
             "--fpr-weight": fpr_weight,
             "--blobs": blobs or None,
             "--blob-score": blob_score,
+            "--tta": tta or None,
         }
         for option, value in ct_only.items():
             if value is not None:
@@ -261,6 +272,8 @@ def detect_command(
     for scan in scans:
         check_scan(scan)
     detector = load_bundle(model)
+    if tta:
+        detector.config = detector.config.model_copy(update={"mirror_tta": True})
     for classifier in fpr or []:
         load_fpr(classifier)  # checked before the first scan
 

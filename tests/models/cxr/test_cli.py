@@ -85,7 +85,7 @@ def test_errors_are_one_line_and_write_nothing(tmp_path: Path, run_cli) -> None:
     assert r.exit_code == 1 and "CT scan, not a chest radiograph" in r.stderr
     assert not (tmp_path / "s.csv").exists()
     # The CT detector's second stage does not apply to a radiograph model.
-    for option in (["--fpr", tmp_path], ["--fpr-weight", "0.8"], ["--blobs", "5"]):
+    for option in (["--fpr", tmp_path], ["--fpr-weight", "0.8"], ["--blobs", "5"], ["--tta"]):
         r = run_cli(
             "detect", ct, "--model", tmp_path / "fake", "--out", tmp_path / "s.csv", *option
         )

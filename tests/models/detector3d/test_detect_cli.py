@@ -65,6 +65,26 @@ def test_detect_writes_tables_and_caches_in_the_user_folder(
     assert PreprocessCache(tmp_path / "c").info().entries == 1
 
 
+def test_detect_with_tta_writes_the_fused_mirrored_passes(
+    run_cli: Callable[..., object], model_dir: Path, tmp_path: Path
+) -> None:
+    from activecad.io.ct import read_scan
+    from activecad.models.detector3d import detect_scan, load_bundle
+
+    scan = _scan(tmp_path / "ct", "1.2.3")
+    plain, fused = tmp_path / "plain.csv", tmp_path / "tta.csv"
+    for out, extra in ((plain, []), (fused, ["--tta"])):
+        result = run_cli("detect", scan, "--model", model_dir, "--out", out, *extra)
+        assert result.exit_code == 0, result.stderr  # type: ignore[attr-defined]
+    detector = load_bundle(model_dir)
+    detector.config = detector.config.model_copy(update={"mirror_tta": True})
+    expected = detect_scan(detector, read_scan(scan)).detections
+    table = pd.read_csv(fused)
+    np.testing.assert_allclose(table.probability, expected.probability, rtol=1e-4)
+    np.testing.assert_allclose(table.coordX, expected.coordX, atol=1e-3)
+    assert not np.allclose(pd.read_csv(plain).probability[:5], table.probability[:5])
+
+
 # Without --fpr-weight the final probability is sqrt(detector x classifier).
 @pytest.mark.parametrize(
     ("weight_option", "fpr_weight"), [([], 0.5), (["--fpr-weight", "0.8"], 0.8)]

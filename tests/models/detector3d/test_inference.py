@@ -16,6 +16,7 @@ from activecad.models.detector3d import (
     detect_scan,
     detections_to_world,
 )
+from activecad.models.detector3d.inference import fuse_passes, network_input, unmirror
 
 # Array axis x points to world +y, axis y to world -x, axis z to world +z (columns).
 ROTATED = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
@@ -69,3 +70,74 @@ def test_detect_scan_reports_uncertainties_and_world_rows(tiny_config: DetectorC
     assert table.coordY.between(3.0, 3.0 + 36).all()
     assert np.isfinite(result.l_scan)
     assert result.l_roi >= 0
+
+
+def _found(boxes: list[list[float]], scores: list[float], roi: list[float], l_scan: float):
+    return Detections(
+        boxes=torch.tensor(boxes, dtype=torch.float32).reshape(-1, 6),
+        scores=torch.tensor(scores),
+        roi_losses=torch.tensor(roi),
+        l_scan=l_scan,
+        l_roi=0.0,
+    )
+
+
+def test_unmirror_maps_a_box_back_along_the_mirrored_axes_only() -> None:
+    found = _found([[2, 3, 4, 6, 7, 8]], [0.9], [0.1], 0.0)
+    # valid (x, y, z) = (10, 20, 30); along x index i is 9 - i, along z 29 - i (by hand).
+    back = unmirror(found, (0, 2), (10, 20, 30))
+    assert back.boxes.tolist() == [[3.0, 3.0, 21.0, 7.0, 7.0, 25.0]]
+    assert unmirror(back, (0, 2), (10, 20, 30)).boxes.tolist() == found.boxes.tolist()
+
+
+def test_the_mirrored_input_is_the_scan_mirrored_and_padded_at_the_far_end() -> None:
+    array = np.arange(40 * 36 * 33, dtype=np.float32).reshape(40, 36, 33)  # (z, y, x)
+    prepared = PreparedScan(array, np.ones(3), np.zeros(3), np.eye(3), "1.2")
+    plain = network_input(prepared, (32, 32, 32))[0, 0].numpy()
+    mirrored = network_input(prepared, (32, 32, 32), (0, 2))[0, 0].numpy()
+    assert mirrored.shape == plain.shape == (64, 64, 64)
+    np.testing.assert_array_equal(
+        mirrored[:33, :36, :40], np.flip(plain[:33, :36, :40], axis=(0, 2))
+    )
+    assert not mirrored[33:].any() and not mirrored[:, :, 40:].any()
+
+
+def test_fuse_passes_on_hand_worked_boxes(tiny_config: DetectorConfig) -> None:
+    config = tiny_config.model_copy(update={"nms_thresh": 0.1, "roi_tau": 0.5})
+    # Pass A: a box at the origin (0.8) and a second, weaker box on it (0.5: A's own
+    # duplicate, not counted), and a far box (0.3). Pass B: the origin box moved one voxel
+    # in x (IoU 3/5 with A's), scored 0.4.
+    a = _found(
+        [[0, 0, 0, 4, 4, 4], [0, 0, 1, 4, 4, 5], [20, 20, 20, 24, 24, 24]],
+        [0.8, 0.5, 0.3],
+        [1.0, 9.0, 0.5],
+        1.0,
+    )
+    b = _found([[1, 0, 0, 5, 4, 4]], [0.4], [2.0], 3.0)
+    fused = fuse_passes([a, b], config)
+    # Cluster 1: (0.8 + 0.4) / 2 passes; box and loss weighted 0.8 : 0.4.
+    # Cluster 2: the far box alone, 0.3 / 2.
+    np.testing.assert_allclose(fused.scores.numpy(), [0.6, 0.15], rtol=1e-6)
+    np.testing.assert_allclose(
+        fused.boxes.numpy(),
+        [[1 / 3, 0, 0, 4 + 1 / 3, 4, 4], [20, 20, 20, 24, 24, 24]],
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(fused.roi_losses.numpy(), [(0.8 * 1 + 0.4 * 2) / 1.2, 0.5])
+    assert fused.l_scan == 2.0
+    # Eq. 2 (sum of predicted losses over detections above tau = 0.5): only cluster 1.
+    assert fused.l_roi == pytest.approx(4 / 3)
+
+
+def test_mirrored_detection_reports_world_rows_within_the_scan(
+    tiny_config: DetectorConfig,
+) -> None:
+    torch.manual_seed(0)
+    array = np.random.default_rng(0).normal(-800.0, 50.0, (40, 36, 33)).astype(np.float32)
+    scan = Scan(array=array, spacing=(1.0, 1.0, 1.0), origin=(-5.0, 3.0, 7.0), seriesuid="9.9")
+    detector = NoduleDetector(tiny_config.model_copy(update={"mirror_tta": True}))
+    table = detect_scan(detector, scan).detections
+    assert 0 < len(table) <= tiny_config.detections_per_scan
+    assert table.probability.is_monotonic_decreasing
+    assert table.coordX.between(-5.0 - 1, -5.0 + 33).all()
+    assert table.coordZ.between(7.0 - 1, 7.0 + 40).all()

@@ -67,3 +67,10 @@ def test_trained_detector_finds_a_sphere_in_a_rotated_offset_scan() -> None:
     top = found.iloc[0][["coordX", "coordY", "coordZ"]].to_numpy(float)
     # Within the nodule's radius (4 mm), LUNA16's hit criterion.
     assert np.linalg.norm(top - truth) < 4.0, (top, truth)
+
+    # Mirrored passes mapped back and fused put it in the same place (a wrong axis in the
+    # mapping would put seven of eight passes elsewhere: the centre is not symmetric).
+    detector.config = config.model_copy(update={"mirror_tta": True})
+    fused = detect_scan(detector, test).detections.sort_values("probability", ascending=False)
+    top = fused.iloc[0][["coordX", "coordY", "coordZ"]].to_numpy(float)
+    assert np.linalg.norm(top - truth) < 4.0, (top, truth)

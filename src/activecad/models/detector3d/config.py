@@ -69,6 +69,10 @@ class DetectorConfig(StrictConfig):
         sw_roi_size: largest inference window, x-y-z voxels (multiples of 32). The network
             is fully convolutional, so a lung-cropped scan that fits is run in one pass,
             which on a CPU is ~3x faster than overlapping training-size windows.
+        mirror_tta: test-time augmentation at inference: the scan is also run mirrored
+            along every subset of its axes (8 passes; training flips each axis, so each is
+            a view the network learned) and the passes' boxes are fused by weighted box
+            clustering (:func:`~.inference.fuse_passes`); 8 times the inference time.
         seed: seed of every random choice in training.
         amp: use mixed precision where the device supports it (CUDA).
     """
@@ -110,6 +114,7 @@ class DetectorConfig(StrictConfig):
     detections_per_scan: int = Field(default=100, ge=1)
     sw_overlap: float = Field(default=0.25, ge=0, lt=1)
     sw_roi_size: tuple[int, int, int] = (320, 320, 320)
+    mirror_tta: bool = False
     seed: int = 0
     amp: bool = True
 

@@ -2,12 +2,18 @@
 
 Frames: detections come out as world mm x-y-z centres (LUNA16 ``coordX, coordY, coordZ``),
 ``diameter_mm`` from the mean edge of the box in mm, and ``probability``.
+
+With ``config.mirror_tta`` the scan is also run mirrored along every subset of its axes and
+the eight passes' boxes are fused (:func:`fuse_passes`), as nnDetection (Baumgartner et
+al., "nnDetection: A Self-configuring Method for Medical Object Detection", MICCAI 2021)
+does at test time.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +23,18 @@ import torch
 from activecad.data.preprocess import PreparedScan, PreprocessCache, preprocess_scan
 from activecad.errors import InputError
 from activecad.io.scan import Scan
-from activecad.models.detector3d.loss_prediction import ROI_VARIANTS
+from activecad.models.detector3d.config import DetectorConfig
+from activecad.models.detector3d.loss_prediction import ROI_VARIANTS, roi_uncertainties
 from activecad.models.detector3d.network import Detections, NoduleDetector
 
 SUBMISSION_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "probability", "diameter_mm"]
 # L_roi is the configured reading of Eq. 2; the other columns give every reading.
 UNCERTAINTY_COLUMNS = ["seriesuid", "l_scan", "L_roi", *(f"L_roi_{v}" for v in ROI_VARIANTS)]
+# The mirrorings of test-time augmentation: every subset of the input's axes (0 = x), the
+# unmirrored pass first.
+MIRRORS: tuple[tuple[int, ...], ...] = tuple(
+    axes for n in range(4) for axes in itertools.combinations(range(3), n)
+)
 
 
 @dataclass
@@ -49,8 +61,13 @@ class ScanResult:
         return (seriesuid, self.l_scan, self.l_roi, *variants)
 
 
-def network_input(prepared: PreparedScan, patch_size: Sequence[int]) -> torch.Tensor:
+def network_input(
+    prepared: PreparedScan, patch_size: Sequence[int], mirror_axes: Sequence[int] = ()
+) -> torch.Tensor:
     """The (1, 1, X, Y, Z) network input of a preprocessed scan, zero-padded to multiples of 32.
+
+    ``mirror_axes`` (0 = x) are mirrored before padding, so the scan keeps the corner of the
+    input at the origin and ``valid_shape`` stays the same for every mirroring.
 
     Raises:
         InputError: the scan is smaller than the patch along some axis.
@@ -65,10 +82,90 @@ def network_input(prepared: PreparedScan, patch_size: Sequence[int]) -> torch.Te
         )
     padded = -(-shape_xyz // 32) * 32
     volume = np.zeros(tuple(int(p) for p in padded), dtype=np.float32)
-    volume[: shape_xyz[0], : shape_xyz[1], : shape_xyz[2]] = np.asarray(prepared.array).transpose(
-        2, 1, 0
-    )
+    array_xyz = np.asarray(prepared.array).transpose(2, 1, 0)
+    if mirror_axes:
+        array_xyz = np.flip(array_xyz, axis=tuple(mirror_axes))
+    volume[: shape_xyz[0], : shape_xyz[1], : shape_xyz[2]] = array_xyz
     return torch.from_numpy(volume)[None, None]
+
+
+def unmirror(found: Detections, mirror_axes: Sequence[int], valid_xyz: Sequence[int]) -> Detections:
+    """The detections of a pass on a mirrored input, in the voxels of the unmirrored one.
+
+    Along a mirrored axis of n voxels index i is n - 1 - i (the convention of training's
+    flips, :func:`~activecad.data.augment.augment_patch`), so a box [a, b] becomes
+    [n - 1 - b, n - 1 - a].
+    """
+    boxes = found.boxes.clone()
+    for axis in mirror_axes:
+        end = valid_xyz[axis] - 1
+        boxes[:, axis] = end - found.boxes[:, axis + 3]
+        boxes[:, axis + 3] = end - found.boxes[:, axis]
+    return replace(found, boxes=boxes)
+
+
+def fuse_passes(passes: Sequence[Detections], config: DetectorConfig) -> Detections:
+    """Fuse the detections of several passes over one scan by weighted box clustering.
+
+    A simple form of the weighted box clustering of Jaeger et al. ("Retina U-Net", ML4H
+    2020) that nnDetection applies to its mirrored passes: taking boxes of all passes from
+    the highest score down, each box not yet clustered gathers every unclustered box whose
+    IoU with it exceeds ``config.nms_thresh`` (the detector's own notion of one object).
+    From each pass the cluster keeps that pass's best box; the cluster's probability is
+    the sum of their scores over the number of passes, so a box that one pass of eight
+    found alone keeps an eighth of its score, and its box and predicted loss are their
+    score-weighted means. At most ``config.detections_per_scan`` clusters are kept.
+
+    l_scan and the embedding are the passes' means; L_RoI (every reading) is recomputed
+    from the fused scores and predicted losses.
+
+    Args:
+        passes: detections of the passes, each in the voxels of the unmirrored input.
+        config: the detector's settings (NMS IoU, detections per scan, Eq. 2's tau and
+            reading).
+    """
+    from monai.data.box_utils import box_iou
+
+    boxes = torch.cat([p.boxes.float() for p in passes])
+    scores = torch.cat([p.scores.float() for p in passes])
+    roi = torch.cat([p.roi_losses.float() for p in passes])
+    source = torch.cat([torch.full((len(p.scores),), k) for k, p in enumerate(passes)])
+    overlap = box_iou(boxes, boxes) if len(boxes) else torch.zeros(0, 0)
+    free = torch.ones(len(boxes), dtype=torch.bool)
+    fused_boxes, fused_scores, fused_roi = [], [], []
+    for i in torch.argsort(scores, descending=True, stable=True).tolist():
+        if not free[i]:
+            continue
+        members = free & (overlap[i] > config.nms_thresh)
+        members[i] = True
+        free &= ~members
+        index = torch.where(members)[0]
+        index = index[torch.argsort(scores[index], descending=True, stable=True)]
+        # each pass's best box: its first, scores descending
+        best = index[np.unique(source[index].numpy(), return_index=True)[1]]
+        weight = scores[best]
+        fused_boxes.append((weight[:, None] * boxes[best]).sum(0) / weight.sum())
+        fused_scores.append(weight.sum() / len(passes))
+        fused_roi.append((weight * roi[best]).sum() / weight.sum())
+    if fused_scores:
+        out_scores = torch.stack(fused_scores)
+        order = torch.argsort(out_scores, descending=True, stable=True)
+        order = order[: config.detections_per_scan]
+        out_boxes, out_scores = torch.stack(fused_boxes)[order], out_scores[order]
+        out_roi = torch.stack(fused_roi)[order]
+    else:
+        out_boxes, out_scores, out_roi = torch.zeros(0, 6), torch.zeros(0), torch.zeros(0)
+    variants = roi_uncertainties(out_roi, out_scores, config.roi_tau)
+    embeddings = [p.embedding for p in passes if p.embedding is not None]
+    return Detections(
+        out_boxes,
+        out_scores,
+        out_roi,
+        float(np.mean([p.l_scan for p in passes])),
+        variants[config.roi_variant],
+        embedding=torch.stack(embeddings).mean(0) if embeddings else None,
+        l_roi_variants=variants,
+    )
 
 
 def detections_to_world(detections: Detections, prepared: PreparedScan) -> pd.DataFrame:
@@ -100,12 +197,17 @@ def detections_to_world(detections: Detections, prepared: PreparedScan) -> pd.Da
 
 
 def detect_prepared(detector: NoduleDetector, prepared: PreparedScan) -> ScanResult:
-    """Detect nodules in an already preprocessed scan."""
+    """Detect nodules in an already preprocessed scan (in eight mirrored passes, fused,
+    when ``detector.config.mirror_tta``)."""
+    config = detector.config
     device = next(detector.network.parameters()).device
-    image = network_input(prepared, detector.config.patch_size).to(device)
     detector.eval()
     z, y, x = prepared.array.shape
-    found = detector.detect(image, valid_shape=(x, y, z))
+    passes = []
+    for axes in MIRRORS if config.mirror_tta else MIRRORS[:1]:
+        image = network_input(prepared, config.patch_size, axes).to(device)
+        passes.append(unmirror(detector.detect(image, valid_shape=(x, y, z)), axes, (x, y, z)))
+    found = passes[0] if len(passes) == 1 else fuse_passes(passes, config)
     embedding = (
         found.embedding.detach().cpu().numpy().astype(np.float32)
         if found.embedding is not None
