@@ -11,6 +11,8 @@ Subcommands (results are merged into ``benchmarks/results/detector.json``)::
     python benchmarks/detector.py quality --spacing 1.4 --phantom medium  # finer phantom
     python benchmarks/detector.py quality-fpr --row "ours, 1.4 mm"  # + FP reduction, same split
     python benchmarks/detector.py quality-fpr --row R --fpr-set steps=3000  # another classifier
+    python benchmarks/detector.py quality-nms --row R   # NMS IoU chosen on validation
+    python benchmarks/detector.py quality-tta --row R   # mirrored test-time augmentation
     python benchmarks/detector.py full-truth  # rows against the phantom's own truth
     python benchmarks/detector.py paired --row "ours, 1.4 mm"  # paired CPM gain over "ours"
     python benchmarks/detector.py export      # TorchScript / ONNX export attempts
@@ -37,7 +39,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -1060,9 +1062,7 @@ def quality_fpr(
     ):
         scored = known & labels[column].notna() & (own_marks if name == "detector" else True)
         candidate_auc[name] = float(roc_auc_score(labels["label"][scored], labels[column][scored]))
-    base_settings = {k: base[k] for k in ("spacing_mm", "patch", "batch", "epochs_done",
-                                          "steps_per_epoch", "time_budget_s", "train_s",
-                                          "best_epoch")}  # fmt: skip
+    base_settings = {k: base[k] for k in DETECTOR_SETTINGS}
     new_row = {
         "config": f"{base['config']} + FP reduction (cpu preset"
         + (f" with {overrides}" if overrides else "")
@@ -1274,6 +1274,90 @@ def _found_by_conspicuity(
     return out
 
 
+@dataclass
+class _TrainedRow:
+    """A detector row trained in the quality run's folder, with its cohort and split."""
+
+    entry: dict
+    model_dir: Path
+    cohort: Path
+    folder: LunaFolder
+    excluded: pd.DataFrame
+    paths: dict[str, Path]
+    val: list[str]
+    test: list[str]
+    cache: PreprocessCache
+
+
+def _trained_row(
+    row: str, patients: int, seed: int, phantom: str, threads: int, work: Path
+) -> _TrainedRow:
+    """The results entry, model folder, cohort and split of detector row ``row``, whose
+    detector must be in ``work`` (inference levers run it again)."""
+    from activecad.active.loop import scan_uid
+    from activecad.data import PreprocessCache
+    from activecad.data.folders import read_luna_folder
+
+    entry = json.loads(RESULTS.read_text()).get(_quality_key(phantom), {})
+    if row not in entry.get("rows", {}):
+        raise typer.BadParameter(f"no quality row {row!r}; rows: {sorted(entry.get('rows', {}))}")
+    model_dir = _model_dir(work, row, patients, seed)
+    if not (model_dir / "bundle.json").is_file():
+        raise typer.BadParameter(f"{model_dir} holds no trained detector: train that row here")
+    torch.set_num_threads(threads)
+    cohort = _quality_cohort(work, patients, seed, phantom)
+    folder = read_luna_folder(cohort)
+    excluded = folder.excluded if folder.excluded is not None else folder.annotations.iloc[:0]
+    paths = {scan_uid(p): p for p in folder.scans}
+    _, val, test = _row_split(model_dir, set(paths))
+    cache = PreprocessCache(work / "cache")
+    return _TrainedRow(entry, model_dir, cohort, folder, excluded, paths, val, test, cache)
+
+
+def _record_inference_row(
+    trained: _TrainedRow,
+    new_row: str,
+    marks: pd.DataFrame,
+    fields: dict[str, object],
+    patients: int,
+    seed: int,
+    phantom: str,
+    work: Path,
+) -> Path:
+    """Record row ``new_row``: the test ``marks`` of a trained row's detector run with other
+    inference settings (``fields`` say which and what validation said), scored once; its
+    folder gets the row's split and the marks, which are kept beside the results too.
+    Returns that folder."""
+    from activecad.data.folders import froc_summary
+
+    annotations, test = trained.folder.annotations, trained.test
+    summary, (fps, sens, _) = froc_summary(
+        marks, annotations, trained.excluded, test, n_bootstrap=1000
+    )
+    new_dir = _model_dir(work, new_row, patients, seed)
+    new_dir.mkdir(exist_ok=True)
+    shutil.copy(trained.model_dir / "split.json", new_dir / "split.json")
+    marks.to_csv(new_dir / "test_detections.csv", index=False)
+    kept = _kept_detections(new_dir, phantom)
+    kept.parent.mkdir(exist_ok=True)
+    _write_kept(marks, kept, 3)
+    trained.entry["rows"][new_row] = {
+        **fields,
+        "cpm": summary["cpm"],
+        "ci_95": summary["ci"],
+        "sensitivities": summary["sensitivities"],
+        "counts": summary["counts"],
+        "found_by_size": _found_by_size(marks, annotations, test),
+        **_truth_fields(marks, trained.cohort, test, seed),
+        "froc": {"fps_per_scan": _thin(fps), "sensitivity": _thin(sens)},
+        "validation_cpm_by_time": [],
+        "machine": _machine(),
+    }
+    _record(_quality_key(phantom), trained.entry)
+    _plot_quality(trained.entry, phantom)
+    return new_dir
+
+
 @app.command("quality-nms")
 def quality_nms(
     row: str = typer.Option(..., help="The detector row (trained here) whose NMS is changed."),
@@ -1295,28 +1379,15 @@ def quality_nms(
     with the paired gain over the row's own threshold. It also says whether the score
     threshold ever decides which marks a test scan keeps (it cannot when every scan fills
     its detections_per_scan above it)."""
-
-    from activecad.active.loop import scan_uid
-    from activecad.data import PreprocessCache
-    from activecad.data.folders import froc_summary, paired_cpm_bootstrap, read_luna_folder
+    from activecad.data.folders import froc_summary, paired_cpm_bootstrap
     from activecad.models.detector3d import load_bundle
 
     choices = _unit_numbers(nms, "--nms")
     if not choices:
         raise typer.BadParameter("--nms: one or more, as 0.1,0.22")
-    entry = json.loads(RESULTS.read_text()).get(_quality_key(phantom), {})
-    if row not in entry.get("rows", {}):
-        raise typer.BadParameter(f"no quality row {row!r}; rows: {sorted(entry.get('rows', {}))}")
-    model_dir = _model_dir(work, row, patients, seed)
-    if not (model_dir / "bundle.json").is_file():
-        raise typer.BadParameter(f"{model_dir} holds no trained detector: train that row here")
-    torch.set_num_threads(threads)
-    cohort = _quality_cohort(work, patients, seed, phantom)
-    folder = read_luna_folder(cohort)
-    excluded = folder.excluded if folder.excluded is not None else folder.annotations.iloc[:0]
-    paths = {scan_uid(p): p for p in folder.scans}
-    _, val, test = _row_split(model_dir, set(paths))
-    cache = PreprocessCache(work / "cache")
+    trained = _trained_row(row, patients, seed, phantom, threads, work)
+    model_dir, val, test = trained.model_dir, trained.val, trained.test
+    annotations, excluded = trained.folder.annotations, trained.excluded
     detector = load_bundle(model_dir)
     own = detector.config.nms_thresh
 
@@ -1327,39 +1398,27 @@ def quality_nms(
         path = model_dir / f"{name}_detections_nms_{threshold:g}.csv"
         if name == "test" and threshold == own:
             path = model_dir / "test_detections.csv"
-        scans = [paths[u] for u in uids]
+        scans = [trained.paths[u] for u in uids]
         desc = f"{name} marks, NMS {threshold:g}"
-        return _detector_marks(model_dir, scans, cache, path, desc, nms_thresh=threshold)
+        return _detector_marks(model_dir, scans, trained.cache, path, desc, nms_thresh=threshold)
 
     val_cpm = {
-        f"{t:g}": froc_summary(marks(val, t), folder.annotations, excluded, val)[0]["cpm"]
-        for t in choices
+        f"{t:g}": froc_summary(marks(val, t), annotations, excluded, val)[0]["cpm"] for t in choices
     }
     # Ties keep the row's own threshold, then the lower one.
     best = max(choices, key=lambda t: (round(val_cpm[f"{t:g}"], 9), t == own, -t))
     base = marks(test, own)
     chosen = marks(test, best)
-    summary, (fps, sens, _) = froc_summary(
-        chosen, folder.annotations, excluded, test, n_bootstrap=1000
-    )
     per_scan = base.groupby("seriesuid").size().reindex(test).fillna(0)
-    new_row = f"{row}, NMS chosen from {'-'.join(f'{t:g}' for t in choices)}"
-    new_dir = _model_dir(work, new_row, patients, seed)
-    new_dir.mkdir(exist_ok=True)
-    shutil.copy(model_dir / "split.json", new_dir / "split.json")
-    chosen.to_csv(new_dir / "test_detections.csv", index=False)
-    kept = _kept_detections(new_dir, phantom)
-    kept.parent.mkdir(exist_ok=True)
-    _write_kept(chosen, kept, 3)
-    entry["rows"][new_row] = {
+    fields = {
         "config": f"row {row!r}'s detector, NMS IoU chosen on the validation scans",
         "changes": [f"NMS IoU {best:g} (the row's own: {own:g}), chosen from {choices}"],
         "nms_thresh": best,
         "own_nms_thresh": own,
         "validation_cpm_by_nms": val_cpm,
-        "own_cpm": froc_summary(base, folder.annotations, excluded, test)[0]["cpm"],
+        "own_cpm": froc_summary(base, annotations, excluded, test)[0]["cpm"],
         "cpm_gain_over_own_nms_paired_bootstrap": paired_cpm_bootstrap(
-            base, chosen, folder.annotations, excluded, test, bootstrap, seed=seed
+            base, chosen, annotations, excluded, test, bootstrap, seed=seed
         ),
         "score_threshold": {
             "score_thresh": detector.config.score_thresh,
@@ -1369,18 +1428,88 @@ def quality_nms(
             ),
             "lowest_test_mark_probability": float(base["probability"].min()),
         },
-        "cpm": summary["cpm"],
-        "ci_95": summary["ci"],
-        "sensitivities": summary["sensitivities"],
-        "counts": summary["counts"],
-        "found_by_size": _found_by_size(chosen, folder.annotations, test),
-        **_truth_fields(chosen, cohort, test, seed),
-        "froc": {"fps_per_scan": _thin(fps), "sensitivity": _thin(sens)},
-        "validation_cpm_by_time": [],
-        "machine": _machine(),
     }
-    _record(_quality_key(phantom), entry)
-    _plot_quality(entry, phantom)
+    new_row = f"{row}, NMS chosen from {'-'.join(f'{t:g}' for t in choices)}"
+    _record_inference_row(trained, new_row, chosen, fields, patients, seed, phantom, work)
+
+
+@app.command("quality-tta")
+def quality_tta(
+    row: str = typer.Option(..., help="The detector row (trained here) run with mirroring."),
+    patients: int = 240,
+    seed: int = 0,
+    bootstrap: int = typer.Option(300, help="Paired scan-bootstrap resamples of the CPM gain."),
+    phantom: str = typer.Option("small", help="Phantom preset of the cohort (small, medium)."),
+    threads: int = 2,
+    work: Path = typer.Option(WORK, help="The quality run's folder (its model)."),
+) -> None:
+    """Test-time mirroring of a trained detector (``detect --tta``), no retraining: the
+    row's detector marks the validation and test scans in eight mirrored passes fused by
+    weighted box clustering, and row ``ROW, mirrored TTA`` reports the validation CPM with
+    and without it, its test CPM and the paired gain over the row's own marks (one setting,
+    fixed beforehand: reported whatever validation says). Its folder holds the detector with
+    mirroring on and, for a second stage (``quality-fpr --row "ROW, mirrored TTA"``), the
+    row's own training-scan marks beside the mirrored validation marks: the classifier
+    learns from the candidates it learnt from before and is chosen and tested on mirrored
+    ones (mirroring the training scans too would cost 8 times their marking)."""
+    from activecad.data.folders import froc_summary, paired_cpm_bootstrap
+    from activecad.models.detector3d import load_bundle, save_bundle
+
+    trained = _trained_row(row, patients, seed, phantom, threads, work)
+    model_dir, val, test = trained.model_dir, trained.val, trained.test
+    annotations, excluded = trained.folder.annotations, trained.excluded
+    train_val = _detector_marks(
+        model_dir,
+        [trained.paths[u] for u in sorted(set(trained.paths) - set(test))],
+        trained.cache,
+        model_dir / "train_val_detections.csv",
+        "detector marks, 100 a scan",
+    )
+    plain = {
+        "val": train_val[train_val["seriesuid"].isin(val)],
+        "test": pd.read_csv(model_dir / "test_detections.csv", dtype={"seriesuid": str}),
+    }
+    mirrored, seconds = {}, {}
+    for name, uids in (("val", val), ("test", test)):
+        path = model_dir / f"{name}_detections_tta.csv"
+        timing = path.with_suffix(".seconds")  # a rerun reads the marks and their time back
+        start = time.perf_counter()
+        scans = [trained.paths[u] for u in uids]
+        mirrored[name] = _detector_marks(
+            model_dir, scans, trained.cache, path, f"{name} marks, mirrored", mirror_tta=True
+        )
+        if not timing.is_file():
+            timing.write_text(f"{(time.perf_counter() - start) / len(uids)}\n")
+        seconds[name] = float(timing.read_text())
+    fields = {
+        **{k: v for k, v in trained.entry["rows"][row].items() if k in DETECTOR_SETTINGS},
+        "config": f"{trained.entry['rows'][row]['config']} + mirrored TTA",
+        "changes": [
+            f"row {row!r}'s detector run on the scan and its 7 mirrorings (every subset of "
+            "x, y, z), the passes' boxes fused by weighted box clustering (IoU > the NMS "
+            "threshold; cluster probability = the passes' best scores summed over 8)"
+        ],
+        "detect_s_per_scan": seconds["test"],
+        "validation_cpm": {
+            name: froc_summary(table["val"], annotations, excluded, val)[0]["cpm"]
+            for name, table in (("plain", plain), ("mirrored", mirrored))
+        },
+        "own_cpm": froc_summary(plain["test"], annotations, excluded, test)[0]["cpm"],
+        "cpm_gain_over_plain_paired_bootstrap": paired_cpm_bootstrap(
+            plain["test"], mirrored["test"], annotations, excluded, test, bootstrap, seed=seed
+        ),
+    }
+    new_row = f"{row}, mirrored TTA"
+    new_dir = _record_inference_row(
+        trained, new_row, mirrored["test"], fields, patients, seed, phantom, work
+    )
+    detector = load_bundle(model_dir)
+    detector.config = detector.config.model_copy(update={"mirror_tta": True})
+    save_bundle(new_dir, detector)
+    train = train_val[~train_val["seriesuid"].isin(val)]
+    pd.concat([train, mirrored["val"]], ignore_index=True).to_csv(
+        new_dir / "train_val_detections.csv", index=False
+    )
 
 
 @app.command("full-truth")
@@ -1541,6 +1670,9 @@ def _kept_detections(model_dir: Path, phantom: str) -> Path:
     return folder / f"{model_dir.name}_test_detections.csv.gz"
 
 
+# What a two-stage row repeats of its detector row: how that detector was trained.
+DETECTOR_SETTINGS = ("spacing_mm", "patch", "batch", "epochs_done", "steps_per_epoch",
+                     "time_budget_s", "train_s", "best_epoch")  # fmt: skip
 # The preset classifier's re-scoring of a row's validation and test marks (100 a scan).
 PRESET_SCORES = ("fpr/val_detections_100.csv", "fpr/test_detections.csv")
 
