@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from activecad.active.config import LoopConfig
-from activecad.active.detector_learner import DetectorLearner
+from activecad.active.detector_learner import DetectorLearner, needs_tta
 from activecad.active.loop import run_loop
 
 # 4 mm voxels and 32^3 patches: a phantom scan is a few patches, a step takes well under 1 s.
@@ -69,3 +69,34 @@ def test_two_cycles_train_score_select_evaluate(tiny_cohort: Path, tmp_path: Pat
     # same seed, same selections (the cache is warm now, so the second run is quicker)
     again, _ = _run(tiny_cohort, tmp_path / "b", tmp_path / "cache")
     assert [r["item"] for r in again] == [r["item"] for r in rows]
+
+
+def test_the_tta_heuristic_ranks_the_pool_by_its_mirrored_passes(
+    tiny_cohort: Path, tmp_path: Path
+) -> None:
+    assert needs_tta(["random", "tta"]) and not needs_tta(["random", "learning_loss"])
+    config = LoopConfig(
+        data=tiny_cohort,
+        strategies=["tta"],
+        seeds=[0],
+        initial_fraction=0.25,
+        query_size=1,
+        cycles=2,
+        test_fraction=0.25,
+        steps_per_cycle=2,
+    )
+    # One sliding window a scan (not 32^3 ones): eight passes a scan stay quick.
+    detector = {**TINY_DETECTOR, "sw_roi_size": (128, 128, 128)}
+    learner = DetectorLearner(
+        tiny_cohort, detector=detector, cache=tmp_path / "cache", device="cpu", tta=True
+    )
+    out = tmp_path / "a"
+    assert run_loop(config, out, learner=learner).finished
+    with (out / "selections.csv").open(newline="") as handle:
+        picked = [r for r in csv.DictReader(handle) if r["cycle"] == "1"]
+    assert len(picked) == 1 and float(picked[0]["score"]) >= 0
+    # Each scored item carries the plain pass and its seven mirrorings, in world mm.
+    pool = json.loads((out / "split.json").read_text())["pool"]
+    scored = learner.score(next(out.glob("**/cycles/0/model")), pool[:1], seed=0)
+    assert len(scored[0].tta) == 8
+    assert all(p.centers.shape[1] == 3 for p in scored[0].tta)

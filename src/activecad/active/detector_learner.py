@@ -35,6 +35,16 @@ from activecad.training.engine import Callback, FitState
 __all__ = ["DetectorLearner", "answers_table"]
 
 
+def needs_tta(strategies: Sequence[str]) -> bool:
+    """Whether any of a loop's strategies ranks items by their test-time-augmentation
+    passes (the ``tta`` heuristic), so the pool must be scored with them."""
+    from activecad.active.acft import LEARNING_STRATEGIES
+    from activecad.active.heuristics import HEURISTICS
+
+    names = [LEARNING_STRATEGIES.get(s, s) for s in strategies]
+    return any("tta" in HEURISTICS.get(n).needs for n in names if n in HEURISTICS)
+
+
 class DetectorLearner:
     """Trains, scores and evaluates the 3D detector for the loop (see the module docs).
 
@@ -45,6 +55,9 @@ class DetectorLearner:
         cache: the preprocessing cache folder (default: the user's cache,
             ``$ACTIVECAD_CACHE`` overrides it).
         device: torch device (default CUDA when available).
+        tta: score the pool with mirrored test-time augmentation (``mirror_tta``: eight
+            passes, fused), so each item carries its passes for the ``tta`` heuristic;
+            scoring takes eight times as long.
 
     Attributes:
         status: called with a short line (training step and loss) every few steps, e.g. a
@@ -60,6 +73,7 @@ class DetectorLearner:
         detector: Mapping[str, Any] | None = None,
         cache: str | Path | None = None,
         device: str | None = None,
+        tta: bool = False,
     ):
         from activecad.data.folders import read_luna_folder
         from activecad.data.preprocess import PreprocessCache
@@ -71,6 +85,7 @@ class DetectorLearner:
         self.folder = read_luna_folder(data)
         self.cache = PreprocessCache(cache)
         self.device = device
+        self.tta = tta
         self._paths = {_uid(p): p for p in self.folder.scans}
 
     def _prepared(self, uid: str) -> Any:
@@ -119,6 +134,8 @@ class DetectorLearner:
         from activecad.models.detector3d.scoring import score_pool
 
         detector = load_bundle(model_dir)
+        if self.tta:
+            detector.config = detector.config.model_copy(update={"mirror_tta": True})
         paths = [self._paths[u] for u in items]
         return [
             item_scores_from_pool(s)

@@ -110,13 +110,19 @@ def item_scores_from_pool(scored: object, *, tta: Sequence[Detections] = ()) -> 
 
     Args:
         scored: a ``PoolScore`` of :mod:`activecad.models.detector3d.scoring` (read by its
-            attributes ``seriesuid``, ``l_scan``, ``l_roi_variants``, ``embedding`` and
-            ``detections``, a table with ``coordX, coordY, coordZ, probability`` in world mm),
-            so this module needs no torch.
-        tta: the plain and flipped passes, when test-time augmentation was run.
+            attributes ``seriesuid``, ``l_scan``, ``l_roi_variants``, ``embedding``,
+            ``detections``, a table with ``coordX, coordY, coordZ, probability`` in world mm,
+            and ``passes``, tables alike), so this module needs no torch.
+        tta: the plain and flipped passes; default the scan's mirrored passes when the
+            detector ran them (``mirror_tta``), else none.
     """
     detections = scored.detections  # type: ignore[attr-defined]
     probabilities = detections["probability"].to_numpy(float) if len(detections) else np.zeros(0)
+    if not tta:
+        tta = [
+            Detections(table[["coordX", "coordY", "coordZ"]].to_numpy(float), table["probability"])
+            for table in getattr(scored, "passes", ())
+        ]
     return ItemScores(
         item=str(scored.seriesuid),  # type: ignore[attr-defined]
         kind="scan",

@@ -224,7 +224,7 @@ def run_command(
     """
     from activecad.active.candidate_learner import CandidateLearner
     from activecad.active.config import LoopConfig
-    from activecad.active.detector_learner import DetectorLearner
+    from activecad.active.detector_learner import DetectorLearner, needs_tta
     from activecad.active.loop import run_loop
     from activecad.config import load_config
 
@@ -235,7 +235,11 @@ def run_command(
             loop_config.data, candidates=loop_config.candidates, fpr=loop_config.fpr
         )
     elif loop_config.detector is not None or loop_config.strategies != ["random"]:
-        learner = DetectorLearner(loop_config.data, detector=loop_config.detector)
+        learner = DetectorLearner(
+            loop_config.data,
+            detector=loop_config.detector,
+            tta=needs_tta(loop_config.strategies),
+        )
     from rich.console import Console
 
     # A live status line (stage and elapsed time) on a terminal, and one timestamped line per

@@ -47,6 +47,9 @@ class ScanResult:
         l_roi: L_RoI (Eq. 2) in the detector's configured reading.
         l_roi_variants: L_RoI in every reading (:data:`.loss_prediction.ROI_VARIANTS`).
         embedding: (4C,) float32, P2..P5 averaged over the scan's valid region.
+        passes: with mirrored test-time augmentation, each pass's detections before they
+            were fused (:data:`SUBMISSION_COLUMNS`, world mm; the unmirrored pass first),
+            what the ``tta`` active-learning heuristic compares; empty otherwise.
     """
 
     detections: pd.DataFrame
@@ -54,6 +57,7 @@ class ScanResult:
     l_roi: float
     l_roi_variants: dict[str, float] = field(default_factory=dict)
     embedding: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    passes: tuple[pd.DataFrame, ...] = ()
 
     def uncertainty_row(self, seriesuid: str) -> tuple[object, ...]:
         """The scan's row of :data:`UNCERTAINTY_COLUMNS`."""
@@ -219,6 +223,7 @@ def detect_prepared(detector: NoduleDetector, prepared: PreparedScan) -> ScanRes
         found.l_roi,
         dict(found.l_roi_variants),
         embedding,
+        tuple(detections_to_world(p, prepared) for p in passes) if len(passes) > 1 else (),
     )
 
 

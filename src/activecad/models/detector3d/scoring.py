@@ -179,6 +179,7 @@ def score_pool(
                 l_roi=result.l_roi,
                 l_roi_variants=result.l_roi_variants,
                 embedding=result.embedding,
+                passes=result.passes,
                 seriesuid=prepared.seriesuid,
                 path=path,
             )
