@@ -89,6 +89,7 @@ RESUMABLE_KEYS = frozenset(
         "detections_per_scan",
         "sw_overlap",
         "sw_roi_size",
+        "mirror_tta",
         "amp",
     }
 )
