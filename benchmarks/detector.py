@@ -1449,9 +1449,10 @@ def quality_tta(
     and without it, its test CPM and the paired gain over the row's own marks (one setting,
     fixed beforehand: reported whatever validation says). Its folder holds the detector with
     mirroring on and, for a second stage (``quality-fpr --row "ROW, mirrored TTA"``), the
-    row's own training-scan marks beside the mirrored validation marks: the classifier
-    learns from the candidates it learnt from before and is chosen and tested on mirrored
-    ones (mirroring the training scans too would cost 8 times their marking)."""
+    row's own training-scan marks beside the mirrored validation marks, and the row's own
+    classifier when ``quality-fpr --row ROW`` trained one: the second stage learns from the
+    candidates it learnt from before and is tested on mirrored ones (mirroring the training
+    scans too would cost 8 times their marking)."""
     from activecad.data.folders import froc_summary, paired_cpm_bootstrap
     from activecad.models.detector3d import load_bundle, save_bundle
 
@@ -1510,6 +1511,15 @@ def quality_tta(
     pd.concat([train, mirrored["val"]], ignore_index=True).to_csv(
         new_dir / "train_val_detections.csv", index=False
     )
+    # The second stage learns from the same training candidates either way, so the row's
+    # own classifier (``quality-fpr --row ROW`` before this) serves it: training another
+    # would add a classifier retraining's noise to what mirroring changes.
+    own_classifier = model_dir / "fpr"
+    if (own_classifier / "weights.pt").is_file() and not (new_dir / "fpr").exists():
+        (new_dir / "fpr").mkdir()
+        for name in CLASSIFIER_FILES:
+            if (own_classifier / name).is_file():
+                shutil.copy(own_classifier / name, new_dir / "fpr" / name)
 
 
 @app.command("full-truth")
@@ -1670,6 +1680,9 @@ def _kept_detections(model_dir: Path, phantom: str) -> Path:
     return folder / f"{model_dir.name}_test_detections.csv.gz"
 
 
+# A trained FP-reduction classifier's folder, without the scores it gave.
+CLASSIFIER_FILES = ("bundle.json", "config.yaml", "history.json", "split.json", "training.json",
+                    "weights.pt")  # fmt: skip
 # What a two-stage row repeats of its detector row: how that detector was trained.
 DETECTOR_SETTINGS = ("spacing_mm", "patch", "batch", "epochs_done", "steps_per_epoch",
                      "time_budget_s", "train_s", "best_epoch")  # fmt: skip
