@@ -1341,7 +1341,9 @@ def _record_inference_row(
     kept = _kept_detections(new_dir, phantom)
     kept.parent.mkdir(exist_ok=True)
     _write_kept(marks, kept, 3)
-    trained.entry["rows"][new_row] = {
+    # Read again: other rows may have landed while this one ran (TTA runs for an hour).
+    entry = json.loads(RESULTS.read_text())[_quality_key(phantom)]
+    entry["rows"][new_row] = {
         **fields,
         "cpm": summary["cpm"],
         "ci_95": summary["ci"],
@@ -1353,8 +1355,8 @@ def _record_inference_row(
         "validation_cpm_by_time": [],
         "machine": _machine(),
     }
-    _record(_quality_key(phantom), trained.entry)
-    _plot_quality(trained.entry, phantom)
+    _record(_quality_key(phantom), entry)
+    _plot_quality(entry, phantom)
     return new_dir
 
 
