@@ -27,10 +27,10 @@ TINY_DETECTOR = {
 }
 
 
-def _run(cohort: Path, out: Path, cache: Path) -> tuple[list[dict[str, str]], list[dict]]:
-    config = LoopConfig(
+def _two_cycles(cohort: Path, strategy: str) -> LoopConfig:
+    return LoopConfig(
         data=cohort,
-        strategies=["learning_loss"],
+        strategies=[strategy],
         seeds=[0],
         initial_fraction=0.25,
         query_size=1,
@@ -38,8 +38,11 @@ def _run(cohort: Path, out: Path, cache: Path) -> tuple[list[dict[str, str]], li
         test_fraction=0.25,
         steps_per_cycle=2,
     )
+
+
+def _run(cohort: Path, out: Path, cache: Path) -> tuple[list[dict[str, str]], list[dict]]:
     learner = DetectorLearner(cohort, detector=TINY_DETECTOR, cache=cache, device="cpu")
-    result = run_loop(config, out, learner=learner)
+    result = run_loop(_two_cycles(cohort, "learning_loss"), out, learner=learner)
     assert result.finished
     with (out / "selections.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -75,23 +78,13 @@ def test_the_tta_heuristic_ranks_the_pool_by_its_mirrored_passes(
     tiny_cohort: Path, tmp_path: Path
 ) -> None:
     assert needs_tta(["random", "tta"]) and not needs_tta(["random", "learning_loss"])
-    config = LoopConfig(
-        data=tiny_cohort,
-        strategies=["tta"],
-        seeds=[0],
-        initial_fraction=0.25,
-        query_size=1,
-        cycles=2,
-        test_fraction=0.25,
-        steps_per_cycle=2,
-    )
     # One sliding window a scan (not 32^3 ones): eight passes a scan stay quick.
     detector = {**TINY_DETECTOR, "sw_roi_size": (128, 128, 128)}
     learner = DetectorLearner(
         tiny_cohort, detector=detector, cache=tmp_path / "cache", device="cpu", tta=True
     )
     out = tmp_path / "a"
-    assert run_loop(config, out, learner=learner).finished
+    assert run_loop(_two_cycles(tiny_cohort, "tta"), out, learner=learner).finished
     with (out / "selections.csv").open(newline="") as handle:
         picked = [r for r in csv.DictReader(handle) if r["cycle"] == "1"]
     assert len(picked) == 1 and float(picked[0]["score"]) >= 0
