@@ -1814,19 +1814,30 @@ def _plot_quality(entry: dict, phantom: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # The legends go below the axes: a results entry gathers many rows.
-    fig, (froc, curve) = plt.subplots(1, 2, figsize=(11, 4.5))
+    # The legends go below the axes: a results entry gathers many rows. With many rows the
+    # FROC panel colours the first (the baseline) and the five best by CPM; the others are
+    # grey lines, each listed in the README's table.
+    rows = entry["rows"]
+    best = sorted(rows, key=lambda name: rows[name]["cpm"])[-5:]
+    shown = set(rows) if len(rows) <= 8 else {next(iter(rows)), *best}
+    coloured = [n for n in rows if n in shown or rows[n]["validation_cpm_by_time"]]
     # Matplotlib's default cycle repeats after ten colours; more rows take tab20's twenty.
-    colours = plt.get_cmap("tab10" if len(entry["rows"]) <= 10 else "tab20").colors
-    for k, (name, row) in enumerate(entry["rows"].items()):
-        colour = colours[k % len(colours)]
+    palette = plt.get_cmap("tab10" if len(coloured) <= 10 else "tab20").colors
+    colour = {name: palette[k % len(palette)] for k, name in enumerate(coloured)}
+    fig, (froc, curve) = plt.subplots(1, 2, figsize=(11, 4.5))
+    others = [name for name in rows if name not in shown]
+    for name, row in rows.items():
         fps = np.maximum(np.asarray(row["froc"]["fps_per_scan"]), 1e-3)
-        froc.semilogx(fps, row["froc"]["sensitivity"], drawstyle="steps-post", color=colour,
-                      label=f"{name}: CPM {row['cpm']:.3f}")  # fmt: skip
+        if name in shown:
+            style = {"color": colour[name], "label": f"{name}: CPM {row['cpm']:.3f}"}
+        else:
+            label = f"{len(others)} other rows (see the table)" if name == others[0] else None
+            style = {"color": "0.8", "linewidth": 0.8, "label": label, "zorder": 0}
+        froc.semilogx(fps, row["froc"]["sensitivity"], drawstyle="steps-post", **style)
         points = row["validation_cpm_by_time"]  # none for a re-scoring row
         if points:
             curve.plot([p["train_s"] / 60 for p in points], [p["cpm"] for p in points], "o-",
-                       color=colour, label=name)  # fmt: skip
+                       color=colour[name], label=name)  # fmt: skip
     test = entry["split"]["test"]
     froc.set(xlim=(0.1, 16), ylim=(0, 1), xlabel="false positives per scan",
              ylabel="sensitivity",
@@ -1835,8 +1846,11 @@ def _plot_quality(entry: dict, phantom: str) -> None:
               title=f"validation: {entry['split']['val']['scans']} scans")  # fmt: skip
     for ax in (froc, curve):
         ax.grid(True, which="both", alpha=0.3)
-        if ax.lines:
-            ax.legend(loc="upper left", bbox_to_anchor=(0, -0.14), fontsize="small")
+    # The FROC legend (long row names) runs below both panels; the training curves' sits
+    # inside their own panel, where it cannot overlap it.
+    froc.legend(loc="upper left", bbox_to_anchor=(0, -0.14), fontsize="small")
+    if curve.lines:
+        curve.legend(loc="lower right", fontsize="x-small")
     suffix = "" if phantom == "small" else f"_{phantom}_phantom"
     fig.savefig(ROOT / "docs" / f"detector_quality{suffix}.png", dpi=120, bbox_inches="tight")
 
