@@ -96,10 +96,15 @@ def detect_command(
             show_default=False,
         ),
     ],
-    model: Annotated[
-        Path,
+    models: Annotated[
+        list[Path],
         typer.Option(
-            "--model", help="Model folder from 'train detector' (or 'train meld', 'train cxr')."
+            "--model",
+            help="Model folder from 'train detector' (or 'train meld', 'train cxr'). Repeat it "
+            "for an ensemble of detectors: each marks every scan and their detections are "
+            "fused by weighted box clustering (probability = the models' best scores summed "
+            "over the number of models).",
+            show_default=False,
         ),
     ],
     out: Annotated[
@@ -196,14 +201,21 @@ def detect_command(
     """Detect nodules in CT scans with a trained detector.
 
     Writes one row per detection (world mm) to --out; with --uncertainty also each scan's
-    predicted loss l_scan and RoI uncertainty L_RoI. Preprocessed scans are cached, so a
-    second run on the same scans skips preprocessing. A MELD model ('train meld') detects
+    predicted loss l_scan and RoI uncertainty L_RoI (an ensemble's: the models' means).
+    Preprocessed scans are cached, so a second run on the same scans skips preprocessing.
+    With --model repeated, the detectors' marks are fused. A MELD model ('train meld') detects
     lesions on every stored slice instead, one row per 2D box in slice pixels.
     """
     from activecad.cli._common import usage_error
     from activecad.cli.detect_cxr import detect_cxr, is_cxr_model
     from activecad.cli.detect_meld import detect_meld, is_meld_model
 
+    model = models[0]
+    if len(models) > 1 and any(is_meld_model(m) or is_cxr_model(m) for m in models):
+        raise usage_error(
+            "an ensemble needs CT detectors ('train detector'); give one MELD or radiograph model",
+            option="--model",
+        )
     if is_meld_model(model):  # a lesion model: 2D boxes on every stored slice
         given = {
             "--uncertainty": uncertainty,
@@ -235,10 +247,12 @@ def detect_command(
             if value is not None:
                 raise usage_error("applies to CT detectors only; drop it", option=option)
         return detect_cxr(scans, model, out, heatmaps, as_json)
+    import pandas as pd
+
     from activecad.data.preprocess import PreprocessCache, default_cache_dir
     from activecad.io.tables import write_table
     from activecad.models.detector3d import load_bundle
-    from activecad.models.detector3d.inference import detect_files
+    from activecad.models.detector3d.inference import detect_files, fuse_models
     from activecad.models.fpr import apply_fpr, load_fpr
 
     # Everything is checked before the first scan is processed.
@@ -271,15 +285,30 @@ def detect_command(
         )
     for scan in scans:
         check_scan(scan)
-    detector = load_bundle(model)
-    if tta:
-        detector.config = detector.config.model_copy(update={"mirror_tta": True})
+    detectors = [load_bundle(m) for m in models]  # every model is checked before scan one
+    for detector in detectors:
+        if tta:
+            detector.config = detector.config.model_copy(update={"mirror_tta": True})
     for classifier in fpr or []:
         load_fpr(classifier)  # checked before the first scan
 
-    detections, uncertainties = detect_files(
-        detector, scans, progress=not as_json, cache=PreprocessCache(cache_dir)
-    )
+    found = [
+        detect_files(detector, scans, progress=not as_json, cache=PreprocessCache(cache_dir))
+        for detector in detectors
+    ]
+    detections, uncertainties = found[0]
+    if len(found) > 1:
+        config = detectors[0].config
+        detections = fuse_models(
+            [table for table, _ in found], config.nms_thresh, config.detections_per_scan
+        )
+        # Each scan's uncertainties are the models' means.
+        uncertainties = (
+            pd.concat([table for _, table in found])
+            .groupby("seriesuid", sort=False)
+            .mean()
+            .reset_index()
+        )
     if blobs:
         from activecad.models.blobs import BlobConfig, blob_candidates_for_files, merge_candidates
 

@@ -91,3 +91,8 @@ def test_errors_are_one_line_and_write_nothing(tmp_path: Path, run_cli) -> None:
         )
         assert r.exit_code == 2 and "applies to CT detectors only" in r.stderr, r.stderr
         assert option[0] in r.stderr and not (tmp_path / "s.csv").exists()
+    # An ensemble is of CT detectors only.
+    two = ["--model", tmp_path / "fake", "--model", tmp_path / "fake"]
+    r = run_cli("detect", ct, *two, "--out", tmp_path / "s.csv")
+    assert r.exit_code == 2 and "an ensemble needs CT detectors" in r.stderr, r.stderr
+    assert not (tmp_path / "s.csv").exists()

@@ -85,6 +85,30 @@ def test_detect_with_tta_writes_the_fused_mirrored_passes(
     assert not np.allclose(pd.read_csv(plain).probability[:5], table.probability[:5])
 
 
+def test_detect_with_two_models_writes_their_fused_marks(
+    run_cli: Callable[..., object], one_pass: DetectorConfig, model_dir: Path, tmp_path: Path
+) -> None:
+    from activecad.models.detector3d.inference import fuse_models
+
+    torch.manual_seed(1)
+    second = save_bundle(tmp_path / "second", NoduleDetector(one_pass))
+    scan = _scan(tmp_path / "ct", "1.2.3")
+    tables = {}
+    for name, models in (("a", [model_dir]), ("b", [second]), ("both", [model_dir, second])):
+        given = [arg for m in models for arg in ("--model", m)]
+        out, unc = tmp_path / f"{name}.csv", tmp_path / f"{name}_unc.csv"
+        result = run_cli("detect", scan, *given, "--out", out, "--uncertainty", unc)
+        assert result.exit_code == 0, result.stderr  # type: ignore[attr-defined]
+        tables[name] = (pd.read_csv(out, dtype={"seriesuid": str}), pd.read_csv(unc))
+    expected = fuse_models(
+        [tables["a"][0], tables["b"][0]], one_pass.nms_thresh, one_pass.detections_per_scan
+    )
+    pd.testing.assert_frame_equal(tables["both"][0], expected, check_dtype=False)
+    # Each scan's uncertainties are the two models' means.
+    mean = (tables["a"][1]["l_scan"] + tables["b"][1]["l_scan"]) / 2
+    np.testing.assert_allclose(tables["both"][1]["l_scan"], mean, rtol=1e-6)
+
+
 # Without --fpr-weight the final probability is sqrt(detector x classifier).
 @pytest.mark.parametrize(
     ("weight_option", "fpr_weight"), [([], 0.5), (["--fpr-weight", "0.8"], 0.8)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -16,7 +17,13 @@ from activecad.models.detector3d import (
     detect_scan,
     detections_to_world,
 )
-from activecad.models.detector3d.inference import fuse_passes, network_input, unmirror
+from activecad.models.detector3d.inference import (
+    SUBMISSION_COLUMNS,
+    fuse_models,
+    fuse_passes,
+    network_input,
+    unmirror,
+)
 
 # Array axis x points to world +y, axis y to world -x, axis z to world +z (columns).
 ROTATED = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
@@ -127,6 +134,29 @@ def test_fuse_passes_on_hand_worked_boxes(tiny_config: DetectorConfig) -> None:
     assert fused.l_scan == 2.0
     # Eq. 2 (sum of predicted losses over detections above tau = 0.5): only cluster 1.
     assert fused.l_roi == pytest.approx(4 / 3)
+
+
+def test_fuse_models_on_hand_worked_marks() -> None:
+    def marks(rows: list[tuple[str, float, float, float, float]]) -> pd.DataFrame:
+        # (seriesuid, x, probability, diameter) with y = z = 0
+        return pd.DataFrame(
+            [(uid, x, 0.0, 0.0, p, d) for uid, x, p, d in rows], columns=SUBMISSION_COLUMNS
+        )
+
+    # Model A: a 4 mm mark at x = 0 (0.9) and a far one (0.2) in scan "1"; one in scan "2".
+    # Model B: the x = 0 mark moved 1 mm (cubes of 4 mm: IoU 3/5), 0.3; nothing in "2".
+    a = marks([("1", 0.0, 0.9, 4.0), ("1", 30.0, 0.2, 6.0), ("2", 5.0, 0.5, 8.0)])
+    b = marks([("1", 1.0, 0.3, 4.0)])
+    fused = fuse_models([a, b], iou_thresh=0.1)
+    # Scan 1: (0.9 + 0.3) / 2 at x = (0.9 * 0 + 0.3 * 1) / 1.2; the far mark 0.2 / 2.
+    # Scan 2: model A's mark alone, 0.5 / 2.
+    assert fused.seriesuid.tolist() == ["1", "1", "2"]
+    np.testing.assert_allclose(fused.probability, [0.6, 0.1, 0.25])
+    np.testing.assert_allclose(fused.coordX, [0.25, 30.0, 5.0])
+    np.testing.assert_allclose(fused.diameter_mm, [4.0, 6.0, 8.0])
+    # At IoU > 0.7 the two x = 0 marks are two objects.
+    assert len(fuse_models([a, b], iou_thresh=0.7)) == 4
+    assert len(fuse_models([a, b], iou_thresh=0.1, most=1)) == 2  # one a scan
 
 
 def test_mirrored_detection_reports_world_rows_within_the_scan(

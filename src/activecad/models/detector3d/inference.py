@@ -108,16 +108,53 @@ def unmirror(found: Detections, mirror_axes: Sequence[int], valid_xyz: Sequence[
     return replace(found, boxes=boxes)
 
 
+def cluster_boxes(
+    boxes: torch.Tensor, scores: torch.Tensor, source: torch.Tensor, iou_thresh: float
+) -> list[torch.Tensor]:
+    """Weighted box clustering's grouping: which boxes of several sources (passes, models)
+    mark the same object.
+
+    A simple form of the weighted box clustering of Jaeger et al. ("Retina U-Net", ML4H
+    2020) that nnDetection applies to its mirrored passes: taking boxes from the highest
+    score down, each box not yet clustered gathers every unclustered box whose IoU with it
+    exceeds ``iou_thresh``; from each source the cluster keeps that source's best box.
+
+    Args:
+        boxes: (N, 6) xmin, ymin, zmin, xmax, ymax, zmax of every source's boxes.
+        scores: (N,) their probabilities.
+        source: (N,) int, which source each box came from.
+        iou_thresh: the IoU above which two boxes are one object.
+
+    Returns:
+        one index tensor per cluster, in the order the clusters formed: the best box of each
+        source present, scores descending.
+    """
+    from monai.data.box_utils import box_iou
+
+    overlap = box_iou(boxes, boxes) if len(boxes) else torch.zeros(0, 0)
+    free = torch.ones(len(boxes), dtype=torch.bool)
+    clusters = []
+    for i in torch.argsort(scores, descending=True, stable=True).tolist():
+        if not free[i]:
+            continue
+        members = free & (overlap[i] > iou_thresh)
+        members[i] = True
+        free &= ~members
+        index = torch.where(members)[0]
+        index = index[torch.argsort(scores[index], descending=True, stable=True)]
+        # each source's best box: its first, scores descending
+        best = index[np.unique(source[index].numpy(), return_index=True)[1]]
+        clusters.append(best[torch.argsort(scores[best], descending=True, stable=True)])
+    return clusters
+
+
 def fuse_passes(passes: Sequence[Detections], config: DetectorConfig) -> Detections:
     """Fuse the detections of several passes over one scan by weighted box clustering.
 
-    A simple form of the weighted box clustering of Jaeger et al. ("Retina U-Net", ML4H
-    2020) that nnDetection applies to its mirrored passes: taking boxes of all passes from
-    the highest score down, each box not yet clustered gathers every unclustered box whose
-    IoU with it exceeds ``config.nms_thresh`` (the detector's own notion of one object).
-    From each pass the cluster keeps that pass's best box; the cluster's probability is
-    the sum of their scores over the number of passes, so a box that one pass of eight
-    found alone keeps an eighth of its score, and its box and predicted loss are their
+    The passes' boxes are grouped by :func:`cluster_boxes` with the detector's own notion
+    of one object (IoU > ``config.nms_thresh``). A cluster's probability is the sum of its
+    passes' best scores over the number of passes, so a box that one pass of eight found
+    alone keeps an eighth of its score, and its box and predicted loss are their
     score-weighted means. At most ``config.detections_per_scan`` clusters are kept.
 
     l_scan and the embedding are the passes' means; L_RoI (every reading) is recomputed
@@ -128,25 +165,12 @@ def fuse_passes(passes: Sequence[Detections], config: DetectorConfig) -> Detecti
         config: the detector's settings (NMS IoU, detections per scan, Eq. 2's tau and
             reading).
     """
-    from monai.data.box_utils import box_iou
-
     boxes = torch.cat([p.boxes.float() for p in passes])
     scores = torch.cat([p.scores.float() for p in passes])
     roi = torch.cat([p.roi_losses.float() for p in passes])
     source = torch.cat([torch.full((len(p.scores),), k) for k, p in enumerate(passes)])
-    overlap = box_iou(boxes, boxes) if len(boxes) else torch.zeros(0, 0)
-    free = torch.ones(len(boxes), dtype=torch.bool)
     fused_boxes, fused_scores, fused_roi = [], [], []
-    for i in torch.argsort(scores, descending=True, stable=True).tolist():
-        if not free[i]:
-            continue
-        members = free & (overlap[i] > config.nms_thresh)
-        members[i] = True
-        free &= ~members
-        index = torch.where(members)[0]
-        index = index[torch.argsort(scores[index], descending=True, stable=True)]
-        # each pass's best box: its first, scores descending
-        best = index[np.unique(source[index].numpy(), return_index=True)[1]]
+    for best in cluster_boxes(boxes, scores, source, config.nms_thresh):
         weight = scores[best]
         fused_boxes.append((weight[:, None] * boxes[best]).sum(0) / weight.sum())
         fused_scores.append(weight.sum() / len(passes))
@@ -170,6 +194,49 @@ def fuse_passes(passes: Sequence[Detections], config: DetectorConfig) -> Detecti
         embedding=torch.stack(embeddings).mean(0) if embeddings else None,
         l_roi_variants=variants,
     )
+
+
+def fuse_models(
+    tables: Sequence[pd.DataFrame], iou_thresh: float, most: int | None = None
+) -> pd.DataFrame:
+    """Fuse several detectors' detections of the same scans (an ensemble) in world mm.
+
+    Each detection is the cube of its ``diameter_mm`` about its centre; per scan the
+    models' cubes are grouped by :func:`cluster_boxes` and, as :func:`fuse_passes` does for
+    passes, a cluster's probability is the sum of each model's best score over the number
+    of models, its centre and diameter their score-weighted means. Working in world mm lets
+    models of different spacings or crops be fused.
+
+    Args:
+        tables: each model's detections (:data:`SUBMISSION_COLUMNS`).
+        iou_thresh: the IoU above which two cubes are one object (the detectors' NMS IoU).
+        most: keep at most this many detections a scan; None keeps every cluster.
+
+    Returns:
+        rows with :data:`SUBMISSION_COLUMNS`, per scan by probability descending.
+    """
+    xyz = ["coordX", "coordY", "coordZ"]
+    stacked = pd.concat(
+        [t.assign(_source=k) for k, t in enumerate(tables)], ignore_index=True, sort=False
+    )
+    fused = []
+    for uid, scan in stacked.groupby("seriesuid", sort=False):
+        centres = torch.tensor(scan[xyz].to_numpy(np.float64))
+        half = torch.tensor(scan["diameter_mm"].to_numpy(np.float64))[:, None] / 2
+        scores = torch.tensor(scan["probability"].to_numpy(np.float64))
+        source = torch.tensor(scan["_source"].to_numpy())
+        boxes = torch.cat([centres - half, centres + half], dim=1)
+        rows = []
+        for best in cluster_boxes(boxes, scores, source, iou_thresh):
+            weight = scores[best] / scores[best].sum()
+            centre = (weight[:, None] * centres[best]).sum(0).tolist()
+            diameter = float((weight * 2 * half[best, 0]).sum())
+            rows.append([uid, *centre, float(scores[best].sum()) / len(tables), diameter])
+        table = pd.DataFrame(rows, columns=SUBMISSION_COLUMNS)
+        fused.append(table.sort_values("probability", ascending=False, kind="stable")[:most])
+    if not fused:
+        return pd.DataFrame(columns=SUBMISSION_COLUMNS)
+    return pd.concat(fused, ignore_index=True)
 
 
 def detections_to_world(detections: Detections, prepared: PreparedScan) -> pd.DataFrame:
