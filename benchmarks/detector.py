@@ -30,6 +30,7 @@ run in the background (``nohup ... &``); its progress goes to stderr and every e
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import resource
@@ -38,7 +39,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -1230,6 +1231,13 @@ def _score_at_fps(
 def _phantom_truth(cohort: Path, seriesuids: list[str], seed: int) -> pd.DataFrame:
     """Every true nodule of ``seriesuids`` with the phantom's own attributes (``doubtful``
     among them), drawn again from ``(seed, patient index)``."""
+    return _drawn_nodules(cohort, tuple(sorted(seriesuids)), seed).copy()
+
+
+@functools.lru_cache(maxsize=4)
+def _drawn_nodules(cohort: Path, seriesuids: tuple[str, ...], seed: int) -> pd.DataFrame:
+    """``_phantom_truth``'s table, drawn once a run (drawing the patients again takes
+    minutes, and ``full-truth`` asks for the same test scans once a row)."""
     from activecad.phantom import generate_patient
 
     patients = pd.read_csv(cohort / "patients.csv", dtype={"seriesuid": str})
@@ -1253,25 +1261,46 @@ def _nearest_truth(truth: pd.DataFrame, seriesuid: str, world_mm) -> pd.Series:
     return same.iloc[int(np.linalg.norm(centres - np.asarray(world_mm), axis=1).argmin())]
 
 
-def _found_by_conspicuity(
+def _found_by_drawing(
     detections: pd.DataFrame,
     annotations: pd.DataFrame,
     seriesuids: list[str],
     threshold: float,
     truth: pd.DataFrame,
+    group: Callable[[pd.Series, pd.Series], str],
+    groups: Sequence[str],
 ) -> dict[str, dict[str, int]]:
-    """Annotated nodules drawn faint (doubtful, yet marked by three readers or more) and
-    drawn plain: how many, and how many a mark scored at least ``threshold`` hits. Each
-    annotation is the nearest true nodule of its series (``_phantom_truth``)."""
+    """Annotated nodules in ``groups`` by how the phantom drew them: how many, and how many
+    a mark scored at least ``threshold`` hits. Each annotation is the nearest true nodule of
+    its series (``_phantom_truth``); ``group(annotation, drawn)`` names its group."""
     xyz = ["coordX", "coordY", "coordZ"]
-    out = {kind: {"nodules": 0, "found": 0} for kind in ("drawn faint", "drawn plain")}
+    out = {name: {"nodules": 0, "found": 0} for name in groups}
     for nodule, marks, distance in _nearest_marks(detections, annotations, seriesuids):
         drawn = _nearest_truth(truth, nodule["seriesuid"], nodule[xyz].to_numpy(float))
-        kind = "drawn faint" if bool(drawn["doubtful"]) else "drawn plain"
+        name = group(nodule, drawn)
         hits = marks["probability"].to_numpy(np.float64)[distance < nodule["diameter_mm"] / 2]
-        out[kind]["nodules"] += 1
-        out[kind]["found"] += int(len(hits) > 0 and hits.max() >= threshold)
+        out[name]["nodules"] += 1
+        out[name]["found"] += int(len(hits) > 0 and hits.max() >= threshold)
     return out
+
+
+def _conspicuity(nodule: pd.Series, drawn: pd.Series) -> str:
+    """Drawn faint (doubtful, yet marked by three readers or more) or drawn plain."""
+    return "drawn faint" if bool(drawn["doubtful"]) else "drawn plain"
+
+
+def _place_and_size(nodule: pd.Series, drawn: pd.Series) -> str:
+    """Where the phantom put the nodule (parenchymal, juxta-pleural, juxta-vascular) and
+    whether the readers measured it under 10 mm."""
+    size = "3-10 mm" if nodule["diameter_mm"] < 10 else "10 mm or more"
+    return f"{drawn['place']}, {size}"
+
+
+PLACES_AND_SIZES = tuple(
+    f"{place}, {size}"
+    for place in ("parenchymal", "juxta-pleural", "juxta-vascular")
+    for size in ("3-10 mm", "10 mm or more")
+)
 
 
 @dataclass
@@ -1516,12 +1545,114 @@ def quality_tta(
     # The second stage learns from the same training candidates either way, so the row's
     # own classifier (``quality-fpr --row ROW`` before this) serves it: training another
     # would add a classifier retraining's noise to what mirroring changes.
+    _share_classifier(model_dir, new_dir)
+
+
+def _share_classifier(model_dir: Path, new_dir: Path) -> None:
+    """Copy the classifier that ``quality-fpr`` trained in ``model_dir`` (if it did) to
+    ``new_dir``, a row derived from it whose second stage learns from the same training
+    candidates."""
     own_classifier = model_dir / "fpr"
     if (own_classifier / "weights.pt").is_file() and not (new_dir / "fpr").exists():
         (new_dir / "fpr").mkdir()
         for name in CLASSIFIER_FILES:
             if (own_classifier / name).is_file():
                 shutil.copy(own_classifier / name, new_dir / "fpr" / name)
+
+
+@app.command("quality-ensemble")
+def quality_ensemble(
+    rows: list[str] = typer.Option(
+        ...,
+        "--row",
+        help="Detector rows (trained here) whose marks are fused; two or more. The first "
+        "lends its training-scan marks and classifier to a second stage.",
+    ),
+    patients: int = 240,
+    seed: int = 0,
+    bootstrap: int = typer.Option(300, help="Paired scan-bootstrap resamples of the CPM gain."),
+    phantom: str = typer.Option("small", help="Phantom preset of the cohort (small, medium)."),
+    work: Path = typer.Option(WORK, help="The quality run's folder (its models)."),
+) -> None:
+    """An ensemble of detectors (``detect --model A --model B``), no retraining: the rows'
+    validation and test marks (100 a scan, as each row made them, mirrored or not) are
+    fused by weighted box clustering in world mm, and row ``FIRST, ensemble of N`` reports
+    each member's validation CPM beside the ensemble's, its test CPM and the paired gain
+    over every member (one setting, fixed beforehand: reported whatever validation says).
+    Its folder holds the first row's training-scan marks beside the fused validation marks
+    and the first row's classifier, so ``quality-fpr --row "FIRST, ensemble of N"``
+    measures the ensemble under the classifier the first row already has."""
+    from activecad.data.folders import froc_summary, paired_cpm_bootstrap
+    from activecad.models.detector3d import load_bundle
+    from activecad.models.detector3d.inference import fuse_models
+
+    if len(rows) < 2:
+        raise typer.BadParameter("an ensemble needs two --row or more")
+    members = [_trained_row(row, patients, seed, phantom, 1, work) for row in rows]
+    first = members[0]
+    if any((m.val, m.test) != (first.val, first.test) for m in members):
+        raise typer.BadParameter("the rows were trained on different splits")
+    annotations, excluded, val, test = (
+        first.folder.annotations,
+        first.excluded,
+        first.val,
+        first.test,
+    )
+    marks = {
+        "val": [
+            _detector_marks(
+                m.model_dir, [], m.cache, m.model_dir / "train_val_detections.csv", ""
+            ).pipe(lambda table: table[table["seriesuid"].isin(val)])
+            for m in members
+        ],
+        "test": [
+            pd.read_csv(m.model_dir / "test_detections.csv", dtype={"seriesuid": str})
+            for m in members
+        ],
+    }
+    config = load_bundle(first.model_dir).config
+    fused = {
+        name: fuse_models(tables, config.nms_thresh, config.detections_per_scan)
+        for name, tables in marks.items()
+    }
+    fields = {
+        **{k: v for k, v in first.entry["rows"][rows[0]].items() if k in DETECTOR_SETTINGS},
+        "config": f"ensemble of {len(rows)} detectors",
+        "changes": [
+            f"the marks of rows {', '.join(map(repr, rows))} fused by weighted box clustering "
+            "in world mm (cubes of each mark's diameter; IoU > the first detector's NMS "
+            f"threshold {config.nms_thresh}; probability = the members' best scores summed "
+            f"over {len(rows)})"
+        ],
+        "members": rows,
+        "detect_s_per_scan": sum(
+            float(first.entry["rows"][row].get("detect_s_per_scan", float("nan"))) for row in rows
+        ),
+        "validation_cpm": {
+            **{
+                row: froc_summary(table, annotations, excluded, val)[0]["cpm"]
+                for row, table in zip(rows, marks["val"], strict=True)
+            },
+            "ensemble": froc_summary(fused["val"], annotations, excluded, val)[0]["cpm"],
+        },
+        "cpm_gain_over_member_paired_bootstrap": {
+            row: paired_cpm_bootstrap(
+                table, fused["test"], annotations, excluded, test, bootstrap, seed=seed
+            )
+            for row, table in zip(rows, marks["test"], strict=True)
+        },
+    }
+    new_row = f"{rows[0]}, ensemble of {len(rows)}"
+    new_dir = _record_inference_row(
+        first, new_row, fused["test"], fields, patients, seed, phantom, work
+    )
+    train_marks = _detector_marks(
+        first.model_dir, [], first.cache, first.model_dir / "train_val_detections.csv", ""
+    )
+    pd.concat(
+        [train_marks[~train_marks["seriesuid"].isin(val)], fused["val"]], ignore_index=True
+    ).to_csv(new_dir / "train_val_detections.csv", index=False)
+    _share_classifier(first.model_dir, new_dir)
 
 
 @app.command("full-truth")
@@ -1621,8 +1752,9 @@ def _truth_fields(
     detections: pd.DataFrame, cohort: Path, test: list[str], seed: int
 ) -> dict[str, object]:
     """What a quality row says about its test marks beyond the FROC: the nodules of 10 mm
-    or more missed at 8 false positives a scan, found nodules drawn faint and plain at that
-    operating point, and the FROC with the nodules no reader marked ignored."""
+    or more missed at 8 false positives a scan, found nodules drawn faint and plain and by
+    where they were drawn at that operating point, and the FROC with the nodules no reader
+    marked ignored."""
     from activecad.data.folders import read_luna_folder
 
     folder = read_luna_folder(cohort)
@@ -1640,8 +1772,23 @@ def _truth_fields(
     return {
         "operating_score_at_8_fps": threshold,
         "missed_10mm_or_more_at_8_fps": missed,
-        "found_at_8_fps_by_conspicuity": _found_by_conspicuity(
-            detections, folder.annotations, test, threshold, truth
+        "found_at_8_fps_by_conspicuity": _found_by_drawing(
+            detections,
+            folder.annotations,
+            test,
+            threshold,
+            truth,
+            _conspicuity,
+            ("drawn faint", "drawn plain"),
+        ),
+        "found_at_8_fps_by_place": _found_by_drawing(
+            detections,
+            folder.annotations,
+            test,
+            threshold,
+            truth,
+            _place_and_size,
+            PLACES_AND_SIZES,
         ),
         "unmarked_nodules_ignored": _against_full_truth(detections, cohort, folder, test),
     }
