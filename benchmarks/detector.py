@@ -1127,11 +1127,7 @@ def quality_fpr(
         "froc": {"fps_per_scan": _thin(fps), "sensitivity": _thin(sens)},
         "validation_cpm_by_time": [],
     }
-    # Read again: other rows may have landed while this one ran (both run for an hour).
-    entry = json.loads(RESULTS.read_text())[_quality_key(phantom)]
-    entry["rows"][new_name] = {**new_row, "machine": _machine()}
-    _record(_quality_key(phantom), entry)
-    _plot_quality(entry, phantom)
+    _add_row(phantom, new_name, new_row)
 
 
 def _false_positive_sources(
@@ -1370,23 +1366,32 @@ def _record_inference_row(
     kept = _kept_detections(new_dir, phantom)
     kept.parent.mkdir(exist_ok=True)
     _write_kept(marks, kept, 3)
-    # Read again: other rows may have landed while this one ran (TTA runs for an hour).
+    _add_row(
+        phantom,
+        new_row,
+        {
+            **fields,
+            "cpm": summary["cpm"],
+            "ci_95": summary["ci"],
+            "sensitivities": summary["sensitivities"],
+            "counts": summary["counts"],
+            "found_by_size": _found_by_size(marks, annotations, test),
+            **_truth_fields(marks, trained.cohort, test, seed),
+            "froc": {"fps_per_scan": _thin(fps), "sensitivity": _thin(sens)},
+            "validation_cpm_by_time": [],
+        },
+    )
+    return new_dir
+
+
+def _add_row(phantom: str, name: str, row: dict[str, object]) -> None:
+    """Record a finished quality row. The results are read again right before the write,
+    after everything of the row is computed: other rows may have landed while this one
+    ran (runs go for an hour beside each other, and drawing the truth takes minutes)."""
     entry = json.loads(RESULTS.read_text())[_quality_key(phantom)]
-    entry["rows"][new_row] = {
-        **fields,
-        "cpm": summary["cpm"],
-        "ci_95": summary["ci"],
-        "sensitivities": summary["sensitivities"],
-        "counts": summary["counts"],
-        "found_by_size": _found_by_size(marks, annotations, test),
-        **_truth_fields(marks, trained.cohort, test, seed),
-        "froc": {"fps_per_scan": _thin(fps), "sensitivity": _thin(sens)},
-        "validation_cpm_by_time": [],
-        "machine": _machine(),
-    }
+    entry["rows"][name] = {**row, "machine": _machine()}
     _record(_quality_key(phantom), entry)
     _plot_quality(entry, phantom)
-    return new_dir
 
 
 @app.command("quality-nms")
