@@ -168,7 +168,7 @@ def _run_demo(size: DemoSize, out: Path, seed: int, console: Console) -> dict[st
     heldout = [cohort / "ct" / f"{uid}.mhd" for uid in heldout_uids]
     detect_command(
         scans=heldout,
-        model=out / "model",
+        models=[out / "model"],
         out=out / "detections.csv",
         uncertainty=out / "uncertainty.csv",
         as_json=False,
