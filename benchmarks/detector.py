@@ -1603,17 +1603,14 @@ def quality_ensemble(
         first.val,
         first.test,
     )
+    for member in members:
+        _restore_marks(member.model_dir, phantom)
+    # Each member's training and validation marks are read once: the validation ones are
+    # fused, the first member's training ones go to the ensemble's second stage.
+    train_val = [_row_marks(m.model_dir, "train_val_detections.csv") for m in members]
     marks = {
-        "val": [
-            _detector_marks(
-                m.model_dir, [], m.cache, m.model_dir / "train_val_detections.csv", ""
-            ).pipe(lambda table: table[table["seriesuid"].isin(val)])
-            for m in members
-        ],
-        "test": [
-            pd.read_csv(m.model_dir / "test_detections.csv", dtype={"seriesuid": str})
-            for m in members
-        ],
+        "val": [table[table["seriesuid"].isin(val)] for table in train_val],
+        "test": [_row_marks(m.model_dir, "test_detections.csv") for m in members],
     }
     config = load_bundle(first.model_dir).config
     fused = {
@@ -1651,13 +1648,21 @@ def quality_ensemble(
     new_dir = _record_inference_row(
         first, new_row, fused["test"], fields, patients, seed, phantom, work
     )
-    train_marks = _detector_marks(
-        first.model_dir, [], first.cache, first.model_dir / "train_val_detections.csv", ""
-    )
     pd.concat(
-        [train_marks[~train_marks["seriesuid"].isin(val)], fused["val"]], ignore_index=True
+        [train_val[0][~train_val[0]["seriesuid"].isin(val)], fused["val"]], ignore_index=True
     ).to_csv(new_dir / "train_val_detections.csv", index=False)
     _share_classifier(first.model_dir, new_dir)
+
+
+def _row_marks(model_dir: Path, name: str) -> pd.DataFrame:
+    """A trained row's marks table ``name`` (``test_detections.csv``, or
+    ``train_val_detections.csv``, which ``quality-fpr`` and ``quality-tta`` write)."""
+    path = model_dir / name
+    if not path.is_file():
+        raise typer.BadParameter(
+            f"{path} is missing: run quality-tta or quality-fpr on that row first"
+        )
+    return pd.read_csv(path, dtype={"seriesuid": str})
 
 
 @app.command("full-truth")
