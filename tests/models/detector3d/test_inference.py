@@ -159,6 +159,21 @@ def test_fuse_models_on_hand_worked_marks() -> None:
     assert len(fuse_models([a, b], iou_thresh=0.1, most=1)) == 2  # one a scan
 
 
+def test_fusing_boxes_scored_zero_gives_their_mean_not_nan(tiny_config: DetectorConfig) -> None:
+    # With a score threshold of 0 a pass may keep boxes whose probability underflowed to 0:
+    # a cluster of them is weighted equally, (0 + 2) / 2 = 1 in x.
+    a = _found([[0, 0, 0, 4, 4, 4]], [0.0], [1.0], 1.0)
+    b = _found([[2, 0, 0, 6, 4, 4]], [0.0], [3.0], 1.0)
+    fused = fuse_passes([a, b], tiny_config.model_copy(update={"nms_thresh": 0.1}))
+    np.testing.assert_allclose(fused.boxes.numpy(), [[1, 0, 0, 5, 4, 4]])
+    np.testing.assert_allclose(fused.roi_losses.numpy(), [2.0])
+    marks = [
+        pd.DataFrame([("1", x, 0.0, 0.0, 0.0, 4.0)], columns=SUBMISSION_COLUMNS) for x in (0.0, 2.0)
+    ]
+    fused_marks = fuse_models(marks, iou_thresh=0.1)
+    np.testing.assert_allclose(fused_marks[["coordX", "probability"]], [[1.0, 0.0]])
+
+
 def test_mirrored_detection_reports_world_rows_within_the_scan(
     tiny_config: DetectorConfig,
 ) -> None:

@@ -148,6 +148,16 @@ def cluster_boxes(
     return clusters
 
 
+def cluster_weights(scores: torch.Tensor) -> torch.Tensor:
+    """The weights of a cluster's members in its fused box: their scores over the scores'
+    sum, or equal weights where every score is 0 (a score threshold of 0 keeps boxes whose
+    probability underflowed; their mean box is still a box, not NaN)."""
+    total = scores.sum()
+    if total > 0:
+        return scores / total
+    return torch.full_like(scores, 1.0 / len(scores))
+
+
 def fuse_passes(passes: Sequence[Detections], config: DetectorConfig) -> Detections:
     """Fuse the detections of several passes over one scan by weighted box clustering.
 
@@ -171,10 +181,10 @@ def fuse_passes(passes: Sequence[Detections], config: DetectorConfig) -> Detecti
     source = torch.cat([torch.full((len(p.scores),), k) for k, p in enumerate(passes)])
     fused_boxes, fused_scores, fused_roi = [], [], []
     for best in cluster_boxes(boxes, scores, source, config.nms_thresh):
-        weight = scores[best]
-        fused_boxes.append((weight[:, None] * boxes[best]).sum(0) / weight.sum())
-        fused_scores.append(weight.sum() / len(passes))
-        fused_roi.append((weight * roi[best]).sum() / weight.sum())
+        weight = cluster_weights(scores[best])
+        fused_boxes.append((weight[:, None] * boxes[best]).sum(0))
+        fused_scores.append(scores[best].sum() / len(passes))
+        fused_roi.append((weight * roi[best]).sum())
     if fused_scores:
         out_scores = torch.stack(fused_scores)
         order = torch.argsort(out_scores, descending=True, stable=True)
@@ -228,7 +238,7 @@ def fuse_models(
         boxes = torch.cat([centres - half, centres + half], dim=1)
         rows = []
         for best in cluster_boxes(boxes, scores, source, iou_thresh):
-            weight = scores[best] / scores[best].sum()
+            weight = cluster_weights(scores[best])
             centre = (weight[:, None] * centres[best]).sum(0).tolist()
             diameter = float((weight * 2 * half[best, 0]).sum())
             rows.append([uid, *centre, float(scores[best].sum()) / len(tables), diameter])
