@@ -167,3 +167,33 @@ def test_info_and_clear(tmp_path: Path) -> None:
     before = cache.clear()
     assert before.entries == 2
     assert cache.info().entries == 0 and cache.info().bytes == 0
+
+
+def test_a_lung_crop_that_holds_the_patch_is_one_entry_for_every_patch_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A body with a 12 x 12 x 4 voxel lung; no crop margin, so the lung box is the crop.
+    array = np.full((20, 30, 30), -1000.0, dtype=np.float32)
+    array[:, 5:25, 5:25] = 40.0
+    array[4:16, 8:20, 10:14] = -850.0
+    image = SimpleITK.GetImageFromArray(array)
+    image.SetSpacing((1.0, 1.0, 1.0))
+    (tmp_path / "scans").mkdir()
+    path = tmp_path / "scans" / "lung.mhd"
+    SimpleITK.WriteImage(image, str(path))
+    config = PreprocessConfig(crop_margin_mm=0.0)
+    cache = PreprocessCache(tmp_path / "cache")
+    reads = _count_reads(monkeypatch)
+    plain = cache.load(path, config)
+    assert plain.array.shape == (12, 12, 4)
+    # A patch the crop already holds (the FP-reduction classifier asks for none, the
+    # detector for its patch): the same array, served from the same entry.
+    held = cache.load(path, config, min_shape_zyx=(8, 8, 4))
+    np.testing.assert_array_equal(held.array, plain.array)
+    assert len(reads) == 1 and cache.info().entries == 1
+    # A patch wider than the crop: the crop grows about the lung, a second entry.
+    grown = cache.load(path, config, min_shape_zyx=(8, 8, 8))
+    assert grown.array.shape == (12, 12, 8)
+    assert cache.info().entries == 2
+    assert cache.load(path, config, min_shape_zyx=(8, 8, 8)).array.shape == (12, 12, 8)
+    assert len(reads) == 2

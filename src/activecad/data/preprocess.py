@@ -407,10 +407,32 @@ class PreprocessCache:
     ) -> PreparedScan:
         """The preprocessed scan at ``path``, computed once and then read from the cache.
 
+        A lung crop grown to ``min_shape_zyx`` gets an entry of its own only where it
+        differs from the plain crop: a scan whose lung box already holds that shape gives
+        the same array, so models asking for different patch sizes (the detector, the
+        FP-reduction classifier) share one entry a scan instead of storing it twice.
+
         Raises:
             InputError: the scan cannot be read (from :func:`activecad.io.ct.read_scan`),
                 or the cache folder cannot be written.
         """
+        prepared = self._entry(path, config, None)
+        if (
+            min_shape_zyx is None
+            or not config.lung_crop
+            or all(s >= m for s, m in zip(prepared.array.shape, min_shape_zyx, strict=True))
+        ):
+            return prepared
+        return self._entry(path, config, min_shape_zyx)
+
+    def _entry(
+        self,
+        path: str | Path,
+        config: PreprocessConfig,
+        min_shape_zyx: tuple[int, int, int] | None,
+    ) -> PreparedScan:
+        """The entry of ``path`` preprocessed with ``config`` and ``min_shape_zyx``,
+        preprocessed and written first when the cache lacks it."""
         from activecad.io.ct import read_scan
 
         key = self.key(path, config, min_shape_zyx)
