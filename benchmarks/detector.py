@@ -371,6 +371,9 @@ def quality(
         help="ours: seed of the training's random choices (default --seed; the cohort and "
         "split stay those of --seed), to retrain a row and see how far one retraining moves it.",
     ),
+    positive_fraction: float = typer.Option(
+        0.5, help="ours: share of nodule-centred patches in a batch (the preset's 0.5)."
+    ),
     lr_drop: str = typer.Option(
         "budget",
         help="ours: the step schedule's tenfold drop at the last tenth of the epochs or 90 % "
@@ -398,10 +401,12 @@ def quality(
         or lr_drop != "budget"
         or cls_loss != "focal"
         or train_seed is not None
+        or positive_fraction != 0.5
     )
     if model != "ours" and ours_only:
         raise typer.BadParameter(
-            "--norm, --anchors, --cls-loss, --train-seed and --lr-drop apply to --model ours only"
+            "--norm, --anchors, --cls-loss, --train-seed, --positive-fraction and --lr-drop "
+            "apply to --model ours only"
         )
     # A lever measured against the default row is named by what it changes.
     levers = (
@@ -409,6 +414,7 @@ def quality(
         + [f"{spacing:g} mm"] * (spacing != 2.0)
         + [f"anchors {'-'.join(f'{e:g}' for e in edges)} vox"] * (edges != (4.0, 8.0))
         + [f"{time_budget / 3600:g} h"] * (time_budget != 3600.0)
+        + [f"positive fraction {positive_fraction:g}"] * (positive_fraction != 0.5)
         + ["sampled bce"] * (cls_loss == "sampled_bce")
         + [f"train seed {train_seed}"] * (train_seed is not None and train_seed != seed)
         # Rows before 2026-12-03 dropped the rate by epoch only and keep their names.
@@ -434,6 +440,7 @@ def quality(
         backbone_norm=norm,
         base_anchor_shapes=tuple((e, e, e) for e in edges),
         cls_loss=cls_loss,
+        positive_fraction=positive_fraction,
         seed=seed if train_seed is None else train_seed,
     )
     folder = read_luna_folder(cohort)
