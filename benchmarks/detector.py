@@ -1731,6 +1731,8 @@ def paired(
     gain = paired_cpm_bootstrap(
         marks[against], marks[row], folder.annotations, excluded, tests[row], bootstrap, seed=seed
     )
+    # Read again before writing: a row another run recorded meanwhile must not be lost.
+    entry = json.loads(RESULTS.read_text())[_quality_key(phantom)]
     entry["rows"][row].setdefault("paired", {})[against] = gain
     _record(_quality_key(phantom), entry)
 
