@@ -966,14 +966,16 @@ def quality_fpr(
             "validation_cpm": validation_cpm,
             **({"validation_cpm_by_blob_score": by_blob_score} if by_blob_score else {}),
         }
+    # The validation candidates as the row scores its test ones (weight aside).
+    if blobs:
+        on_validation = recombine(validation["marks_and_blobs"], blob_score=blob_score)
+    elif overrides:
+        on_validation = validation["this"]
+    else:
+        on_validation = rescore_all(validation_marks(), val, f"val_detections_{chosen}.csv")
     # The classifier's weight is chosen last, on the validation candidates as scored above.
     fpr_weight = weight_choices[0]
     if len(weight_choices) > 1:
-        on_validation = (
-            recombine(validation["marks_and_blobs"], blob_score=blob_score)
-            if blobs
-            else rescore_all(validation_marks(), val, f"val_detections_{chosen}.csv")
-        )
         by_weight = {
             f"{w:g}": froc_summary(
                 recombine(on_validation, fpr_weight=w), annotations, excluded, val
@@ -984,6 +986,11 @@ def quality_fpr(
         fpr_weight = max(weight_choices, key=lambda w: (by_weight[f"{w:g}"], -abs(w - 0.5)))
         extra_fields["validation_cpm_by_fpr_weight"] = by_weight
         tags.append(f"fpr_weights={'-'.join(f'{v:g}' for v in weight_choices)}")
+    # What validation says of the row as a whole, so that rows can be compared (and one
+    # picked) without looking at their test CPM.
+    extra_fields["two_stage_validation_cpm"] = froc_summary(
+        recombine(on_validation, fpr_weight=fpr_weight), annotations, excluded, val
+    )[0]["cpm"]
     if ensemble > 1:
         tags.append(f"ensemble={ensemble}")
     if tags:
@@ -1396,6 +1403,10 @@ def _add_row(phantom: str, name: str, row: dict[str, object]) -> None:
     after everything of the row is computed: other rows may have landed while this one
     ran (runs go for an hour beside each other, and drawing the truth takes minutes)."""
     entry = json.loads(RESULTS.read_text())[_quality_key(phantom)]
+    before = entry["rows"].get(name, {})
+    # A rerun that reproduces the row's test FROC keeps the paired gains measured on it.
+    if "paired" in before and all(before.get(k) == row.get(k) for k in ("cpm", "froc")):
+        row = {**row, "paired": before["paired"]}
     entry["rows"][name] = {**row, "machine": _machine()}
     _record(_quality_key(phantom), entry)
     _plot_quality(entry, phantom)
