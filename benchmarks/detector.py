@@ -1847,7 +1847,10 @@ def _write_kept(table: pd.DataFrame, path: Path, decimals: int) -> None:
         for column in table.select_dtypes("number").columns
         if "probability" not in column
     }
-    table.round(rounded).to_csv(path, index=False)
+    # A gzip member stamped with no time: a rerun that finds the same marks writes the same
+    # bytes, so the repository does not grow by a copy.
+    compression = {"method": "gzip", "mtime": 0} if path.suffix == ".gz" else None
+    table.round(rounded).to_csv(path, index=False, compression=compression)
 
 
 def _kept_detections(model_dir: Path, phantom: str) -> Path:
