@@ -478,9 +478,11 @@ def quality(
         def detect(uid: str) -> pd.DataFrame:
             return detect_prepared(detector, prepared[uid]).detections
 
-        changes = [f"cls_loss {cls_loss}"] * (cls_loss != "focal") + [
-            f"training seed {config.seed}"
-        ] * (config.seed != seed)
+        changes = (
+            [f"cls_loss {cls_loss}"] * (cls_loss != "focal")
+            + [f"positive_fraction {positive_fraction:g}"] * (positive_fraction != 0.5)
+            + [f"training seed {config.seed}"] * (config.seed != seed)
+        )
         settings: dict[str, object] = {"config": "cpu preset", "changes": changes}
     else:
         sys.path.insert(0, str(Path(__file__).parent))
