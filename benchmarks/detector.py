@@ -1025,10 +1025,7 @@ def quality_fpr(
                 excluded,
                 val,
             )[0]["cpm"]
-            for table in (
-                rescore(val_candidates, val, val_name),
-                rescore_all(val_candidates, val, val_name),
-            )
+            for table in (rescore(val_candidates, val, val_name), on_validation)
         ]
         extra_fields["first_classifier_cpm"] = froc_summary(first, annotations, excluded, test)[0][
             "cpm"
