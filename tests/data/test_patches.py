@@ -85,3 +85,66 @@ def test_same_seed_gives_same_patches() -> None:
 def test_a_scan_smaller_than_the_patch_is_a_clear_error() -> None:
     with pytest.raises(InputError, match="smaller than the patch"):
         PatchSampler([_labelled()], (64, 64, 64))
+
+
+def _with_hard_negative() -> LabelledScan:
+    item = _labelled()
+    # One hard negative far from the nodule (array z-y-x indices).
+    item.hard_negatives = np.array([[10.0, 12.0, 56.0]])
+    return item
+
+
+def _holds(start_xyz: np.ndarray, size: int, point_zyx: np.ndarray) -> bool:
+    offset = point_zyx[::-1] - start_xyz
+    return bool(np.all((offset >= size / 4 - 1) & (offset <= 3 * size / 4 + 1)))
+
+
+def test_hard_negative_patches_are_centred_on_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    item = _with_hard_negative()
+    sampler = PatchSampler([item], (32, 32, 32), positive_fraction=0.0, hard_negative_fraction=1.0)
+    starts: list[np.ndarray] = []
+    monkeypatch.setattr(
+        "activecad.data.patches.crop_patch",
+        lambda array, start, size: (starts.append(start), np.zeros(size, np.float32))[1],
+    )
+    for _ in range(20):
+        _, boxes, _ = sampler.sample()
+        assert len(boxes) == 0  # the nodule is 26 voxels away in x, beyond the patch
+    # Every patch holds the hard negative in its middle half (the positives' jitter).
+    assert all(_holds(start, 32, item.hard_negatives[0]) for start in starts)
+
+
+def test_hard_negative_fraction_is_the_share_of_background_patches() -> None:
+    # Half the patches are positive; of the other half, 0.5 go to the hard negative: a
+    # quarter of all (binomial, 2,000 draws: sd 0.01).
+    item = _with_hard_negative()
+    sampler = PatchSampler([item], (32, 32, 32), positive_fraction=0.5, hard_negative_fraction=0.5)
+    centred_on: list[np.ndarray] = []
+    start_near = sampler._start_near
+    sampler._start_near = lambda centre: (centred_on.append(centre), start_near(centre))[1]  # type: ignore[method-assign]
+    for _ in range(2000):
+        sampler.sample()
+    on_hard = sum(np.array_equal(c, item.hard_negatives[0]) for c in centred_on)
+    on_nodule = sum(np.array_equal(c, item.centres[0]) for c in centred_on)
+    assert on_hard / 2000 == pytest.approx(0.25, abs=0.04)
+    assert on_nodule / 2000 == pytest.approx(0.5, abs=0.04)
+
+
+def test_without_hard_negatives_the_draws_are_unchanged() -> None:
+    # Runs trained before hard negatives existed must draw the same patches.
+    plain = PatchSampler([_labelled()], (32, 32, 32), seed=11, augment=AugmentConfig())
+    with_setting = PatchSampler(
+        [_labelled()], (32, 32, 32), seed=11, augment=AugmentConfig(), hard_negative_fraction=0.9
+    )
+    np.testing.assert_array_equal(plain.batch(4)[0], with_setting.batch(4)[0])
+
+
+def test_hard_negatives_come_from_world_coordinates() -> None:
+    array = np.zeros((40, 50, 60), dtype=np.float32)
+    # 2 mm voxels, origin at (-10, 0, 5) mm world x-y-z.
+    prepared = PreparedScan(array, np.full(3, 2.0), np.array([-10.0, 0.0, 5.0]), np.eye(3), "s1")
+    item = LabelledScan.from_world(
+        prepared, np.zeros((0, 3)), np.zeros(0), hard_negatives_world=np.array([[0.0, 4.0, 9.0]])
+    )
+    # x: (0 + 10) / 2 = 5, y: 4 / 2 = 2, z: (9 - 5) / 2 = 2; stored z-y-x.
+    np.testing.assert_allclose(item.hard_negatives, [[2.0, 2.0, 5.0]])

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from activecad.errors import InputError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 train_app = typer.Typer(
     help="Train a model on a data folder.", no_args_is_help=True, add_completion=False
@@ -43,6 +47,14 @@ def train_detector_command(
         "--init-from",
         help="Fine-tune: start from this model folder's weights (its network and "
         "preprocessing settings are kept).",
+    ),
+    hard_negatives: Path | None = typer.Option(
+        None,
+        "--hard-negatives",
+        help="CSV of places not to mark (seriesuid, coordX, coordY, coordZ world mm), e.g. "
+        "'activecad detect' run on the training scans: rows on a nodule or an excluded "
+        "finding are dropped, and hard_negative_fraction (config; default 0.5) of the "
+        "background patches are centred on the rest. Fine-tune with --init-from.",
     ),
     cache: Path | None = typer.Option(None, "--cache", help="Preprocessing cache folder."),
     time_budget: float | None = typer.Option(
@@ -94,6 +106,7 @@ def train_detector_command(
         )
     # Settled before any scan is read: a change that cannot apply fails in a second.
     cfg = resolve_config(preset, overrides, resume_dir=out if resume else None, init_from=init_from)
+    places = _read_places(hard_negatives) if hard_negatives is not None else None
     try:
         result = train_detector(
             data_dir,
@@ -102,6 +115,7 @@ def train_detector_command(
             resume=resume,
             init_from=init_from,
             cache_dir=cache,
+            hard_negatives=places,
             time_budget_s=time_budget,
         )
         is_main = distributed.context().is_main
@@ -121,6 +135,26 @@ def train_detector_command(
         typer.echo(json.dumps(summary))
     else:
         typer.echo(f"model written to {result.model_dir} ({result.epochs_done} epochs)")
+
+
+def _read_places(path: Path) -> pd.DataFrame:
+    """A table of world-mm places: a submission, a candidates table or an annotations table."""
+    import pandas as pd  # late, so that --help stays fast
+
+    from activecad.cli._common import usage_error
+    from activecad.io.tables import guess_table_kind, read_table
+
+    if not path.is_file():
+        raise usage_error(f"no such file: {path}", option="--hard-negatives")
+    header = pd.read_csv(path, nrows=0).columns
+    kind = guess_table_kind(list(header), file_name=path.name)
+    if kind not in ("submission", "candidates", "annotations", "excluded"):
+        raise InputError(
+            "not a table of places: it needs seriesuid, coordX, coordY and coordZ",
+            path=path,
+            fix="give detections (activecad detect) or a LUNA16 candidates.csv",
+        )
+    return read_table(path, kind)
 
 
 def register(app: typer.Typer) -> None:

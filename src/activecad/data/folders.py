@@ -28,6 +28,7 @@ __all__ = [
     "CT_SUFFIXES",
     "LunaFolder",
     "Split",
+    "false_positive_places",
     "froc_summary",
     "labelled",
     "read_luna_folder",
@@ -178,20 +179,46 @@ def split_series(
 
 
 def labelled(
-    prepared: PreparedScan, annotations: pd.DataFrame, excluded: pd.DataFrame | None = None
+    prepared: PreparedScan,
+    annotations: pd.DataFrame,
+    excluded: pd.DataFrame | None = None,
+    hard_negatives: pd.DataFrame | None = None,
 ) -> LabelledScan:
-    """Attach the nodules of ``prepared``'s series, and its excluded findings as ignored."""
+    """Attach the nodules of ``prepared``'s series, its excluded findings as ignored and its
+    rows of ``hard_negatives`` (world mm; see :func:`false_positive_places`) as hard
+    negatives."""
     rows = annotations[annotations["seriesuid"] == prepared.seriesuid]
     if excluded is None:
         excluded = pd.DataFrame(columns=["seriesuid", *XYZ, "diameter_mm"])
     ignored = excluded[excluded["seriesuid"] == prepared.seriesuid]
+    hard = hard_negatives if hard_negatives is not None else excluded.iloc[:0]
+    hard = hard[hard["seriesuid"].astype(str) == prepared.seriesuid]
     return LabelledScan.from_world(
         prepared,
         rows[XYZ].to_numpy(dtype=np.float64),
         rows["diameter_mm"].to_numpy(dtype=np.float64),
         ignored_world=ignored[XYZ].to_numpy(dtype=np.float64),
         ignored_diameters_mm=ignored["diameter_mm"].to_numpy(dtype=np.float64),
+        hard_negatives_world=hard[XYZ].to_numpy(dtype=np.float64),
     )
+
+
+def false_positive_places(
+    marks: pd.DataFrame, annotations: pd.DataFrame, excluded: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """The rows of ``marks`` (world mm) that are false positives by LUNA16's rule.
+
+    A mark inside an annotated nodule's sphere, or inside an excluded finding's, is
+    dropped; so a detector's own marks on its training scans (``activecad detect``) can be
+    handed to training as hard negatives as they are. A LUNA16 ``candidates.csv`` keeps
+    its ``class`` 0 rows only.
+    """
+    from activecad.data.candidates import label_candidates
+
+    if "class" in marks.columns:
+        marks = marks[marks["class"] == 0]
+    labels = label_candidates(marks, annotations, excluded)
+    return marks.reset_index(drop=True)[labels["label"].to_numpy() == 0].reset_index(drop=True)
 
 
 def froc_summary(

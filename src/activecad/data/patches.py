@@ -1,4 +1,4 @@
-"""Training patches for the detector: nodule-centred positives and random negatives.
+"""Training patches for the detector: nodule-centred positives and background negatives.
 
 Frames: nodules of a :class:`~activecad.data.preprocess.PreparedScan` are given as centres
 (N, 3) z-y-x continuous indices of its array and diameters (N,) mm. Patches come out in
@@ -10,6 +10,14 @@ Besides its nodules a scan may carry *ignored* findings (LUNA16's
 They are nodule-like, so training them as background would teach the detector to
 suppress exactly what it should find; the sampler hands their boxes out separately and
 the detector leaves the anchors that cover them out of its loss.
+
+A scan may also carry *hard negatives*: places a detector marked wrongly (its false
+positives on its own training scans, or the candidates an expert rejected). Background
+patches drawn uniformly over a scan land mostly in plain lung and see a vessel branching
+next to a small nodule only by chance; centring a share of them on hard negatives shows
+the detector its own mistakes as often as that share says (online hard-example mining at
+the patch level, after Shrivastava et al., "Training Region-based Object Detectors with
+Online Hard Example Mining", CVPR 2016).
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ class LabelledScan:
         ignored_centres: (K, 3) z-y-x indices of findings that count neither as nodules
             nor as background.
         ignored_diameters: (K,) mm.
+        hard_negatives: (H, 3) z-y-x indices of places that are not nodules but look like
+            them to a detector; background patches may be centred there.
     """
 
     scan: PreparedScan
@@ -42,6 +52,7 @@ class LabelledScan:
     diameters: np.ndarray
     ignored_centres: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
     ignored_diameters: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    hard_negatives: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
 
     @classmethod
     def from_world(
@@ -52,6 +63,7 @@ class LabelledScan:
         *,
         ignored_world: np.ndarray | None = None,
         ignored_diameters_mm: np.ndarray | None = None,
+        hard_negatives_world: np.ndarray | None = None,
     ) -> LabelledScan:
         """Build from world coordinates (N, 3) mm x-y-z and diameters (N,) mm.
 
@@ -61,6 +73,7 @@ class LabelledScan:
             diameters_mm: (N,) nodule diameters.
             ignored_world: (K, 3) centres of ignored findings, world mm x-y-z.
             ignored_diameters_mm: (K,) their diameters.
+            hard_negatives_world: (H, 3) hard-negative places, world mm x-y-z.
         """
 
         def to_index(points: np.ndarray | None) -> np.ndarray:
@@ -76,6 +89,7 @@ class LabelledScan:
             as_1d(diameters_mm),
             to_index(ignored_world),
             as_1d(ignored_diameters_mm),
+            to_index(hard_negatives_world),
         )
 
     def boxes_xyz(self) -> np.ndarray:
@@ -116,6 +130,10 @@ class PatchSampler:
         scans: the training scans.
         patch_size: (3,) patch size x-y-z voxels.
         positive_fraction: share of patches centred (with jitter) on a nodule.
+        hard_negative_fraction: share of the other patches centred (with the same jitter)
+            on a hard negative, when the scans carry any; the rest are drawn uniformly.
+            Without hard negatives no draw is spent on it, so the patches are those of a
+            sampler without this setting.
         augment: augmentation settings, or None for none.
         seed: seed of every random choice.
 
@@ -129,6 +147,7 @@ class PatchSampler:
         patch_size: tuple[int, int, int],
         *,
         positive_fraction: float = 0.5,
+        hard_negative_fraction: float = 0.0,
         augment: AugmentConfig | None = None,
         seed: int = 0,
     ):
@@ -146,9 +165,11 @@ class PatchSampler:
                 )
         self.scans = scans
         self.positive_fraction = positive_fraction
+        self.hard_negative_fraction = hard_negative_fraction
         self.augment = augment
         self.rng = np.random.default_rng(seed)
         self._nodules = [(i, j) for i, s in enumerate(scans) for j in range(len(s.diameters))]
+        self._hard = [(i, j) for i, s in enumerate(scans) for j in range(len(s.hard_negatives))]
 
     def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One patch (X, Y, Z) float32, its nodule boxes (M, 6) and ignored boxes (K, 6).
@@ -160,9 +181,11 @@ class PatchSampler:
         if self._nodules and rng.random() < self.positive_fraction:
             index, nodule = self._nodules[int(rng.integers(len(self._nodules)))]
             item = self.scans[index]
-            centre = item.centres[nodule][::-1]
-            jitter = rng.uniform(-0.25, 0.25, size=3) * self.size
-            start = np.round(centre + jitter - self.size / 2).astype(int)
+            start = self._start_near(item.centres[nodule])
+        elif self._hard and rng.random() < self.hard_negative_fraction:
+            index, place = self._hard[int(rng.integers(len(self._hard)))]
+            item = self.scans[index]
+            start = self._start_near(item.hard_negatives[place])
         else:
             item = self.scans[int(rng.integers(len(self.scans)))]
             shape_xyz = np.array(item.scan.array.shape[::-1])
@@ -180,6 +203,11 @@ class PatchSampler:
         boxes[:, 3:] = np.minimum(boxes[:, 3:], self.size)
         is_nodule = np.arange(len(boxes)) < len(nodules)
         return patch, boxes[inside & is_nodule], boxes[inside & ~is_nodule]
+
+    def _start_near(self, centre_zyx: np.ndarray) -> np.ndarray:
+        """The x-y-z start of a patch holding ``centre_zyx`` somewhere in its middle half."""
+        jitter = self.rng.uniform(-0.25, 0.25, size=3) * self.size
+        return np.round(centre_zyx[::-1] + jitter - self.size / 2).astype(int)
 
     def batch(self, count: int) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
         """``count`` patches stacked (count, 1, X, Y, Z), their nodule and ignored boxes."""

@@ -8,6 +8,7 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -133,6 +134,66 @@ def test_annotations_matching_no_scan_are_an_error(
     assert result.exit_code == 1
     assert "no identifier of annotations.csv matches" in result.stderr
     assert not (tmp_path / "m" / "bundle.json").exists()  # nothing that looks like a model
+
+
+def _places(luna: Path, uid: str, *, on_nodule: bool) -> dict[str, object]:
+    """A place on scan ``uid`` of the sphere folder: its nodule's centre, or a corner."""
+    nodules = pd.read_csv(luna / "annotations.csv", dtype={"seriesuid": str})
+    nodule = nodules[nodules["seriesuid"] == uid].iloc[0]
+    # The corner is 5 voxels in from the scan's origin (-20, 10, -100) mm, far from the sphere.
+    x, y, z = (nodule.coordX, nodule.coordY, nodule.coordZ) if on_nodule else (-15, 15, -95)
+    return {"seriesuid": uid, "coordX": x, "coordY": y, "coordZ": z, "probability": 0.9}
+
+
+def test_hard_negatives_keep_the_false_positives_on_training_scans(
+    run_cli: Callable[..., object], luna: Path, tmp_path: Path
+) -> None:
+    # What 'activecad detect' on the training scans writes: marks on the nodules, marks
+    # elsewhere, and a scan that is not in the folder at all.
+    uids = ["1.2.826.0.1.1", "1.2.826.0.1.2"]
+    marks = pd.DataFrame(
+        [_places(luna, u, on_nodule=hit) for u in uids for hit in (True, False)]
+        + [{**_places(luna, uids[0], on_nodule=False), "seriesuid": "7.7.7"}]
+    )
+    marks.to_csv(tmp_path / "marks.csv", index=False)
+    model, cache = tmp_path / "m", tmp_path / "cache"
+    trained = run_cli(
+        "train", "detector", luna, "--out", model, "--config", luna / "tiny.yaml",
+        "--hard-negatives", tmp_path / "marks.csv", "--cache", cache,
+    )  # fmt: skip
+    assert trained.exit_code == 0, trained.stderr
+    # Both scans train (the tiny config holds none out): of 5 marks, the 2 off the nodules.
+    assert "hard negatives: 2 of 5 (1 on scans outside training, 2 on nodules" in trained.stderr
+    kept = pd.read_csv(model / "hard_negatives.csv", dtype={"seriesuid": str})
+    assert sorted(kept["seriesuid"]) == uids and set(kept["coordX"]) == {-15}
+    resumed = run_cli(
+        "train", "detector", luna, "--out", model, "--epochs", "2", "--resume", "--cache", cache
+    )
+    assert resumed.exit_code == 0, resumed.stderr
+    assert "hard negatives: 2 of 2" in resumed.stderr  # the run's own, kept in its folder
+
+
+def test_hard_negatives_that_are_all_nodules_are_refused(
+    run_cli: Callable[..., object], luna: Path, tmp_path: Path
+) -> None:
+    pd.DataFrame([_places(luna, "1.2.826.0.1.1", on_nodule=True)]).to_csv(
+        tmp_path / "hits.csv", index=False
+    )
+    refused = run_cli(
+        "train", "detector", luna, "--out", tmp_path / "m", "--config", luna / "tiny.yaml",
+        "--hard-negatives", tmp_path / "hits.csv", "--cache", tmp_path / "cache",
+    )  # fmt: skip
+    assert refused.exit_code == 1
+    assert "none of the 1 hard negatives is a false positive" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    pd.DataFrame({"seriesuid": ["1.2.826.0.1.1"], "x": [1.0]}).to_csv(
+        tmp_path / "bad.csv", index=False
+    )
+    bad = run_cli(
+        "train", "detector", luna, "--out", tmp_path / "m2", "--hard-negatives",
+        tmp_path / "bad.csv",
+    )  # fmt: skip
+    assert bad.exit_code == 1 and "coordX" in bad.stderr
 
 
 def test_missing_data_folder_and_options_say_what_to_do(

@@ -39,6 +39,9 @@ class DetectorConfig(StrictConfig):
         patch_size: training/inference window, x-y-z voxels; must be divisible by 32.
         batch_size: patches per step; the ranking losses pair them, so it must be even.
         positive_fraction: share of nodule-centred patches in a batch.
+        hard_negative_fraction: share of the other patches centred on a hard negative (a
+            false positive given to training, ``train detector --hard-negatives``); only
+            applies when hard negatives are given.
         cls_loss: ``focal`` (RetinaNet's focal loss over every anchor, normalised by the
             positives) or ``sampled_bce`` (binary cross-entropy over MONAI's hard-negative
             sample, as MONAI's LUNA16 recipe does).
@@ -89,6 +92,7 @@ class DetectorConfig(StrictConfig):
     patch_size: tuple[int, int, int] = (96, 96, 96)
     batch_size: int = Field(default=2, ge=2)
     positive_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
+    hard_negative_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
     cls_loss: Literal["focal", "sampled_bce"] = "focal"
     focal_alpha: float = Field(default=0.25, ge=0, le=1)
     focal_gamma: float = Field(default=2.0, ge=0)

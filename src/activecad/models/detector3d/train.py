@@ -10,8 +10,9 @@ The model folder receives the bundle (see :mod:`.bundle`) holding the weights of
 validation epoch by CPM (the LUNA16 competition performance metric on the validation
 split; the latest weights until the first validation, and when there is no validation
 split), ``checkpoint.pt`` (the last epoch's weights, optimiser state and history, for
-``--resume``), ``metrics.jsonl`` (one line per epoch) and ``split.json`` (the
-train/validation series).
+``--resume``), ``metrics.jsonl`` (one line per epoch), ``split.json`` (the
+train/validation series) and, when hard negatives were given, ``hard_negatives.csv`` (the
+false positives among them that training centred patches on; ``--resume`` reuses them).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from torch import nn
 
 from activecad.data.folders import (
     LunaFolder,
+    false_positive_places,
     froc_summary,
     labelled,
     read_luna_folder,
@@ -160,6 +162,7 @@ class DetectorTask:
             list(train),
             config.patch_size,
             positive_fraction=config.positive_fraction,
+            hard_negative_fraction=config.hard_negative_fraction,
             augment=config.augment,
             seed=config.seed,
         )
@@ -452,6 +455,34 @@ class _BundleWriter(Callback):
         self._save(state)  # the model holds the best-validation (or last) weights now
 
 
+def _training_hard_negatives(
+    places: pd.DataFrame, folder: LunaFolder, train_uids: set[str], console: Console | None
+) -> pd.DataFrame:
+    """The false positives among ``places`` that lie on training scans, said on ``console``.
+
+    Raises:
+        InputError: none of them is a false positive on a training scan (the file names
+            other scans, or only nodules), which would train as if none had been given.
+    """
+    on_train = places[places["seriesuid"].astype(str).isin(train_uids)]
+    kept = false_positive_places(on_train, folder.annotations, folder.excluded)
+    if kept.empty:
+        raise InputError(
+            f"none of the {len(places)} hard negatives is a false positive on a training "
+            f"scan ({len(on_train)} lie on training scans, all on nodules or excluded findings)",
+            fix="give marks of the training scans that are not nodules, e.g. 'activecad "
+            "detect' on them",
+        )
+    if console is not None:
+        console.print(
+            f"hard negatives: {len(kept)} of {len(places)} ({len(places) - len(on_train)} on "
+            f"scans outside training, {len(on_train) - len(kept)} on nodules or excluded "
+            "findings)",
+            highlight=False,
+        )
+    return kept
+
+
 def train_detector(
     data_dir: str | Path,
     model_dir: str | Path,
@@ -462,6 +493,7 @@ def train_detector(
     cache_dir: str | Path | None = None,
     train_uids: Sequence[str] | None = None,
     val_uids: Sequence[str] | None = None,
+    hard_negatives: pd.DataFrame | None = None,
     time_budget_s: float | None = None,
     lr_drop_in_budget: bool = True,
     device: str | None = None,
@@ -482,6 +514,11 @@ def train_detector(
             or ``$ACTIVECAD_CACHE``; see :class:`~activecad.data.preprocess.PreprocessCache`).
         train_uids: series to train on (default: a seeded split by patient).
         val_uids: series to validate on (default: the rest of that split).
+        hard_negatives: places (``seriesuid`` and world mm) the detector should learn not to
+            mark, e.g. its own marks on the training scans: those on a nodule or an
+            excluded finding are dropped (:func:`false_positive_places`), and
+            ``config.hard_negative_fraction`` of the background patches are centred on the
+            rest.
         time_budget_s: stop after the first epoch that ends past this many seconds (the
             rate drops at 90 % of it if that comes first).
         lr_drop_in_budget: see :func:`fit_detector`.
@@ -551,14 +588,26 @@ def train_detector(
             fix="name series that have a scan in ct/",
         )
     val_uids = list(val_uids or [])
+    kept_path = model_dir / "hard_negatives.csv"
+    if resume and hard_negatives is None and kept_path.is_file():
+        hard_negatives = pd.read_csv(kept_path, dtype={"seriesuid": str})
+    if hard_negatives is not None:
+        hard_negatives = _training_hard_negatives(
+            hard_negatives, folder, set(train_uids), console if ctx.is_main else None
+        )
     if ctx.is_main:
         model_dir.mkdir(parents=True, exist_ok=True)
         (model_dir / "split.json").write_text(
             json.dumps({"train": list(train_uids), "val": val_uids}, indent=2)
         )
+        if hard_negatives is not None:  # a resumed run trains on the same ones
+            hard_negatives.to_csv(kept_path, index=False)
     result = fit_detector(
         config,
-        [labelled(prepared[u], folder.annotations, folder.excluded) for u in train_uids],
+        [
+            labelled(prepared[u], folder.annotations, folder.excluded, hard_negatives)
+            for u in train_uids
+        ],
         [prepared[u] for u in val_uids],
         annotations=folder.annotations,
         excluded=folder.excluded,
