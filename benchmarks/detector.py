@@ -13,6 +13,7 @@ Subcommands (results are merged into ``benchmarks/results/detector.json``)::
     python benchmarks/detector.py quality-fpr --row R --fpr-set steps=3000  # another classifier
     python benchmarks/detector.py quality-nms --row R   # NMS IoU chosen on validation
     python benchmarks/detector.py quality-tta --row R   # mirrored test-time augmentation
+    python benchmarks/detector.py quality-hard-negatives --row R  # fine-tuned on its own FPs
     python benchmarks/detector.py full-truth  # rows against the phantom's own truth
     python benchmarks/detector.py paired --row "ours, 1.4 mm"  # paired CPM gain over "ours"
     python benchmarks/detector.py export      # TorchScript / ONNX export attempts
@@ -1525,16 +1526,9 @@ def quality_tta(
     }
     mirrored, seconds = {}, {}
     for name, uids in (("val", val), ("test", test)):
-        path = model_dir / f"{name}_detections_tta.csv"
-        timing = path.with_suffix(".seconds")  # a rerun reads the marks and their time back
-        start = time.perf_counter()
-        scans = [trained.paths[u] for u in uids]
-        mirrored[name] = _detector_marks(
-            model_dir, scans, trained.cache, path, f"{name} marks, mirrored", mirror_tta=True
+        mirrored[name], seconds[name] = _timed_marks(
+            trained, model_dir, uids, f"{name}_detections_tta.csv", "mirrored", mirror_tta=True
         )
-        if not timing.is_file():
-            timing.write_text(f"{(time.perf_counter() - start) / len(uids)}\n")
-        seconds[name] = float(timing.read_text())
     fields = {
         **{k: v for k, v in trained.entry["rows"][row].items() if k in DETECTOR_SETTINGS},
         "config": f"{trained.entry['rows'][row]['config']} + mirrored TTA",
@@ -1570,6 +1564,23 @@ def quality_tta(
     _share_classifier(model_dir, new_dir)
 
 
+def _timed_marks(
+    trained: _TrainedRow, detector_dir: Path, uids: list[str], name: str, how: str, **settings
+) -> tuple[pd.DataFrame, float]:
+    """The marks of the detector in ``detector_dir`` (with inference ``settings``) on
+    ``uids``, kept as ``detector_dir / name``, and the seconds a scan they took; a rerun
+    reads both back."""
+    path = detector_dir / name
+    timing = path.with_suffix(".seconds")
+    start = time.perf_counter()
+    scans = [trained.paths[u] for u in uids]
+    desc = f"{name.split('_')[0]} marks, {how}"
+    marks = _detector_marks(detector_dir, scans, trained.cache, path, desc, **settings)
+    if not timing.is_file():
+        timing.write_text(f"{(time.perf_counter() - start) / len(uids)}\n")
+    return marks, float(timing.read_text())
+
+
 def _share_classifier(model_dir: Path, new_dir: Path) -> None:
     """Copy the classifier that ``quality-fpr`` trained in ``model_dir`` (if it did) to
     ``new_dir``, a row derived from it whose second stage learns from the same training
@@ -1580,6 +1591,124 @@ def _share_classifier(model_dir: Path, new_dir: Path) -> None:
         for name in CLASSIFIER_FILES:
             if (own_classifier / name).is_file():
                 shutil.copy(own_classifier / name, new_dir / "fpr" / name)
+
+
+@app.command("quality-hard-negatives")
+def quality_hard_negatives(
+    row: str = typer.Option(..., help="The detector row (trained here) fine-tuned further."),
+    epochs: int = typer.Option(40, help="Epochs of the fine-tune (the row's steps each)."),
+    lr: float = typer.Option(1e-4, help="Its peak rate (the row ended at a tenth of 1e-3)."),
+    fraction: float = typer.Option(
+        0.5,
+        help="hard_negative_fraction: share of the background patches centred on the row's "
+        "false positives; 0: the same fine-tune without them (the control).",
+    ),
+    per_scan: int = typer.Option(
+        20, help="The highest-scored false positives a training scan handed over."
+    ),
+    val_every: int = typer.Option(20, help="Validate every this many epochs (and the last)."),
+    patients: int = 240,
+    seed: int = 0,
+    bootstrap: int = typer.Option(300, help="Paired scan-bootstrap resamples of the CPM gain."),
+    phantom: str = typer.Option("small", help="Phantom preset of the cohort (small, medium)."),
+    threads: int = 2,
+    work: Path = typer.Option(WORK, help="The quality run's folder (its model)."),
+) -> None:
+    """Hard negatives (``train detector --init-from ROW --hard-negatives``): the row's
+    detector is fine-tuned on its training scans, ``fraction`` of the background patches
+    centred on its own highest-scored false positives there (its marks on those scans,
+    those on nodules or excluded findings dropped), the best validation epoch kept. With
+    ``--fraction 0`` the same fine-tune without them, so that what longer training alone
+    gives is measured beside it. Row ``ROW, fine-tuned E epochs[, hard negatives F (N a
+    scan)]`` reports the validation CPM, the test CPM and the paired gain over the row's
+    own marks; its folder shares the row's classifier and training-scan marks for a second
+    stage (``quality-fpr --row NEW``), as ``quality-tta`` does."""
+    from activecad.data.folders import false_positive_places, froc_summary, paired_cpm_bootstrap
+    from activecad.models.detector3d import resolve_config, train_detector
+
+    if not 0 <= fraction <= 1:
+        raise typer.BadParameter("--fraction: between 0 and 1")
+    trained = _trained_row(row, patients, seed, phantom, threads, work)
+    model_dir, val, test = trained.model_dir, trained.val, trained.test
+    annotations, excluded = trained.folder.annotations, trained.excluded
+    train = json.loads((model_dir / "split.json").read_text())["train"]
+    train_val = _detector_marks(
+        model_dir,
+        [trained.paths[u] for u in sorted(set(trained.paths) - set(test))],
+        trained.cache,
+        model_dir / "train_val_detections.csv",
+        "detector marks, 100 a scan",
+    )
+    on_train = train_val[train_val["seriesuid"].isin(train)]
+    hard = false_positive_places(on_train, annotations, excluded)
+    hard = hard.sort_values("probability", ascending=False).groupby("seriesuid").head(per_scan)
+    new_row = f"{row}, fine-tuned {epochs} epochs" + (
+        f", hard negatives {fraction:g} ({per_scan} a scan)" if fraction else ""
+    )
+    new_dir = _model_dir(work, new_row, patients, seed)
+    overrides = {"epochs": epochs, "lr": lr, "val_every": val_every}
+    config = resolve_config(
+        None, {**overrides, "hard_negative_fraction": fraction}, init_from=model_dir
+    )
+    fitted = train_detector(
+        trained.cohort,
+        new_dir,
+        config,
+        resume=(new_dir / "checkpoint.pt").is_file(),
+        init_from=None if (new_dir / "checkpoint.pt").is_file() else model_dir,
+        cache_dir=work / "cache",
+        train_uids=train,
+        val_uids=val,
+        hard_negatives=hard if fraction else None,
+    )
+    marks, seconds = {}, {}
+    for name, uids in (("val", val), ("test", test)):
+        marks[name], seconds[name] = _timed_marks(
+            trained, new_dir, uids, f"{name}_detections_plain.csv", "fine-tuned"
+        )
+    own_test = pd.read_csv(model_dir / "test_detections.csv", dtype={"seriesuid": str})
+    own_val = train_val[train_val["seriesuid"].isin(val)]
+    base = trained.entry["rows"][row]
+    elapsed = float(sum(float(r["seconds"]) for r in fitted.history))
+    fields = {
+        **{k: v for k, v in base.items() if k in DETECTOR_SETTINGS},
+        "config": f"{base['config']} + fine-tuned",
+        "changes": [
+            f"row {row!r}'s detector fine-tuned {len(fitted.history)} more epochs of "
+            f"{config.steps_per_epoch} steps at rate {lr:g} (step drop at the last tenth), "
+            f"best validation epoch kept"
+        ]
+        + (
+            [
+                f"hard_negative_fraction {fraction:g}: of the background patches, that share "
+                f"centred on the row's own false positives on its training scans (the "
+                f"{per_scan} highest-scored a scan)"
+            ]
+            if fraction
+            else []
+        ),
+        "fine_tune": {
+            "epochs_done": len(fitted.history),
+            "best_epoch": fitted.best_epoch,
+            "train_s": elapsed,
+            "hard_negatives": len(hard) if fraction else 0,
+            "training_scans": len(train),
+        },
+        "detect_s_per_scan": seconds["test"],
+        "validation_cpm": {
+            name: froc_summary(table, annotations, excluded, val)[0]["cpm"]
+            for name, table in (("row", own_val), ("fine-tuned", marks["val"]))
+        },
+        "cpm_gain_over_row_paired_bootstrap": paired_cpm_bootstrap(
+            own_test, marks["test"], annotations, excluded, test, bootstrap, seed=seed
+        ),
+    }
+    _record_inference_row(trained, new_row, marks["test"], fields, patients, seed, phantom, work)
+    # The second stage learns from the row's training candidates, as for a mirrored row.
+    pd.concat([train_val[~train_val["seriesuid"].isin(val)], marks["val"]]).to_csv(
+        new_dir / "train_val_detections.csv", index=False
+    )
+    _share_classifier(model_dir, new_dir)
 
 
 @app.command("quality-ensemble")
