@@ -375,6 +375,9 @@ def quality(
     positive_fraction: float = typer.Option(
         0.5, help="ours: share of nodule-centred patches in a batch (the preset's 0.5)."
     ),
+    ema: float = typer.Option(
+        0.0, help="ours: validate and keep a moving average of the weights with this decay."
+    ),
     lr_drop: str = typer.Option(
         "budget",
         help="ours: the step schedule's tenfold drop at the last tenth of the epochs or 90 % "
@@ -403,11 +406,12 @@ def quality(
         or cls_loss != "focal"
         or train_seed is not None
         or positive_fraction != 0.5
+        or ema != 0.0
     )
     if model != "ours" and ours_only:
         raise typer.BadParameter(
-            "--norm, --anchors, --cls-loss, --train-seed, --positive-fraction and --lr-drop "
-            "apply to --model ours only"
+            "--norm, --anchors, --cls-loss, --train-seed, --positive-fraction, --ema and "
+            "--lr-drop apply to --model ours only"
         )
     # A lever measured against the default row is named by what it changes.
     levers = (
@@ -416,6 +420,7 @@ def quality(
         + [f"anchors {'-'.join(f'{e:g}' for e in edges)} vox"] * (edges != (4.0, 8.0))
         + [f"{time_budget / 3600:g} h"] * (time_budget != 3600.0)
         + [f"positive fraction {positive_fraction:g}"] * (positive_fraction != 0.5)
+        + [f"weight average {ema:g}"] * (ema != 0.0)
         + ["sampled bce"] * (cls_loss == "sampled_bce")
         + [f"train seed {train_seed}"] * (train_seed is not None and train_seed != seed)
         # Rows before 2026-12-03 dropped the rate by epoch only and keep their names.
@@ -442,6 +447,7 @@ def quality(
         base_anchor_shapes=tuple((e, e, e) for e in edges),
         cls_loss=cls_loss,
         positive_fraction=positive_fraction,
+        ema_decay=ema,
         seed=seed if train_seed is None else train_seed,
     )
     folder = read_luna_folder(cohort)
@@ -482,6 +488,7 @@ def quality(
         changes = (
             [f"cls_loss {cls_loss}"] * (cls_loss != "focal")
             + [f"positive_fraction {positive_fraction:g}"] * (positive_fraction != 0.5)
+            + [f"ema_decay {ema:g}"] * (ema != 0.0)
             + [f"training seed {config.seed}"] * (config.seed != seed)
         )
         settings: dict[str, object] = {"config": "cpu preset", "changes": changes}

@@ -54,6 +54,9 @@ class DetectorConfig(StrictConfig):
         lr: learning rate (Liu et al. 2020: 0.01 with SGD); divided by 10 for the last tenth
             of the epochs, as Liu et al. 2020 §3.1 do.
         weight_decay: weight decay.
+        ema_decay: validate and keep an exponential moving average of the weights with
+            this decay per step (0: the trained weights themselves; see
+            :class:`activecad.training.FitPlan`).
         augment: augmentation of training patches.
         val_fraction: share of the scans held out for validation FROC/CPM (0 for none).
         val_every: validate every this many epochs (and after the last).
@@ -101,6 +104,7 @@ class DetectorConfig(StrictConfig):
     optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=3e-5, ge=0)
+    ema_decay: float = Field(default=0.0, ge=0.0, lt=1.0)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     val_fraction: float = Field(default=0.2, ge=0, lt=1)
     val_every: int = Field(default=5, ge=1)

@@ -300,6 +300,7 @@ def fit_detector(
         time_budget_s=time_budget_s,
         lr_drop_in_budget=lr_drop_in_budget,
         amp=config.amp,
+        ema_decay=config.ema_decay,
     )
     return fit(
         task,
