@@ -467,20 +467,19 @@ def _training_hard_negatives(
     """
     on_train = places[places["seriesuid"].astype(str).isin(train_uids)]
     kept = false_positive_places(on_train, folder.annotations, folder.excluded)
+    dropped = (
+        f"{len(places) - len(on_train)} on scans outside training, "
+        f"{len(on_train) - len(kept)} on nodules or excluded findings"
+    )
     if kept.empty:
         raise InputError(
             f"none of the {len(places)} hard negatives is a false positive on a training "
-            f"scan ({len(on_train)} lie on training scans, all on nodules or excluded findings)",
+            f"scan ({dropped})",
             fix="give marks of the training scans that are not nodules, e.g. 'activecad "
             "detect' on them",
         )
     if console is not None:
-        console.print(
-            f"hard negatives: {len(kept)} of {len(places)} ({len(places) - len(on_train)} on "
-            f"scans outside training, {len(on_train) - len(kept)} on nodules or excluded "
-            "findings)",
-            highlight=False,
-        )
+        console.print(f"hard negatives: {len(kept)} of {len(places)} ({dropped})", highlight=False)
     return kept
 
 
