@@ -26,7 +26,7 @@ from activecad.models.fpr import (
     save_fpr,
     train_fpr,
 )
-from activecad.models.fpr.train import _FprLoss
+from activecad.models.fpr.train import _FprLoss, _initial_hardness
 
 TINY = {"patch_size": 16, "widths": (4, 8), "patches_per_candidate": 2, "batch_size": 8}
 
@@ -49,6 +49,18 @@ def test_online_sample_filtering_keeps_the_hardest_negatives() -> None:
     # Both positives and the 2 hardest of the 4 negatives (ceil(0.5 * 4) = 2) enter the mean.
     kept = torch.cat([per_sample[:2], per_sample[2:].topk(2).values])
     assert total.item() == pytest.approx(kept.mean().item(), rel=1e-5)
+
+
+def test_mining_may_start_from_the_detectors_scores() -> None:
+    # Rows 0 and 2 are negatives; row 3 is a negative no detector scored (an added place).
+    table = pd.DataFrame({"det_probability": [0.5, 0.9, 0.75, np.nan]})
+    negatives = np.array([0, 2, 3])
+    np.testing.assert_array_equal(_initial_hardness(table, negatives, False), [1.0, 1.0, 1.0])
+    # By hand: -log(1 - 0.5) = 0.6931, -log(1 - 0.75) = 1.3863, plus the 1e-3 floor.
+    np.testing.assert_allclose(
+        _initial_hardness(table, negatives, True), [0.6941, 1.3873, 1.0], atol=1e-4
+    )
+    assert preset_config("cpu", mine_from_detector="true").mine_from_detector is True
 
 
 def test_combined_probability_is_the_geometric_mean() -> None:

@@ -43,6 +43,8 @@ class FprConfig(StrictConfig):
         lr: learning rate (AdamW; cosine to 0 over the steps).
         weight_decay: weight decay.
         curriculum_share: share of the steps in the easy phase (see :mod:`.train`).
+        mine_from_detector: start hard-example mining from the detector's scores (each
+            negative's initial hardness ``-log(1 - p_detector)``) instead of 1 for all.
         keep_negatives: online sample filtering: the share of a batch's negative patches,
             hardest first, that enter the loss (positives always do).
         val_fraction: share of the training patients held out for validation AUC.
@@ -63,6 +65,7 @@ class FprConfig(StrictConfig):
     lr: float = 1e-3
     weight_decay: float = 1e-4
     curriculum_share: float = 0.2
+    mine_from_detector: bool = False
     keep_negatives: float = 0.5
     val_fraction: float = 0.15
     seed: int = 0

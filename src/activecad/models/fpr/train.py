@@ -9,7 +9,11 @@ and on-line sample filtering" after Dou et al. (MICCAI 2017). What each means he
   is one of the candidate's ``m`` augmented views.
 - **Hard-example mining**: after the curriculum, a non-nodule candidate is drawn with
   probability proportional to its last cross-entropy (initially 1), so the mimics the
-  classifier still gets wrong come back more often.
+  classifier still gets wrong come back more often. A run sees each of ~18,000 negatives
+  about once, so most keep their initial value; with ``mine_from_detector`` that value is
+  ``-log(1 - p_detector)``, the cross-entropy the negative would have if the classifier
+  agreed with the detector, so the places the detector was surest of (on a phantom, the
+  faint nodules no reader marked) come first rather than by chance.
 - **Online sample filtering**: within each batch only the hardest ``keep_negatives`` share
   of the non-nodule patches enters the loss (every nodule patch does), so the many easy
   negatives do not drown the gradient.
@@ -114,6 +118,17 @@ def candidate_set(table: pd.DataFrame, scans: dict[str, PreparedScan]) -> Candid
     return CandidateSet(table, used, centres)
 
 
+def _initial_hardness(
+    table: pd.DataFrame, negatives: np.ndarray, from_detector: bool
+) -> np.ndarray:
+    """The negatives' hardness before any is drawn: 1 each, or with ``from_detector`` the
+    cross-entropy ``-log(1 - p)`` of their detector score (1 where there is none)."""
+    if not from_detector or "det_probability" not in table.columns:
+        return np.ones(len(negatives))
+    p = table["det_probability"].to_numpy(float)[negatives]
+    return np.where(np.isnan(p), 1.0, -np.log1p(-np.clip(p, 0.0, 1.0 - 1e-6)) + 1e-3)
+
+
 class _FprLoss(nn.Module):
     """Cross-entropy with online sample filtering; keeps each sample's loss for mining."""
 
@@ -162,7 +177,7 @@ class FprFitTask:
         diameters = train.table.get("diameter_mm", pd.Series(np.nan, index=train.table.index))
         size = np.nan_to_num(diameters.to_numpy(float)[self.positives], nan=5.0).clip(min=1.0)
         self.easy_weights = size / size.sum()
-        self.hardness = np.ones(len(self.negatives))
+        self.hardness = _initial_hardness(train.table, self.negatives, config.mine_from_detector)
         self.easy_epochs = math.ceil(config.curriculum_share * epochs)
         self.rng = np.random.default_rng(config.seed)
         self.easy = True
