@@ -60,6 +60,8 @@ def test_mining_may_start_from_the_detectors_scores() -> None:
     np.testing.assert_allclose(
         _initial_hardness(table, negatives, True), [0.6941, 1.3873, 1.0], atol=1e-4
     )
+    unscored = pd.DataFrame({"det_probability": [1.0, 1.0, 1.0, 1.0]})  # candidates.csv
+    np.testing.assert_array_equal(_initial_hardness(unscored, negatives, True), [1.0, 1.0, 1.0])
     assert preset_config("cpu", mine_from_detector="true").mine_from_detector is True
 
 

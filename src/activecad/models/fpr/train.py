@@ -122,10 +122,12 @@ def _initial_hardness(
     table: pd.DataFrame, negatives: np.ndarray, from_detector: bool
 ) -> np.ndarray:
     """The negatives' hardness before any is drawn: 1 each, or with ``from_detector`` the
-    cross-entropy ``-log(1 - p)`` of their detector score (1 where there is none)."""
-    if not from_detector or "det_probability" not in table.columns:
+    cross-entropy ``-log(1 - p)`` of their detector score (1 where there is none, and for
+    all when every score is the same: a LUNA16 candidates.csv carries none)."""
+    scored = from_detector and "det_probability" in table.columns
+    p = table["det_probability"].to_numpy(float)[negatives] if scored else None
+    if p is None or not np.isfinite(p).any() or np.nanmax(p) == np.nanmin(p):
         return np.ones(len(negatives))
-    p = table["det_probability"].to_numpy(float)[negatives]
     return np.where(np.isnan(p), 1.0, -np.log1p(-np.clip(p, 0.0, 1.0 - 1e-6)) + 1e-3)
 
 
