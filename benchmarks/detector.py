@@ -15,6 +15,7 @@ Subcommands (results are merged into ``benchmarks/results/detector.json``)::
     python benchmarks/detector.py quality-tta --row R   # mirrored test-time augmentation
     python benchmarks/detector.py quality-hard-negatives --row R  # fine-tuned on its own FPs
     python benchmarks/detector.py full-truth  # rows against the phantom's own truth
+    python benchmarks/detector.py ceiling --row R  # a perfect nodule finder's CPM, 3 rankings
     python benchmarks/detector.py paired --row "ours, 1.4 mm"  # paired CPM gain over "ours"
     python benchmarks/detector.py export      # TorchScript / ONNX export attempts
 
@@ -1844,6 +1845,51 @@ def full_truth(
         row |= _truth_fields(detections, cohort, test, seed)
     _record(_quality_key(phantom), entry)
     _plot_quality(entry, phantom)
+
+
+@app.command()
+def ceiling(
+    row: str = typer.Option(..., help="A quality row trained here (its split: the test scans)."),
+    patients: int = 240,
+    seed: int = 0,
+    phantom: str = typer.Option("small", help="Phantom preset of the cohort (small, medium)."),
+    work: Path = typer.Option(WORK, help="The quality run's folder (its cohort)."),
+) -> None:
+    """What a perfect nodule finder would score on the test scans: every nodule the phantom
+    drew marked once at its centre, and nothing else, ranked three ways (in random order,
+    largest first, and plain before faint then largest first). The nodules that no reader
+    marked count as false positives and those of one or two readers as neither, as for any
+    row; so this is the CPM that finding everything allows, and how much of it depends on
+    ranking the faint nodules (drawn like those readers miss) below the plain ones. Written
+    to the entry's ``oracle_ceilings``."""
+    from activecad.active.loop import scan_uid
+    from activecad.data.candidates import XYZ
+    from activecad.data.folders import froc_summary, read_luna_folder
+
+    cohort = _quality_cohort(work, patients, seed, phantom)
+    folder = read_luna_folder(cohort)
+    model_dir, _ = _row_files(work, row, patients, seed, phantom)
+    _, _, test = _row_split(model_dir, {scan_uid(p) for p in folder.scans})
+    truth = _phantom_truth(cohort, test, seed).reset_index(drop=True)
+    diameter = truth["diameter_mm"].to_numpy(float)
+    plain = ~truth["doubtful"].to_numpy(bool)
+    orders = {
+        "random order": np.random.default_rng(seed).random(len(truth)),
+        "largest first": diameter / diameter.max(),
+        "plain before faint, then largest first": plain + diameter / (2 * diameter.max()),
+    }
+    ceilings: dict[str, object] = {
+        "test_scans": len(test),
+        "drawn_nodules": len(truth),
+        "drawn_faint": int((~plain).sum()),
+    }
+    for name, score in orders.items():
+        marks = truth[["seriesuid", *XYZ]].assign(probability=score)
+        summary, _ = froc_summary(marks, folder.annotations, folder.excluded, test)
+        ceilings[name] = {k: summary[k] for k in ("cpm", "sensitivities", "counts")}
+    entry = json.loads(RESULTS.read_text())[_quality_key(phantom)]
+    entry["oracle_ceilings"] = ceilings
+    _record(_quality_key(phantom), entry)
 
 
 @app.command()
