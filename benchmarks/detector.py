@@ -16,6 +16,7 @@ Subcommands (results are merged into ``benchmarks/results/detector.json``)::
     python benchmarks/detector.py quality-hard-negatives --row R  # fine-tuned on its own FPs
     python benchmarks/detector.py full-truth  # rows against the phantom's own truth
     python benchmarks/detector.py ceiling --row R  # a perfect nodule finder's CPM, 3 rankings
+    python benchmarks/detector.py quality-conspicuity --row R  # + core density, fit on val
     python benchmarks/detector.py paired --row "ours, 1.4 mm"  # paired CPM gain over "ours"
     python benchmarks/detector.py export      # TorchScript / ONNX export attempts
 
@@ -1845,6 +1846,119 @@ def full_truth(
         row |= _truth_fields(detections, cohort, test, seed)
     _record(_quality_key(phantom), entry)
     _plot_quality(entry, phantom)
+
+
+@app.command("quality-conspicuity")
+def quality_conspicuity(
+    row: str = typer.Option(..., help="A detector row whose marks quality-fpr re-scored."),
+    patients: int = 240,
+    seed: int = 0,
+    bootstrap: int = typer.Option(300, help="Paired scan-bootstrap resamples of the CPM gain."),
+    product: bool = typer.Option(
+        True, help="Also the product of core HU and logit p_fpr (--no-product: linear terms)."
+    ),
+    phantom: str = typer.Option("small", help="Phantom preset of the cohort (small, medium)."),
+    work: Path = typer.Option(WORK, help="The quality run's folder (its marks and scans)."),
+) -> None:
+    """A probe of how conspicuous a mark is: each of the row's two-stage marks gets its core
+    density (the mean HU of the 3 x 3 x 3 voxels at its centre, read from the cached scan),
+    a logistic regression of nodule / not nodule on (logit p_detector, logit p_fpr, core HU
+    / 1000 and its product with logit p_fpr) is fitted on the validation scans' marks, and
+    the test marks are scored by it once. Row ``ROW, FP reduction + conspicuity`` reports
+    its coefficients, the validation CPM (in the sample it was fitted on), the test CPM and
+    the paired gain over the row's own two stages. Readers miss what is faint, so the
+    reference standard is partly a matter of density, which the classifier may not have
+    learnt."""
+    from sklearn.linear_model import LogisticRegression
+
+    from activecad.data.candidates import XYZ, label_candidates
+    from activecad.data.folders import froc_summary, paired_cpm_bootstrap
+    from activecad.models.detector3d import load_bundle
+
+    trained = _trained_row(row, patients, seed, phantom, 1, work)
+    model_dir, val, test = trained.model_dir, trained.val, trained.test
+    annotations, excluded = trained.folder.annotations, trained.excluded
+    tables = {}
+    for name, file in (("val", "fpr/val_detections_100.csv"), ("test", "fpr/test_detections.csv")):
+        if not (model_dir / file).is_file():
+            raise typer.BadParameter(f"{model_dir / file} is missing: run quality-fpr first")
+        tables[name] = pd.read_csv(model_dir / file, dtype={"seriesuid": str})
+    config = load_bundle(model_dir).config
+    preprocess, window = config.preprocess, config.preprocess.hu_max - config.preprocess.hu_min
+
+    def core_hu(marks: pd.DataFrame) -> np.ndarray:
+        values = np.zeros(len(marks))
+        for uid, rows in marks.groupby("seriesuid"):
+            scan = trained.cache.load(
+                trained.paths[uid], preprocess, min_shape_zyx=tuple(config.patch_size)
+            )
+            index = np.round(scan.world_to_index(rows[XYZ].to_numpy(float))).astype(int)
+            for k, (z, y, x) in zip(rows.index, index, strict=True):
+                z, y, x = (max(int(c), 1) for c in (z, y, x))
+                values[marks.index.get_loc(k)] = scan.array[z - 1 : z + 2, y - 1 : y + 2,
+                                                            x - 1 : x + 2].mean()  # fmt: skip
+        return values * window + preprocess.hu_min
+
+    def features(marks: pd.DataFrame) -> np.ndarray:
+        p = marks[["det_probability", "fpr_probability"]].to_numpy(float).clip(1e-6, 1 - 1e-6)
+        logits, density = np.log(p / (1 - p)), core_hu(marks) / 1000.0
+        # Density tells a faint nodule from a plain one, not a vessel from a nodule: it
+        # enters alone and through the classifier's logit.
+        return np.column_stack([logits, density, logits[:, 1] * density][: 3 if product else 2])
+
+    x_val = features(tables["val"])
+    labels = label_candidates(tables["val"], annotations, excluded)["label"].to_numpy()
+    fitted = LogisticRegression(C=1.0).fit(x_val[labels >= 0], labels[labels >= 0])
+    scored = {
+        name: table.assign(probability=fitted.predict_proba(x)[:, 1])
+        for name, table, x in (
+            ("val", tables["val"], x_val),
+            ("test", tables["test"], features(tables["test"])),
+        )
+    }
+    summary, (fps, sens, _) = froc_summary(
+        scored["test"], annotations, excluded, test, n_bootstrap=1000
+    )
+    new_row = f"{row}, FP reduction + conspicuity" + ("" if product else " (linear)")
+    kept = _row_files(work, new_row, patients, seed, phantom)[1]
+    _write_kept(scored["test"], kept, 3)
+    base = trained.entry["rows"][f"{row}, FP reduction"]
+    _add_row(
+        phantom,
+        new_row,
+        {
+            **{k: v for k, v in base.items() if k in DETECTOR_SETTINGS},
+            "config": f"{base['config']} + conspicuity",
+            "changes": [
+                "final probability: a logistic regression on (logit p_detector, logit p_fpr, "
+                f"core HU / 1000{', logit p_fpr x core HU / 1000' if product else ''}) fitted "
+                "on the validation scans' marks (ignored ones left out)"
+            ],
+            "coefficients": {
+                "logit_p_detector": float(fitted.coef_[0][0]),
+                "logit_p_fpr": float(fitted.coef_[0][1]),
+                "core_hu_per_1000": float(fitted.coef_[0][2]),
+                **(
+                    {"logit_p_fpr_x_core_hu_per_1000": float(fitted.coef_[0][3])} if product else {}
+                ),
+                "intercept": float(fitted.intercept_[0]),
+            },
+            "validation_cpm_in_sample": froc_summary(scored["val"], annotations, excluded, val)[0][
+                "cpm"
+            ],
+            "two_stage_validation_cpm": base.get("two_stage_validation_cpm"),
+            "cpm": summary["cpm"],
+            "ci_95": summary["ci"],
+            "sensitivities": summary["sensitivities"],
+            "counts": summary["counts"],
+            "cpm_gain_paired_bootstrap": paired_cpm_bootstrap(
+                tables["test"], scored["test"], annotations, excluded, test, bootstrap, seed=seed
+            ),
+            **_truth_fields(scored["test"], trained.cohort, test, seed),
+            "froc": {"fps_per_scan": _thin(fps), "sensitivity": _thin(sens)},
+            "validation_cpm_by_time": [],
+        },
+    )
 
 
 @app.command()
