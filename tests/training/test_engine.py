@@ -177,34 +177,43 @@ def test_fine_tuning_starts_from_the_given_weights() -> None:
     assert seen == [2.5]
 
 
+class _WeightTrail(Callback):
+    """The trained weight at the start and after every step, and what each epoch end sees."""
+
+    def __init__(self) -> None:
+        self.trained: list[float] = []
+        self.seen: list[float] = []
+
+    def on_fit_start(self, state: FitState) -> None:
+        self.trained.append(float(state.model.weight.detach()))
+
+    def on_step_end(self, state: FitState, losses: dict[str, float]) -> None:
+        self.trained.append(float(state.model.weight.detach()))
+
+    def on_epoch_end(self, state: FitState, record: dict[str, float]) -> None:
+        self.seen.append(float(state.model.weight.detach()))
+
+    def averages(self, decay: float) -> list[float]:
+        """By hand: a_0 = w_0; after step n, a_n = d_n a_(n-1) + (1 - d_n) w_n with
+        d_n = min(decay, (1 + n) / (10 + n))."""
+        average, out = self.trained[0], []
+        for n, weight in enumerate(self.trained[1:], 1):
+            d = min(decay, (1 + n) / (10 + n))
+            average = d * average + (1 - d) * weight
+            out.append(average)
+        return out
+
+
 def test_weight_average_by_hand_is_what_validation_and_the_result_see(tmp_path: Path) -> None:
-    # By hand: a_0 = w_0; after step n, a_n = d_n a_(n-1) + (1 - d_n) w_n with
-    # d_n = min(decay, (1 + n) / (10 + n)).
-    trained: list[float] = []
-    seen: list[float] = []
-
-    class Record(Callback):
-        def on_fit_start(self, state: FitState) -> None:
-            trained.append(float(state.model.weight.detach()))
-
-        def on_step_end(self, state: FitState, losses: dict[str, float]) -> None:
-            trained.append(float(state.model.weight.detach()))
-
-        def on_epoch_end(self, state: FitState, record: dict[str, float]) -> None:
-            seen.append(float(state.model.weight.detach()))
-
+    trail = _WeightTrail()
     task = Regression(scores=[0.5, 0.4])  # the first epoch stays the best
     plan = FitPlan(
         epochs=2, steps_per_epoch=5, lr=0.05, optimizer="sgd", schedule="constant", ema_decay=0.8
     )
-    result = fit(task, plan, callbacks=[Record()], checkpoint=tmp_path / "a.pt")
-    average, by_hand = trained[0], []
-    for n, weight in enumerate(trained[1:], 1):
-        decay = min(0.8, (1 + n) / (10 + n))
-        average = decay * average + (1 - decay) * weight
-        by_hand.append(average)
-    assert seen == pytest.approx([by_hand[4], by_hand[9]], abs=1e-6)
-    assert seen[1] != pytest.approx(trained[10], abs=1e-3)  # the average, not the weights
+    result = fit(task, plan, callbacks=[trail], checkpoint=tmp_path / "a.pt")
+    by_hand = trail.averages(0.8)
+    assert trail.seen == pytest.approx([by_hand[4], by_hand[9]], abs=1e-6)
+    assert trail.seen[1] != pytest.approx(trail.trained[10], abs=1e-3)  # not the weights
     # The result is the best epoch's average; training went on from the trained weights.
     assert float(result.model.weight.detach()) == pytest.approx(by_hand[4], abs=1e-6)
 
@@ -222,22 +231,11 @@ def test_weight_average_by_hand_is_what_validation_and_the_result_see(tmp_path: 
 def test_without_validation_the_result_is_the_average() -> None:
     task = Regression()
     task.validate = lambda: {}  # type: ignore[method-assign]
+    trail = _WeightTrail()
+    # decay 0.5 is never reached in 4 steps: (1 + n) / (10 + n) < 0.5 for n < 8.
     plan = FitPlan(epochs=1, steps_per_epoch=4, lr=0.05, optimizer="sgd", ema_decay=0.5)
-    weights: list[float] = []
-
-    class Record(Callback):
-        def on_fit_start(self, state: FitState) -> None:
-            weights.append(float(state.model.weight.detach()))
-
-        def on_step_end(self, state: FitState, losses: dict[str, float]) -> None:
-            weights.append(float(state.model.weight.detach()))
-
-    result = fit(task, plan, callbacks=[Record()])
-    average = weights[0]
-    for n, weight in enumerate(weights[1:], 1):  # (1 + n) / (10 + n) < 0.5 for n < 8
-        decay = (1 + n) / (10 + n)
-        average = decay * average + (1 - decay) * weight
-    assert float(result.model.weight.detach()) == pytest.approx(average, abs=1e-6)
+    result = fit(task, plan, callbacks=[trail])
+    assert float(result.model.weight.detach()) == pytest.approx(trail.averages(0.5)[-1], abs=1e-6)
 
 
 def _free_port() -> int:
