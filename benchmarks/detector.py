@@ -1376,12 +1376,6 @@ def _record_inference_row(
     inference settings (``fields`` say which and what validation said), scored once; its
     folder gets the row's split and the marks, which are kept beside the results too.
     Returns that folder."""
-    from activecad.data.folders import froc_summary
-
-    annotations, test = trained.folder.annotations, trained.test
-    summary, (fps, sens, _) = froc_summary(
-        marks, annotations, trained.excluded, test, n_bootstrap=1000
-    )
     new_dir = _model_dir(work, new_row, patients, seed)
     new_dir.mkdir(exist_ok=True)
     shutil.copy(trained.model_dir / "split.json", new_dir / "split.json")
@@ -1389,22 +1383,29 @@ def _record_inference_row(
     kept = _kept_detections(new_dir, phantom)
     kept.parent.mkdir(exist_ok=True)
     _write_kept(marks, kept, 3)
-    _add_row(
-        phantom,
-        new_row,
-        {
-            **fields,
-            "cpm": summary["cpm"],
-            "ci_95": summary["ci"],
-            "sensitivities": summary["sensitivities"],
-            "counts": summary["counts"],
-            "found_by_size": _found_by_size(marks, annotations, test),
-            **_truth_fields(marks, trained.cohort, test, seed),
-            "froc": {"fps_per_scan": _thin(fps), "sensitivity": _thin(sens)},
-            "validation_cpm_by_time": [],
-        },
-    )
+    _add_row(phantom, new_row, {**fields, **_test_fields(trained, marks, seed)})
     return new_dir
+
+
+def _test_fields(trained: _TrainedRow, marks: pd.DataFrame, seed: int) -> dict[str, object]:
+    """What a row derived from a trained row reports of its test ``marks``, scored once:
+    the FROC with its scan-bootstrap interval, found by size and the truth fields."""
+    from activecad.data.folders import froc_summary
+
+    annotations, test = trained.folder.annotations, trained.test
+    summary, (fps, sens, _) = froc_summary(
+        marks, annotations, trained.excluded, test, n_bootstrap=1000
+    )
+    return {
+        "cpm": summary["cpm"],
+        "ci_95": summary["ci"],
+        "sensitivities": summary["sensitivities"],
+        "counts": summary["counts"],
+        "found_by_size": _found_by_size(marks, annotations, test),
+        **_truth_fields(marks, trained.cohort, test, seed),
+        "froc": {"fps_per_scan": _thin(fps), "sensitivity": _thin(sens)},
+        "validation_cpm_by_time": [],
+    }
 
 
 def _add_row(phantom: str, name: str, row: dict[str, object]) -> None:
@@ -1916,9 +1917,6 @@ def quality_conspicuity(
             ("test", tables["test"], features(tables["test"])),
         )
     }
-    summary, (fps, sens, _) = froc_summary(
-        scored["test"], annotations, excluded, test, n_bootstrap=1000
-    )
     new_row = f"{row}, FP reduction + conspicuity" + ("" if product else " (linear)")
     kept = _row_files(work, new_row, patients, seed, phantom)[1]
     _write_kept(scored["test"], kept, 3)
@@ -1947,16 +1945,10 @@ def quality_conspicuity(
                 "cpm"
             ],
             "two_stage_validation_cpm": base.get("two_stage_validation_cpm"),
-            "cpm": summary["cpm"],
-            "ci_95": summary["ci"],
-            "sensitivities": summary["sensitivities"],
-            "counts": summary["counts"],
             "cpm_gain_paired_bootstrap": paired_cpm_bootstrap(
                 tables["test"], scored["test"], annotations, excluded, test, bootstrap, seed=seed
             ),
-            **_truth_fields(scored["test"], trained.cohort, test, seed),
-            "froc": {"fps_per_scan": _thin(fps), "sensitivity": _thin(sens)},
-            "validation_cpm_by_time": [],
+            **_test_fields(trained, scored["test"], seed),
         },
     )
 
